@@ -1,0 +1,128 @@
+"""The `ftpack` command line: a thin click shell over library functions.
+
+Commands are imported only when invoked (see :data:`COMMANDS`), so `ftpack --help`
+never imports torch or transformers. The group turns every :class:`FtpackError` into
+a short red message with a hint and exit code 2 (bad input) or 1 (failed run); Ctrl-C
+exits with 130 and says how to resume. ``--debug`` shows tracebacks instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from . import __version__
+from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, FtpackError
+from .report import Reporter, set_reporter
+
+#: name -> ("module:attribute", one-line purpose). The purpose is shown by --help
+#: without importing the module.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "build": ("ftpack.commands.build:build", "Run the whole pipeline: data to a model you can `ollama run`."),
+    "doctor": ("ftpack.commands.doctor:doctor", "Check Python, libraries, devices, llama.cpp and Ollama."),
+}
+
+
+class App:
+    """Per-invocation state shared by commands (the reporter and the --debug flag)."""
+
+    def __init__(self, reporter: Reporter, debug: bool):
+        self.reporter = reporter
+        self.debug = debug
+        self.resume_hint: str | None = None
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        entry = COMMANDS.get(name)
+        if entry is None:
+            return None
+        module, _, attr = entry[0].partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except FtpackError as exc:
+            app: App | None = ctx.obj
+            if app is None or app.debug:
+                raise
+            app.reporter.error(exc.message, exc.hint)
+            ctx.exit(exc.code)
+        except KeyboardInterrupt:
+            app = ctx.obj
+            if app is not None and app.debug:
+                raise
+            reporter = app.reporter if app else Reporter("rich")
+            reporter.error("Interrupted.", (app.resume_hint if app and app.resume_hint else
+                           "Run the same command again to resume: finished stages are kept."))
+            ctx.exit(EXIT_INTERRUPTED)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except MemoryError:
+            app = ctx.obj
+            if app is None or app.debug:
+                raise
+            app.reporter.error("Out of memory.", "Use a smaller batch size, --method qlora, or a machine "
+                               "with more memory; run with --debug for details.")
+            ctx.exit(EXIT_FAILED)
+        except OSError as exc:
+            app = ctx.obj
+            if app is None or app.debug:
+                raise
+            import errno
+
+            if exc.errno == errno.ENOSPC:
+                app.reporter.error(f"Disk full while writing {exc.filename or ''}".strip() + ".",
+                                   "Free some space and run the same command again: finished stages are kept.")
+            else:
+                app.reporter.error(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+                                   "Check the path and its permissions; --debug shows the traceback.")
+            ctx.exit(EXIT_FAILED)
+        except Exception as exc:  # a bug, not a user mistake: say so, briefly
+            app = ctx.obj
+            if app is None or app.debug:
+                raise
+            app.reporter.error(f"Internal error: {type(exc).__name__}: {exc}",
+                               "Run again with --debug for the traceback and report it.")
+            ctx.exit(EXIT_FAILED)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "-V", "--version", prog_name="ftpack")
+@click.option("--quiet", "-q", is_flag=True, help="Print only errors and the final line.")
+@click.option("--json", "json_output", is_flag=True, help="Print one JSON object per event (for scripts).")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, quiet: bool, json_output: bool, debug: bool) -> None:
+    """Fine-tune a base model on your conversations and run it with Ollama.
+
+    \b
+    Pipeline: data -> train -> merge -> convert (GGUF) -> quantize -> modelfile
+              -> register (Ollama) -> verify
+    Example:  ftpack build my-qa --data qa.jsonl   # then: ollama run my-qa
+    """
+    mode = "json" if json_output else "quiet" if quiet else "rich"
+    reporter = Reporter(mode)
+    set_reporter(reporter)
+    ctx.obj = App(reporter, debug)
+
+
+def main() -> None:  # console-script entry point
+    cli(prog_name="ftpack")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

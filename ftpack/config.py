@@ -1,0 +1,322 @@
+"""BuildConfig: every setting of a build, from CLI flags and an optional TOML/YAML file.
+
+One table of options (:data:`OPTIONS`) is the single source of truth: it gives the
+config-file key (snake_case), the CLI flag (the same name in kebab-case, plus short
+aliases), the type, the default, the allowed values, and which stage's input hash
+the value belongs to. Names follow Hugging Face's TrainingArguments / PEFT and
+Ollama's words.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import bad_input
+
+METHODS = ("auto", "qlora", "lora", "sft", "full")
+REGISTER_MODES = ("server", "offline", "none")
+OUTTYPES = ("f16", "bf16", "f32", "q8_0")
+DATA_FORMATS = ("auto", "sharegpt", "messages", "alpaca", "io", "prompt-completion")
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+              "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau",
+              "cosine_with_min_lr", "warmup_stable_decay")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+DEFAULT_BASE = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: config key, flag, type, default, checks, and the stage it feeds."""
+
+    key: str
+    type: type
+    default: Any
+    help: str
+    stage: str  # first stage whose input hash includes this value ("" = none)
+    choices: tuple[str, ...] | None = None
+    min: float | None = None
+    max: float | None = None
+    aliases: tuple[str, ...] = ()
+    multiple: bool = False  # list value (repeatable flag)
+    flag: str | None = None  # override for the CLI flag name (e.g. a boolean pair)
+
+    @property
+    def cli_flag(self) -> str:
+        return self.flag or "--" + self.key.replace("_", "-")
+
+
+def _o(key, type_, default, help, stage, **kw) -> Option:
+    return Option(key, type_, default, help, stage, **kw)
+
+
+OPTIONS: tuple[Option, ...] = (
+    # -- what to build -----------------------------------------------------------------
+    _o("base", str, DEFAULT_BASE, "Base model: alias, HF hub id, local HF folder or GGUF file.", "data"),
+    _o("data", Path, None, "Conversation dataset (JSON or JSONL).", "data"),
+    _o("out", Path, None, "Build directory (default: builds/<name>).", ""),
+    _o("template", str, None, "Chat template name (see `ftpack templates`); default: from the base.", "data"),
+    _o("system", str, None, "System prompt for the Ollama model (default: the template's).", "modelfile"),
+    # -- data ----------------------------------------------------------------------------
+    _o("format", str, "auto", "Dataset format.", "data", choices=DATA_FORMATS),
+    _o("eval_ratio", float, None, "Fraction held out for evaluation (default 0.05 with >= 20 records).",
+       "data", min=0.0, max=0.5),
+    _o("drop_long", bool, False, "Drop records longer than --max-seq-length instead of truncating.", "data"),
+    _o("seed", int, 42, "Random seed (data split and training).", "data", min=0),
+    # -- training --------------------------------------------------------------------------
+    _o("method", str, "auto", "qlora | lora | sft | full (auto: qlora on CUDA, lora on CPU).", "train",
+       choices=METHODS),
+    _o("num_train_epochs", float, 3.0, "Training epochs.", "train", min=0.0, aliases=("--epochs",)),
+    _o("max_steps", int, -1, "Stop after this many optimizer steps (overrides epochs; -1 = off).", "train",
+       min=-1),
+    _o("per_device_train_batch_size", int, 4, "Batch size per device.", "train", min=1,
+       aliases=("--batch-size",)),
+    _o("gradient_accumulation_steps", int, 1, "Gradient accumulation steps.", "train", min=1),
+    _o("learning_rate", float, None, "Peak learning rate (default per method).", "train", min=0.0,
+       aliases=("--lr",)),
+    _o("weight_decay", float, 0.0, "Weight decay.", "train", min=0.0),
+    _o("warmup_ratio", float, 0.03, "Fraction of steps for learning-rate warm-up.", "train", min=0.0, max=1.0),
+    _o("lr_scheduler_type", str, "cosine", "Learning-rate scheduler.", "train", choices=SCHEDULERS),
+    _o("max_seq_length", int, 2048, "Maximum tokens per training example (also Ollama's num_ctx default).",
+       "data", min=8),
+    _o("gradient_checkpointing", bool, None, "Gradient checkpointing (default: on for full/qlora on GPU).",
+       "train"),
+    _o("lora_r", int, 16, "LoRA rank.", "train", min=1),
+    _o("lora_alpha", int, 32, "LoRA alpha.", "train", min=1),
+    _o("lora_dropout", float, 0.05, "LoRA dropout.", "train", min=0.0, max=1.0),
+    _o("target_modules", str, None, "LoRA target modules (default: all linear layers of the blocks).",
+       "train", multiple=True),
+    _o("dora", bool, False, "Use DoRA instead of plain LoRA.", "train"),
+    _o("trainable_layers", int, 2, "sft: how many top decoder blocks to train.", "train", min=1),
+    _o("train_embeddings", bool, False, "sft: also train the input embeddings.", "train"),
+    _o("train_on_prompts", bool, False, "Compute the loss on prompts too (default: assistant text only).",
+       "train"),
+    _o("packing", bool, False, "Pack several examples into one sequence.", "train"),
+    _o("precision", str, "auto", "Training precision: auto (bf16 where supported), bf16, fp16, fp32.",
+       "train", choices=PRECISIONS),
+    _o("logging_steps", int, 1, "Log loss every N steps.", "train", min=1),
+    _o("save_steps", int, 200, "Save a checkpoint every N steps.", "train", min=1),
+    _o("trust_remote_code", bool, False, "Allow the base model's own Python code.", "train"),
+    _o("allow_pickle", bool, False, "Allow non-safetensors (pickle) weights.", "train"),
+    # -- convert / quantize ------------------------------------------------------------
+    _o("outtype", str, "f16", "GGUF type before quantization.", "convert", choices=OUTTYPES),
+    _o("quant", str, "Q4_K_M", "llama.cpp quantization type (e.g. Q4_K_M, Q5_K_M, Q8_0).", "quantize"),
+    _o("imatrix", Path, None, "Importance matrix file for quantization.", "quantize"),
+    # -- Ollama --------------------------------------------------------------------------
+    _o("parameters", str, None, "Modelfile PARAMETER as KEY=VALUE (repeatable).", "modelfile",
+       multiple=True, flag="--param"),
+    _o("messages", str, None, "Modelfile MESSAGE as ROLE:TEXT (repeatable).", "modelfile",
+       multiple=True, flag="--message"),
+    _o("license", Path, None, "License file to embed in the Ollama model.", "modelfile"),
+    _o("register", str, "server", "Where to register: server (OLLAMA_HOST), offline (write the store), none.",
+       "register", choices=REGISTER_MODES),
+    _o("host", str, None, "Ollama server URL (default: OLLAMA_HOST or http://127.0.0.1:11434).", "register"),
+    _o("models_dir", Path, None, "Ollama model store for --offline (default: OLLAMA_MODELS or ~/.ollama/models).",
+       "register"),
+)
+
+OPTION_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
+
+# Order of the stages; each stage's hash includes its own options and all upstream outputs.
+STAGES = ("data", "train", "merge", "convert", "quantize", "modelfile", "register", "verify")
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,79})?$")
+
+
+def _config_fields():
+    return [(o.key, Any, field(default=o.default if not o.multiple else None)) for o in OPTIONS]
+
+
+@dataclass
+class _BuildConfigBase:
+    name: str
+
+
+BuildConfig = dataclasses.make_dataclass(
+    "BuildConfig",
+    _config_fields(),
+    bases=(_BuildConfigBase,),
+    namespace={
+        "__doc__": "All settings of one build; see :data:`OPTIONS` for each field.",
+        "__module__": __name__,
+    },
+)
+
+
+def _coerce(opt: Option, value: Any, source: str) -> Any:
+    """Check and convert one value; errors name the key and where it came from."""
+    where = f"{opt.key} ({source})"
+    if value is None:
+        return None
+    if opt.multiple:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if isinstance(value, Mapping) and opt.key == "parameters":
+            items = [f"{k}={v}" for k, vals in value.items()
+                     for v in (vals if isinstance(vals, list) else [vals])]
+        single = dataclasses.replace(opt, multiple=False)
+        out = [_coerce(single, v, source) for v in items]
+        return tuple(out) if out else None
+    t = opt.type
+    if t is bool:
+        if isinstance(value, bool):
+            out: Any = value
+        elif isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            out = True
+        elif isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            out = False
+        else:
+            raise bad_input(f"{where}: expected true or false, got {value!r}.")
+    elif t is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and re.fullmatch(r"[-+]?\d+", value.strip()))):
+            raise bad_input(f"{where}: expected an integer, got {value!r}.")
+        out = int(value)
+    elif t is float:
+        if isinstance(value, bool):
+            raise bad_input(f"{where}: expected a number, got {value!r}.")
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise bad_input(f"{where}: expected a number, got {value!r}.") from None
+        if not math.isfinite(out):
+            raise bad_input(f"{where}: expected a finite number, got {value!r}.")
+    elif t is Path:
+        if not isinstance(value, (str, Path)) or str(value) == "":
+            raise bad_input(f"{where}: expected a path, got {value!r}.")
+        out = Path(value).expanduser()
+    else:
+        if not isinstance(value, str):
+            raise bad_input(f"{where}: expected text, got {value!r}.")
+        out = value
+    if opt.choices is not None and out not in opt.choices:
+        if opt.key == "method" or opt.key in ("format", "outtype", "register", "precision", "lr_scheduler_type"):
+            lowered = out.lower() if isinstance(out, str) else out
+            if lowered in opt.choices:
+                return lowered
+        raise bad_input(f"{where}: {out!r} is not one of: {', '.join(opt.choices)}.")
+    if opt.min is not None and out < opt.min:
+        raise bad_input(f"{where}: must be >= {opt.min:g}, got {out!r}.")
+    if opt.max is not None and out > opt.max:
+        raise bad_input(f"{where}: must be <= {opt.max:g}, got {out!r}.")
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML (or YAML) config file into a flat dict of snake_case keys.
+
+    Tables are flattened (``[train] learning_rate = 1e-4`` is ``learning_rate``) so a
+    file may group keys by stage; the key names stay the same.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise bad_input(f"Config file not found: {path}")
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise bad_input(f"{path}: YAML config needs PyYAML.", "pip install pyyaml, or use TOML.") from None
+            raw = yaml.safe_load(text) or {}
+        else:
+            import tomllib
+
+            raw = tomllib.loads(text)
+    except Exception as exc:  # tomllib.TOMLDecodeError / yaml.YAMLError
+        if getattr(exc, "code", None) == 2:
+            raise
+        raise bad_input(f"{path}: not a valid config file: {exc}") from None
+    if not isinstance(raw, dict):
+        raise bad_input(f"{path}: the config file must hold a table of settings.")
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict) and key not in OPTION_BY_KEY and key != "parameters":
+            for k, v in value.items():
+                flat[k] = v
+        else:
+            flat[key] = value
+    return flat
+
+
+def build_config(name: str, file_values: Mapping[str, Any] | None = None,
+                 flag_values: Mapping[str, Any] | None = None, *, source: str = "config file") -> "BuildConfig":
+    """Merge defaults < config file < CLI flags, validating every value.
+
+    ``flag_values`` holds only the flags the user actually gave (None = not given).
+    """
+    if not NAME_RE.match(name or ""):
+        raise bad_input(f"Invalid model name {name!r}.",
+                        "Use letters, digits, '_', '-', '.', optionally ':tag' (Ollama's name rules).")
+    values: dict[str, Any] = {o.key: o.default for o in OPTIONS}
+    for key, value in (file_values or {}).items():
+        if key == "name":
+            continue
+        opt = OPTION_BY_KEY.get(key)
+        if opt is None:
+            close = _closest(key)
+            raise bad_input(f"Unknown config key {key!r} ({source}).",
+                            f"Did you mean {close!r}?" if close else "See `ftpack build --help` for the keys.")
+        values[key] = _coerce(opt, value, source)
+    for key, value in (flag_values or {}).items():
+        if value is None or (OPTION_BY_KEY[key].multiple and not value):
+            continue
+        opt = OPTION_BY_KEY[key]
+        values[key] = _coerce(opt, value, OPTION_BY_KEY[key].cli_flag)
+    return BuildConfig(name=name, **values)
+
+
+def _closest(key: str) -> str | None:
+    import difflib
+
+    m = difflib.get_close_matches(key, list(OPTION_BY_KEY), n=1)
+    return m[0] if m else None
+
+
+def config_to_dict(cfg) -> dict[str, Any]:
+    """JSON-friendly dict of a BuildConfig (paths as strings, tuples as lists)."""
+    out: dict[str, Any] = {"name": cfg.name}
+    for o in OPTIONS:
+        v = getattr(cfg, o.key)
+        if isinstance(v, Path):
+            v = str(v)
+        elif isinstance(v, tuple):
+            v = [str(x) if isinstance(x, Path) else x for x in v]
+        out[o.key] = v
+    return out
+
+
+def config_to_toml(cfg) -> str:
+    """The resolved configuration as a TOML file (what `--print-config` shows)."""
+    lines = []
+    for key, value in config_to_dict(cfg).items():
+        if value is None:
+            lines.append(f"# {key} = (default)")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v), ensure_ascii=False)
+
+
+def stage_slice(cfg, stage: str) -> dict[str, Any]:
+    """The config values that a stage's input hash covers."""
+    d = config_to_dict(cfg)
+    keys = [o.key for o in OPTIONS if o.stage == stage]
+    return {k: d[k] for k in keys}
+
+
+def default_build_dir(name: str) -> Path:
+    return Path("builds") / name.replace(":", "_").replace("/", "_")

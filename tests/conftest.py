@@ -1,0 +1,40 @@
+"""Shared fixtures: the tiny Llama, isolated build dirs and CLI runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a model hub: everything they load is built here or shipped in a package.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """Folder with a tiny random-init Llama (safetensors), tokenizer and chat template."""
+    from tiny_model import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "model")
+
+
+@pytest.fixture
+def cli_runner():
+    from click.testing import CliRunner
+
+    return CliRunner()
+
+
+@pytest.fixture
+def run_cli(cli_runner):
+    """Invoke the ftpack CLI in-process; returns click's Result."""
+    from ftpack.cli import cli
+
+    def _run(*args: str, **kw):
+        return cli_runner.invoke(cli, [str(a) for a in args], catch_exceptions=False, **kw)
+
+    return _run
