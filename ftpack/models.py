@@ -123,6 +123,10 @@ def resolve_base(base: str, *, trust_remote_code: bool = False, allow_pickle: bo
         folder = download_hub_model(base, allow_pickle=allow_pickle)
         _check_hf_folder(folder, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         return ResolvedBase(folder, base, TEMPLATE_BY_ID.get(key), "hub", trust_remote_code)
+    if base.startswith((".", "/", "~")) or base.lower().endswith((".gguf", ".safetensors")) or base.count("/") > 1:
+        raise bad_input(f"Base model {base!r}: no such file or folder.",
+                        f"Give an existing model folder or .gguf file, a hub id (org/name) or an alias: "
+                        f"{aliases_text()}.")
     raise bad_input(f"Unknown base model {base!r}: not an alias, a hub id (org/name), "
                     "an existing folder or a .gguf file.",
                     f"Aliases: {aliases_text()}.")
@@ -172,6 +176,66 @@ def _template_from_folder(folder: Path) -> str | None:
         name = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_name_or_path", "")
         return TEMPLATE_BY_ID.get(str(name).lower())
     return None
+
+
+# -- the Hugging Face hub ----------------------------------------------------------------
+
+def download_hub_model(model_id: str, *, allow_pickle: bool = False, timeout_s: float = 10.0) -> Path:
+    """Snapshot a hub model into the HF cache (``HF_HOME``) and return its folder.
+
+    Uses the cached copy when the hub is offline (``HF_HUB_OFFLINE=1``); otherwise
+    short connect/read timeouts make an unreachable hub fail fast with an error that
+    names the id, instead of hanging.
+    """
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(timeout_s)))
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(timeout_s * 3)))
+    from huggingface_hub import snapshot_download
+    from huggingface_hub import errors as hf_errors
+
+    offline = _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
+    patterns = _HUB_FILES + (_PICKLE_FILES if allow_pickle else [])
+    try:
+        folder = snapshot_download(model_id, allow_patterns=patterns, local_files_only=offline,
+                                   etag_timeout=timeout_s, endpoint=os.environ.get("HF_ENDPOINT") or None)
+    except (hf_errors.GatedRepoError,) as exc:
+        raise FtpackError(f"{model_id} is gated on the Hugging Face hub: accept its license first.",
+                          "Log in with `hf auth login` (or set HF_TOKEN) after accepting the terms on "
+                          f"https://huggingface.co/{model_id}.") from None
+    except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError) as exc:
+        raise bad_input(f"Base model {model_id!r} does not exist on the Hugging Face hub "
+                        "(or is private).", f"Aliases: {aliases_text()}.") from None
+    except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled) as exc:
+        if offline:
+            raise FtpackError(f"Base model {model_id!r} is not in the Hugging Face cache and the hub is "
+                              "offline (HF_HUB_OFFLINE=1).",
+                              f"Download it once with network access (cache: {_hf_cache_text()}), or use "
+                              f"--base {EMBEDDED_NAME}, a local folder or a .gguf file.") from None
+        raise _unreachable(model_id, exc) from None
+    except (OSError, hf_errors.HfHubHTTPError, hf_errors.HTTPError) as exc:
+        raise _unreachable(model_id, exc) from None
+    except Exception as exc:  # httpx connect/timeout errors are not OSError subclasses
+        if type(exc).__module__.split(".")[0] in ("httpx", "httpcore", "requests", "urllib3"):
+            raise _unreachable(model_id, exc) from None
+        raise
+    return Path(folder)
+
+
+def _unreachable(model_id: str, exc: BaseException) -> FtpackError:
+    return FtpackError(f"Could not download base model {model_id!r}: the Hugging Face hub is unreachable "
+                       f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'no detail'}).",
+                       f"Check the network / HF_ENDPOINT, or use --base {EMBEDDED_NAME}, a local folder or a "
+                       ".gguf file.")
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hf_cache_text() -> str:
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME") or "~/.cache/huggingface"
+    return f"{home}/hub"
 
 
 # -- GGUF files and the embedded model -------------------------------------------------
