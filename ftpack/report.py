@@ -53,12 +53,20 @@ class Reporter:
         if mode not in MODES:
             raise ValueError(f"unknown reporter mode {mode!r}")
         self.mode = mode
-        self._out = out if out is not None else sys.stdout
-        self._err = err if err is not None else sys.stderr
+        self._out_given = out
+        self._err_given = err
         self._force_terminal = force_terminal
         self._console = None
         self._err_console = None
         self._progress = None  # rich.progress.Progress while a bar is live
+
+    @property
+    def _out(self):  # resolved at use: CliRunner and pytest swap sys.stdout
+        return self._out_given if self._out_given is not None else sys.stdout
+
+    @property
+    def _err(self):
+        return self._err_given if self._err_given is not None else sys.stderr
 
     # -- consoles (rich imported lazily: `ftpack --help` stays instant) ---------------
     @property
@@ -66,7 +74,7 @@ class Reporter:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(file=self._out, force_terminal=self._force_terminal,
+            self._console = Console(file=self._out_given, force_terminal=self._force_terminal,
                                     highlight=False, soft_wrap=False, width=_log_width(self._out))
         return self._console
 
@@ -75,7 +83,7 @@ class Reporter:
         if self._err_console is None:
             from rich.console import Console
 
-            self._err_console = Console(file=self._err, force_terminal=self._force_terminal,
+            self._err_console = Console(file=self._err_given, stderr=self._err_given is None, force_terminal=self._force_terminal,
                                         highlight=False, width=_log_width(self._err))
         return self._err_console
 
