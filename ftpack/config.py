@@ -20,7 +20,7 @@ from typing import Any, Mapping
 from .errors import bad_input
 
 METHODS = ("auto", "qlora", "lora", "sft", "full")
-REGISTER_MODES = ("server", "offline", "none")
+REGISTER_MODES = ("auto", "server", "offline", "none")
 OUTTYPES = ("f16", "bf16", "f32", "q8_0")
 DATA_FORMATS = ("auto", "sharegpt", "messages", "alpaca", "io", "prompt-completion")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
@@ -114,7 +114,8 @@ OPTIONS: tuple[Option, ...] = (
     _o("messages", str, None, "Modelfile MESSAGE as ROLE:TEXT (repeatable).", "modelfile",
        multiple=True, flag="--message"),
     _o("license", Path, None, "License file to embed in the Ollama model.", "modelfile"),
-    _o("register", str, "server", "Where to register: server (OLLAMA_HOST), offline (write the store), none.",
+    _o("register", str, "auto", "Where to register: server (OLLAMA_HOST), offline (write Ollama's store), "
+       "none; auto = the server when reachable, else offline.",
        "register", choices=REGISTER_MODES),
     _o("host", str, None, "Ollama server URL (default: OLLAMA_HOST or http://127.0.0.1:11434).", "register"),
     _o("models_dir", Path, None, "Ollama model store for --offline (default: OLLAMA_MODELS or ~/.ollama/models).",
@@ -155,7 +156,9 @@ def _coerce(opt: Option, value: Any, source: str) -> Any:
     if value is None:
         return None
     if opt.multiple:
-        items = value if isinstance(value, (list, tuple)) else [value]
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        if opt.key == "target_modules":  # "q_proj,v_proj" as well as repeated flags
+            items = [part.strip() for item in items for part in str(item).split(",") if part.strip()]
         if isinstance(value, Mapping) and opt.key == "parameters":
             items = [f"{k}={v}" for k, vals in value.items()
                      for v in (vals if isinstance(vals, list) else [vals])]

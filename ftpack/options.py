@@ -1,0 +1,73 @@
+"""Click options generated from :data:`ftpack.config.OPTIONS`.
+
+Flags and config-file keys therefore never drift apart: every flag is the key in
+kebab-case (plus short aliases), and a flag the user did not give arrives as None
+so that the config file's value (or the default) stands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import click
+
+from .config import OPTIONS, Option
+
+
+def _click_option(opt: Option) -> Callable:
+    names = [opt.cli_flag, *opt.aliases]
+    kw: dict[str, Any] = {"default": None, "help": opt.help}
+    if opt.type is bool:
+        neg = "--no-" + opt.cli_flag[2:]
+        return click.option(f"{opt.cli_flag}/{neg}", *opt.aliases, opt.key, default=None, help=opt.help)
+    if opt.multiple:
+        kw["multiple"] = True
+    if opt.choices:
+        kw["type"] = click.Choice(opt.choices, case_sensitive=False)
+    elif opt.type is Path:
+        kw["type"] = click.Path(path_type=Path)
+    elif opt.type is int:
+        kw["type"] = int
+    elif opt.type is float:
+        kw["type"] = float
+    kw["metavar"] = _metavar(opt)
+    return click.option(*names, opt.key, **kw)
+
+
+def _metavar(opt: Option) -> str | None:
+    if opt.choices:
+        return None
+    if opt.type is Path:
+        return "PATH"
+    if opt.type in (int, float):
+        return "N"
+    if opt.key == "parameters":
+        return "KEY=VALUE"
+    if opt.key == "messages":
+        return "ROLE:TEXT"
+    return "TEXT"
+
+
+def config_options(keys: Iterable[str] | None = None, *, exclude: Iterable[str] = ()) -> Callable:
+    """Decorator adding one click option per OPTIONS entry (all, or just ``keys``)."""
+    wanted = set(keys) if keys is not None else None
+    skip = set(exclude)
+    selected = [o for o in OPTIONS if (wanted is None or o.key in wanted) and o.key not in skip]
+
+    def decorate(f: Callable) -> Callable:
+        for opt in reversed(selected):
+            f = _click_option(opt)(f)
+        return f
+
+    return decorate
+
+
+def given_flags(params: dict[str, Any]) -> dict[str, Any]:
+    """The config values the user actually passed on the command line."""
+    keys = {o.key for o in OPTIONS}
+    out = {}
+    for k, v in params.items():
+        if k in keys and v is not None and v != ():
+            out[k] = list(v) if isinstance(v, tuple) else v
+    return out
