@@ -124,6 +124,9 @@ OPTIONS: tuple[Option, ...] = (
 
 OPTION_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
 
+#: Path settings that a config file names relative to its own folder.
+RELATIVE_TO_CONFIG = ("data", "license", "imatrix")
+
 # Order of the stages; each stage's hash includes its own options and all upstream outputs.
 STAGES = ("data", "train", "merge", "convert", "quantize", "modelfile", "register", "verify")
 
@@ -192,6 +195,8 @@ def _coerce(opt: Option, value: Any, source: str) -> Any:
         if not isinstance(value, (str, Path)) or str(value) == "":
             raise bad_input(f"{where}: expected a path, got {value!r}.")
         out = Path(value).expanduser()
+        if opt.key in RELATIVE_TO_CONFIG:  # inputs: absolute, so build.json is unambiguous
+            out = out.absolute()
     else:
         if not isinstance(value, str):
             raise bad_input(f"{where}: expected text, got {value!r}.")
@@ -243,6 +248,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
                 flat[k] = v
         else:
             flat[key] = value
+    # Input files named in a config file are relative to that file, not to the cwd.
+    for key in RELATIVE_TO_CONFIG:
+        value = flat.get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            flat[key] = str(path.parent / value)
     return flat
 
 

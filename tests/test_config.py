@@ -102,4 +102,16 @@ def test_stage_slices_are_disjoint_and_cover_training_flags():
                 "lora_r", "lora_alpha", "lora_dropout", "max_steps"):
         assert key in train
     assert "quant" not in train and "quant" in stage_slice(cfg, "quantize")
-    assert isinstance(build_config("m", {"data": "x.jsonl"}).data, Path)
+    data = build_config("m", {"data": "x.jsonl"}).data
+    assert isinstance(data, Path) and data.is_absolute() and data.name == "x.jsonl"
+
+
+def test_input_paths_in_a_config_file_are_relative_to_it(tmp_path, monkeypatch):
+    sub = tmp_path / "conf"
+    sub.mkdir()
+    (sub / "c.toml").write_text('data = "qa.jsonl"\nlicense = "/abs/LICENSE"\nout = "builds/x"\n')
+    monkeypatch.chdir(tmp_path)
+    cfg = build_config("m", load_config_file(sub / "c.toml"))
+    assert cfg.data == sub / "qa.jsonl"
+    assert cfg.license == Path("/abs/LICENSE")
+    assert cfg.out == Path("builds/x")  # outputs stay relative to where you run ftpack
