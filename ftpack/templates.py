@@ -1,0 +1,275 @@
+"""Chat-template registry: one file in ``templates/`` per chat format.
+
+Each ``templates/<name>.toml`` is the single source of truth for a format: the Hugging
+Face Jinja ``chat_template`` used for training (assistant text and its end-of-turn token
+wrapped in ``{% generation %}`` so TRL's assistant-only loss learns to stop), the Ollama
+Go ``ollama_template`` that renders the same text at inference, the stop strings, the
+default system prompt, and base-model name patterns / tokenizer-template fingerprints
+used to pick a format for a base model.
+
+The BOS rule (why training and inference see the same token ids)
+-----------------------------------------------------------------
+* ``chat_template`` and ``ollama_template`` never write the *leading* BOS. For every
+  conversation, ``render_chat(tpl.chat_template, msgs, add_generation_prompt=True)`` is
+  byte-identical to what Ollama renders from ``tpl.ollama_template`` (see the tests).
+* At inference llama.cpp/Ollama tokenizes that text with special-token parsing and puts
+  BOS in front itself when the GGUF says ``tokenizer.ggml.add_bos_token``.
+* TRL tokenizes the rendered chat with ``add_special_tokens=False``, so the tokenizer
+  will *not* add BOS there. :func:`training_chat_template` therefore returns
+  ``"{{ bos_token }}" + tpl.chat_template`` exactly when the tokenizer adds a BOS
+  (:func:`tokenizer_adds_bos`), and the plain template otherwise. That text is installed
+  in the tokenizer for training and saved with the model, so it also lands in the GGUF
+  (HF convention: a chat template writes its own BOS), and the GGUF's ``add_bos_token``
+  must be ``tokenizer_adds_bos(tokenizer)``.
+* Result: training ids == [BOS] + ids(ollama text) when the tokenizer adds BOS, else
+  ids(ollama text); BOS appears exactly once. A format's *later* BOS markers (Llama 2's
+  ``</s><s>[INST]``) are literal text on both sides, read as the special token by both
+  tokenizers.
+
+``default_system`` is part of the format where the format always has a system prompt
+(FastChat's vicuna_v1.1): both templates fall back to it when a conversation has none,
+so training, the GGUF template and Ollama agree even without a Modelfile SYSTEM.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from .errors import bad_input
+from .resources import templates_dir
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+#: Fields every template file must define.
+REQUIRED_FIELDS = ("name", "description", "chat_template", "ollama_template", "stop", "end_of_turn")
+
+_GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
+_END_GENERATION_RE = re.compile(r"\{%-?\s*endgeneration\s*-?%\}")
+
+Message = Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """One chat format: the training Jinja, the Ollama TEMPLATE and what goes with them."""
+
+    name: str
+    description: str
+    chat_template: str  # HF Jinja, BOS-free, with {% generation %} markers
+    ollama_template: str  # Go text/template for Ollama's TEMPLATE
+    stop: tuple[str, ...]  # Ollama PARAMETER stop values
+    end_of_turn: str  # text ending an assistant turn (inside the generation markers)
+    default_system: str = ""  # system prompt the format uses when a conversation has none
+    bos: str = "runtime"  # leading BOS: added by the tokenizer/runtime, never template text
+    aliases: tuple[str, ...] = ()  # regexes matched against lower-cased base names
+    fingerprint: tuple[str, ...] = ()  # substrings that identify a tokenizer's own template
+    priority: int = 50  # lower is tried first when several formats match
+    path: Path | None = field(default=None, compare=False)
+
+    def inference_prompt(self, messages: Sequence[Message]) -> str:
+        """The text Ollama renders for ``messages`` (ending with a user turn), without BOS."""
+        return render_chat(self, messages, add_generation_prompt=True)
+
+    def training_text(self, messages: Sequence[Message]) -> str:
+        """The text of a whole conversation as trained on, without the leading BOS."""
+        return render_chat(self, messages)
+
+
+# -- registry ---------------------------------------------------------------------------
+
+def _parse_template_file(path: Path) -> ChatTemplate:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise bad_input(f"Chat template file {path} is not valid TOML: {exc}") from exc
+    missing = [k for k in REQUIRED_FIELDS if k not in data]
+    if missing:
+        raise bad_input(f"Chat template file {path} lacks {', '.join(missing)}.")
+    if data["name"] != path.stem:
+        raise bad_input(f"Chat template file {path} says name = {data['name']!r}; it must match the file name.")
+    if not _GENERATION_RE.search(data["chat_template"]):
+        raise bad_input(f"Chat template {data['name']!r} has no {{% generation %}} markers.",
+                        "Wrap the assistant text and its end-of-turn token in {% generation %}...{% endgeneration %}.")
+    return ChatTemplate(
+        name=data["name"], description=data["description"], chat_template=data["chat_template"],
+        ollama_template=data["ollama_template"], stop=tuple(data["stop"]), end_of_turn=data["end_of_turn"],
+        default_system=data.get("default_system", ""), bos=data.get("bos", "runtime"),
+        aliases=tuple(data.get("aliases", ())), fingerprint=tuple(data.get("fingerprint", ())),
+        priority=int(data.get("priority", 50)), path=path,
+    )
+
+
+@lru_cache(maxsize=None)
+def _registry(folder: str) -> dict[str, ChatTemplate]:
+    templates = {}
+    for path in sorted(Path(folder).glob("*.toml")):
+        tpl = _parse_template_file(path)
+        templates[tpl.name] = tpl
+    return templates
+
+
+def _all(folder: Path | None = None) -> dict[str, ChatTemplate]:
+    return _registry(str(folder or templates_dir()))
+
+
+def list_templates(folder: Path | None = None) -> list[ChatTemplate]:
+    """Every chat format shipped in ``templates/``, sorted by name."""
+    return sorted(_all(folder).values(), key=lambda t: t.name)
+
+
+def template_names(folder: Path | None = None) -> list[str]:
+    return [t.name for t in list_templates(folder)]
+
+
+def load_template(name: str, folder: Path | None = None) -> ChatTemplate:
+    """The chat format called ``name``; an unknown name is a user error listing the choices."""
+    templates = _all(folder)
+    if name in templates:
+        return templates[name]
+    folded = {k.lower().replace("-", "_"): v for k, v in templates.items()}
+    key = name.lower().replace("-", "_")
+    if key in folded:
+        return folded[key]
+    raise bad_input(f"Unknown chat template {name!r}.",
+                    f"Choose one of: {', '.join(sorted(templates))} (see `ftpack templates`).")
+
+
+# -- rendering --------------------------------------------------------------------------
+
+def _jinja_text(tpl_or_jinja: ChatTemplate | str) -> str:
+    return tpl_or_jinja.chat_template if isinstance(tpl_or_jinja, ChatTemplate) else tpl_or_jinja
+
+
+def render_chat_with_spans(tpl_or_jinja: ChatTemplate | str, messages: Sequence[Message], *,
+                           add_generation_prompt: bool = False, bos_token: str = "<s>",
+                           eos_token: str = "</s>", **extra: Any) -> tuple[str, list[tuple[int, int]]]:
+    """Render like ``tokenizer.apply_chat_template`` and return the ``{% generation %}`` spans.
+
+    Uses transformers' own Jinja environment (sandbox, trim_blocks, lstrip_blocks, the
+    generation tag), so the text is exactly what TRL trains on.
+    """
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    chat = [dict(m) for m in messages]
+    rendered, spans = render_jinja_template(
+        conversations=[chat], chat_template=_jinja_text(tpl_or_jinja),
+        return_assistant_tokens_mask=True, add_generation_prompt=add_generation_prompt,
+        bos_token=bos_token, eos_token=eos_token, **extra)
+    return rendered[0], [tuple(s) for s in spans[0]]
+
+
+def render_chat(tpl_or_jinja: ChatTemplate | str, messages: Sequence[Message], *,
+                add_generation_prompt: bool = False, bos_token: str = "<s>", eos_token: str = "</s>",
+                **extra: Any) -> str:
+    """Render a chat template exactly as transformers does (generation tags supported)."""
+    return render_chat_with_spans(tpl_or_jinja, messages, add_generation_prompt=add_generation_prompt,
+                                  bos_token=bos_token, eos_token=eos_token, **extra)[0]
+
+
+# -- BOS --------------------------------------------------------------------------------
+
+def tokenizer_adds_bos(tokenizer: Any) -> bool:
+    """Whether ``tokenizer(text)`` puts the BOS token in front (what GGUF add_bos_token records).
+
+    Measured rather than read from a flag: tokenizers spell it ``add_bos_token``, a
+    post-processor, or a SentencePiece setting.
+    """
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    if bos_id is None:
+        return False
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    without = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return bool(with_special) and with_special[0] == bos_id and (not without or without[0] != bos_id)
+
+
+def training_chat_template(tpl: ChatTemplate, tokenizer: Any = None, *, adds_bos: bool | None = None) -> str:
+    """The Jinja to install in the tokenizer for training (and to ship in the GGUF).
+
+    ``{{ bos_token }}`` + the format's template when the tokenizer adds a BOS (TRL
+    tokenizes chats with ``add_special_tokens=False``), the plain template otherwise.
+    """
+    if adds_bos is None:
+        adds_bos = tokenizer is not None and tokenizer_adds_bos(tokenizer)
+    return ("{{ bos_token }}" + tpl.chat_template) if adds_bos else tpl.chat_template
+
+
+def install_chat_template(tpl: ChatTemplate, tokenizer: Any) -> str:
+    """Set ``tokenizer.chat_template`` to the training template; returns it."""
+    text = training_chat_template(tpl, tokenizer)
+    tokenizer.chat_template = text
+    return text
+
+
+# -- choosing a format for a base model -------------------------------------------------
+
+def _base_key(base: str) -> str:
+    """The part of a base reference that names the model: ``org/name`` or a file's name."""
+    parts = [p for p in re.split(r"[\\/]", str(base).strip()) if p]
+    return "/".join(parts[-2:]).lower()
+
+
+def template_for_tokenizer_template(chat_template: str | None, folder: Path | None = None) -> str | None:
+    """The format whose fingerprint a tokenizer's own chat template carries, if any."""
+    if not chat_template:
+        return None
+    for tpl in sorted(list_templates(folder), key=lambda t: (t.priority, t.name)):
+        if tpl.fingerprint and all(marker in chat_template for marker in tpl.fingerprint):
+            return tpl.name
+    return None
+
+
+def template_for_name(base: str, folder: Path | None = None) -> str | None:
+    """The format a base model's name points to (``vicuna`` → vicuna_v1.1...), if any."""
+    key = _base_key(base)
+    for tpl in sorted(list_templates(folder), key=lambda t: (t.priority, t.name)):
+        if any(re.search(pattern, key) for pattern in tpl.aliases):
+            return tpl.name
+    return None
+
+
+def template_for_base(base: str | None, tokenizer_chat_template: str | None = None,
+                      folder: Path | None = None) -> str | None:
+    """Pick a format: the tokenizer's own chat template wins (it is what the model was
+    tuned with), then the base model's name; ``None`` when nothing fits."""
+    return (template_for_tokenizer_template(tokenizer_chat_template, folder)
+            or (template_for_name(base, folder) if base else None))
+
+
+def choose_template(explicit: str | None, base: str | None, tokenizer: Any = None,
+                    folder: Path | None = None) -> ChatTemplate:
+    """``--template`` if given, else the format detected for the base; otherwise a user
+    error that lists the choices."""
+    if explicit:
+        return load_template(explicit, folder)
+    own = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+    if isinstance(own, dict):  # tokenizers with several named templates
+        own = own.get("default") or next(iter(own.values()), None)
+    name = template_for_base(base, own, folder)
+    if name is None:
+        raise bad_input(f"Cannot tell which chat format base model {base!r} uses "
+                        "(no known name and no recognised chat template in its tokenizer).",
+                        f"Pass --template NAME, one of: {', '.join(template_names(folder))}.")
+    return load_template(name, folder)
+
+
+def check_generation_markers(tpl: ChatTemplate) -> None:
+    """Fail when a template's generation markers are unbalanced (TRL needs them paired)."""
+    opens = len(_GENERATION_RE.findall(tpl.chat_template))
+    closes = len(_END_GENERATION_RE.findall(tpl.chat_template))
+    if opens == 0 or opens != closes:
+        raise bad_input(f"Chat template {tpl.name!r} has {opens} {{% generation %}} and {closes} "
+                        "{% endgeneration %} markers.")
+
+
+def templates_table(templates: Iterable[ChatTemplate]) -> list[dict[str, Any]]:
+    """Plain data for `ftpack templates` (table rows and --json)."""
+    return [{"name": t.name, "description": t.description, "stop": list(t.stop),
+             "default_system": t.default_system, "aliases": list(t.aliases)} for t in templates]
