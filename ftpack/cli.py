@@ -127,3 +127,7 @@ def main() -> None:  # console-script entry point
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+    "merge": ("ftpack.commands.gguf:merge", "Fold a LoRA/DoRA adapter into a 16-bit copy of its base (streaming)."),
+    "convert": ("ftpack.commands.gguf:convert", "Convert a Hugging Face model (+ adapter) to GGUF, tensor by tensor."),
+    "quantize": ("ftpack.commands.gguf:quantize", "Quantize a GGUF with llama.cpp (default Q4_K_M)."),
+    "inspect": ("ftpack.commands.gguf:inspect", "Show a GGUF's metadata and tensor types, or a build's manifest."),

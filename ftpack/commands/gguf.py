@@ -1,0 +1,163 @@
+"""`ftpack merge | convert | quantize | inspect`: the model-file commands.
+
+Thin shells over :mod:`ftpack.merge`, :mod:`ftpack.gguf_convert`, :mod:`ftpack.quantize`
+and :mod:`ftpack.gguf_inspect`; every result also goes out as ``r.result(...)`` for --json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..report import get_reporter
+
+_PATH = click.Path(path_type=Path)
+
+
+@click.command()
+@click.option("--base", type=_PATH, default=None,
+              help="Base model folder (default: base_model_name_or_path in adapter_config.json).")
+@click.option("--adapter", "adapter_dir", type=_PATH, required=True, help="PEFT LoRA/DoRA adapter folder.")
+@click.option("-o", "--out", "out_dir", type=_PATH, required=True, help="Folder for the merged model.")
+@click.option("--dtype", type=click.Choice(["auto", "bf16", "f16", "f32"], case_sensitive=False), default="auto",
+              show_default=True, help="Weight dtype of the merged copy (auto: as stored in the base).")
+def merge(base: Path | None, adapter_dir: Path, out_dir: Path, dtype: str) -> None:
+    """Fold a LoRA/DoRA adapter into a 16-bit copy of its base (streaming, one tensor at a time).
+
+    \b
+    Works for adapters trained with QLoRA too: they are folded into the 16-bit
+    base weights on disk, never into 4-bit weights.
+    Example: ftpack merge --base ./base --adapter builds/x/train/adapter -o merged/
+    """
+    from ..merge import merge_adapter
+
+    r = get_reporter()
+    result = merge_adapter(base, adapter_dir, out_dir, dtype=dtype.lower())
+    r.result({"out": str(result.out_dir), "tensors": result.tensors, "merged_tensors": result.merged_modules,
+              "bytes": result.bytes, "dtype": result.dtype})
+    r.final(f"Merged model: {result.out_dir}", out=str(result.out_dir))
+
+
+@click.command()
+@click.argument("model_dir", type=_PATH)
+@click.option("-o", "--out", "out", type=_PATH, default=None,
+              help="Output .gguf file (default: MODEL_DIR/<name>.<outtype>.gguf next to the folder).")
+@click.option("--outtype", type=click.Choice(["f16", "bf16", "f32", "q8_0"], case_sensitive=False), default="f16",
+              show_default=True, help="Tensor type of the GGUF (quantize further with `ftpack quantize`).")
+@click.option("--adapter", "adapter_dir", type=_PATH, default=None,
+              help="LoRA/DoRA adapter to merge on the fly (no merged copy is written).")
+@click.option("--name", default=None, help="general.name in the GGUF (default: the folder name).")
+@click.option("--llama-cpp", "llama_cpp_dir", type=_PATH, default=None, envvar="LLAMA_CPP_DIR",
+              help="llama.cpp checkout whose convert_hf_to_gguf.py handles other architectures "
+                   "(default: $LLAMA_CPP_DIR).")
+def convert(model_dir: Path, out: Path | None, outtype: str, adapter_dir: Path | None, name: str | None,
+            llama_cpp_dir: Path | None) -> None:
+    """Convert a Hugging Face model folder to GGUF, tensor by tensor.
+
+    \b
+    Supports llama (incl. Vicuna, TinyLlama, SmolLM), mistral, qwen2 and qwen3; other
+    architectures go through llama.cpp's convert_hf_to_gguf.py (--llama-cpp DIR).
+    Example: ftpack convert ./base --adapter builds/x/train/adapter -o x.f16.gguf
+    """
+    from ..gguf_convert import convert_to_gguf, gguf_file_stem
+
+    r = get_reporter()
+    outtype = outtype.lower()
+    if out is None:
+        stem = gguf_file_stem(name or (adapter_dir or model_dir).resolve().name)
+        out = (adapter_dir or model_dir).resolve().parent / f"{stem}.{outtype}.gguf"
+    result = convert_to_gguf(model_dir, out, outtype=outtype, adapter_dir=adapter_dir, name=name,
+                             llama_cpp_dir=llama_cpp_dir)
+    r.result({"out": str(result.path), "architecture": result.architecture, "outtype": result.outtype,
+              "tensors": result.tensors, "bytes": result.bytes, "pre_tokenizer": result.pre_tokenizer,
+              "merged_tensors": result.merged_tensors})
+    r.final(f"GGUF: {result.path}", out=str(result.path))
+
+
+@click.command()
+@click.argument("src", type=_PATH)
+@click.option("-o", "--out", "dst", type=_PATH, default=None,
+              help="Output .gguf (default: next to the input, named after the type).")
+@click.option("--type", "quant_type", default="Q4_K_M", show_default=True,
+              help="llama.cpp quantization type, any case (e.g. Q4_K_M, Q5_K_M, Q6_K, Q8_0, IQ4_XS).")
+@click.option("--imatrix", type=_PATH, default=None, help="Importance matrix (llama-imatrix output).")
+@click.option("--threads", type=int, default=None, help="Threads (default: all cores).")
+@click.option("--list-types", is_flag=True, help="List the quantization types and exit.")
+def quantize(src: Path, dst: Path | None, quant_type: str, imatrix: Path | None, threads: int | None,
+             list_types: bool) -> None:
+    """Quantize a GGUF with llama.cpp's quantizer (default Q4_K_M).
+
+    Example: ftpack quantize model.f16.gguf -o model.Q4_K_M.gguf
+    """
+    from ..quantize import quant_types, quantize_gguf, resolve_quant_type
+
+    r = get_reporter()
+    if list_types:
+        types = quant_types()
+        r.table("llama.cpp quantization types", ("type", "llama_ftype"), [(k, v) for k, v in types.items()],
+                data=types)
+        r.result(types)
+        return
+    name, _ = resolve_quant_type(quant_type)
+    if dst is None:
+        stem = src.name[:-5] if src.name.endswith(".gguf") else src.name
+        for suffix in (".f16", ".bf16", ".f32", ".F16", ".BF16", ".F32"):
+            stem = stem[: -len(suffix)] if stem.endswith(suffix) else stem
+        dst = src.with_name(f"{stem}.{name}.gguf")
+    result = quantize_gguf(src, dst, name, imatrix=imatrix, threads=threads)
+    r.result({"out": str(result.path), "type": result.quant_type, "file_type": result.file_type,
+              "bytes": result.bytes, "input_bytes": result.input_bytes, "seconds": round(result.seconds, 2),
+              "requantized": result.requantized})
+    r.final(f"Quantized: {result.path}", out=str(result.path))
+
+
+@click.command()
+@click.argument("path", type=_PATH)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def inspect(ctx: click.Context, path: Path, as_json: bool) -> None:
+    """Show what a GGUF file (metadata, tensor types) or a build dir (manifest) holds."""
+    from ..atomic import human_bytes
+    from ..gguf_inspect import inspect_path, template_head
+    from ..report import Reporter, set_reporter
+
+    if as_json:
+        reporter = Reporter("json")
+        set_reporter(reporter)
+        if ctx.obj is not None:
+            ctx.obj.reporter = reporter
+    r = get_reporter()
+    kind, data = inspect_path(path)
+    if kind == "gguf":
+        special = ", ".join(f"{k}={v['text']!r} ({v['id']})" for k, v in data["special_tokens"].items())
+        rows = [
+            ("file", f"{data['path']} ({human_bytes(data['bytes'])})"),
+            ("architecture", data["architecture"]), ("name", data["name"]),
+            ("parameters", f"{data['parameters']:,}"), ("file type", f"{data['file_type']} ({data['file_type_id']})"),
+            ("context length", data["context_length"]), ("layers", data["block_count"]),
+            ("embedding", data["embedding_length"]), ("heads / kv heads", f"{data['head_count']} / {data['head_count_kv']}"),
+            ("rope base", data["rope_freq_base"]),
+            ("tokenizer", f"{data['tokenizer_model']} (pre: {data['pre_tokenizer']}), {data['vocab_size']} tokens"),
+            ("add bos / eos", f"{data['add_bos_token']} / {data['add_eos_token']}"),
+            ("special tokens", special or "-"), ("license", data["license"] or "-"),
+            ("base models", ", ".join(b for b in data["base_models"] if b) or "-"),
+            ("chat template", template_head(data["chat_template"])),
+        ]
+        r.table("GGUF", ("key", "value"), [(k, "-" if v is None else str(v)) for k, v in rows],
+                data={k: v for k, v in data.items() if k != "tensor_types"})
+        r.table("Tensor types", ("type", "tensors", "parameters", "bytes"),
+                [(t["type"], t["tensors"], f"{t['parameters']:,}", human_bytes(t["bytes"]))
+                 for t in data["tensor_types"]], data=data["tensor_types"])
+        r.result(data)
+        r.final(f"{data['architecture']} · {data['file_type']} · {data['tensors']} tensors · "
+                f"{human_bytes(data['bytes'])}")
+    else:
+        rows = [(name, s["status"], "-" if s["seconds"] is None else f"{s['seconds']:.1f}",
+                 s["main_output"] or "-", human_bytes(s["bytes"]) if s["bytes"] else "-")
+                for name, s in data["stages"].items()]
+        r.table(f"Build {data['name']} ({data['build_dir']})", ("stage", "status", "seconds", "output", "size"),
+                rows, data=data["stages"])
+        r.result(data)
+        r.final(f"{data['name']}: {sum(s['status'] == 'done' for s in data['stages'].values())}/"
+                f"{len(data['stages'])} stages done")

@@ -1,0 +1,180 @@
+"""What is inside a GGUF file (or a build dir): a metadata summary and a tensor-type table.
+
+Why: after convert/quantize, users want to check in one command that the file carries
+the right architecture, context length, chat template and special tokens, and what
+the quantization actually did to each tensor type (Q4_K_M is a mix, not one type).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from .errors import bad_input
+
+GGUF_MAGIC = b"GGUF"
+#: general.file_type values (llama_ftype) -> names, as llama.cpp prints them
+FILE_TYPE_NAMES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
+    12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
+    19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL",
+    26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16",
+    36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4_MOE", 39: "NVFP4",
+}
+UNQUANTIZED_TYPES = {"F32", "F16", "BF16", "F64"}
+
+
+def is_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+def read_gguf(path: Path | str):
+    """Open a GGUF with gguf-py's reader; not-a-GGUF and truncated files are clear errors."""
+    path = Path(path)
+    if not path.exists():
+        raise bad_input(f"File not found: {path}")
+    if path.is_dir():
+        raise bad_input(f"{path} is a folder, not a GGUF file.")
+    if not is_gguf(path):
+        raise bad_input(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes).",
+                        "Convert a Hugging Face model first: ftpack convert MODEL_DIR -o model.gguf")
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+    except (ValueError, IndexError, OSError, KeyError) as exc:
+        raise bad_input(f"{path} is damaged or truncated ({exc}).", "Re-create it (convert/quantize again).") from None
+    size = path.stat().st_size
+    for t in reader.tensors:
+        if t.data_offset + t.n_bytes > size:
+            raise bad_input(f"{path} is truncated: tensor {t.name} ends past the end of the file.",
+                            "Re-create it (convert/quantize again).")
+    return reader
+
+
+def field_value(reader, key: str) -> Any:
+    """A metadata value as a Python object (strings decoded, arrays as lists)."""
+    from gguf import GGUFValueType
+
+    f = reader.fields.get(key)
+    if f is None:
+        return None
+    if f.types and f.types[0] == GGUFValueType.ARRAY:
+        sub = f.types[-1]
+        if sub == GGUFValueType.STRING:
+            return [bytes(f.parts[i]).decode("utf-8", errors="replace") for i in f.data]
+        return [f.parts[i].tolist()[0] for i in f.data]
+    if f.types and f.types[0] == GGUFValueType.STRING:
+        return bytes(f.parts[f.data[0]]).decode("utf-8", errors="replace")
+    return f.parts[f.data[0]].tolist()[0]
+
+
+def tensor_type_table(reader) -> list[dict[str, Any]]:
+    """One row per GGML type: how many tensors, parameters and bytes."""
+    counts: Counter[str] = Counter()
+    params: Counter[str] = Counter()
+    nbytes: Counter[str] = Counter()
+    for t in reader.tensors:
+        name = t.tensor_type.name
+        counts[name] += 1
+        params[name] += int(t.n_elements)
+        nbytes[name] += int(t.n_bytes)
+    return [{"type": k, "tensors": counts[k], "parameters": params[k], "bytes": nbytes[k]}
+            for k in sorted(counts, key=lambda k: -nbytes[k])]
+
+
+def summarize_gguf(path: Path | str) -> dict[str, Any]:
+    """The facts a user checks: architecture, size, context, file type, tokenizer, template."""
+    path = Path(path)
+    reader = read_gguf(path)
+    arch = field_value(reader, "general.architecture")
+    ftype = field_value(reader, "general.file_type")
+    tokens = field_value(reader, "tokenizer.ggml.tokens") or []
+    special: dict[str, Any] = {}
+    from gguf import Keys
+
+    ids = {"bos": Keys.Tokenizer.BOS_ID, "eos": Keys.Tokenizer.EOS_ID, "eot": Keys.Tokenizer.EOT_ID,
+           "unk": Keys.Tokenizer.UNK_ID, "pad": Keys.Tokenizer.PAD_ID, "sep": Keys.Tokenizer.SEP_ID}
+    for typ, key in ids.items():
+        tid = field_value(reader, key)
+        if tid is not None:
+            special[typ] = {"id": tid, "text": tokens[tid] if 0 <= tid < len(tokens) else None}
+    template = field_value(reader, "tokenizer.chat_template")
+    bases = []
+    for i in range(field_value(reader, "general.base_model.count") or 0):
+        bases.append(field_value(reader, f"general.base_model.{i}.name"))
+    table = tensor_type_table(reader)
+    return {
+        "path": str(path),
+        "bytes": path.stat().st_size,
+        "architecture": arch,
+        "name": field_value(reader, "general.name"),
+        "license": field_value(reader, "general.license"),
+        "base_models": bases,
+        "file_type": FILE_TYPE_NAMES.get(ftype, ftype),
+        "file_type_id": ftype,
+        "parameters": sum(r["parameters"] for r in table),
+        "context_length": field_value(reader, f"{arch}.context_length"),
+        "embedding_length": field_value(reader, f"{arch}.embedding_length"),
+        "block_count": field_value(reader, f"{arch}.block_count"),
+        "head_count": field_value(reader, f"{arch}.attention.head_count"),
+        "head_count_kv": field_value(reader, f"{arch}.attention.head_count_kv"),
+        "rope_freq_base": field_value(reader, f"{arch}.rope.freq_base"),
+        "tokenizer_model": field_value(reader, "tokenizer.ggml.model"),
+        "pre_tokenizer": field_value(reader, "tokenizer.ggml.pre"),
+        "vocab_size": len(tokens),
+        "add_bos_token": field_value(reader, "tokenizer.ggml.add_bos_token"),
+        "add_eos_token": field_value(reader, "tokenizer.ggml.add_eos_token"),
+        "special_tokens": special,
+        "chat_template": template,
+        "tensors": len(reader.tensors),
+        "tensor_types": table,
+    }
+
+
+def is_quantized(summary: dict[str, Any]) -> bool:
+    """True when most weights are already in a quantized type (requantizing loses quality)."""
+    quant = sum(r["bytes"] for r in summary["tensor_types"] if r["type"] not in UNQUANTIZED_TYPES)
+    return quant > 0
+
+
+def summarize_build(build_dir: Path | str) -> dict[str, Any]:
+    """A build dir's manifest: config, and per stage status, seconds, outputs, metrics."""
+    from .build import MANIFEST_NAME, Manifest
+
+    build_dir = Path(build_dir)
+    if not (build_dir / MANIFEST_NAME).is_file():
+        raise bad_input(f"{build_dir} is not a build dir (no {MANIFEST_NAME}).",
+                        "Pass a build dir (builds/<name>) or a .gguf file.")
+    m = Manifest.load(build_dir)
+    stages = {}
+    for name, rec in m.stages.items():
+        stages[name] = {"status": rec.status, "seconds": rec.seconds, "main_output": rec.main_output,
+                        "bytes": sum(o.bytes for o in rec.outputs), "metrics": rec.metrics, "error": rec.error}
+    return {"build_dir": str(build_dir), "name": m.name, "created": m.created, "updated": m.updated,
+            "config": m.config, "stages": stages}
+
+
+def inspect_path(path: Path | str) -> tuple[str, dict[str, Any]]:
+    """('gguf'|'build', summary) for a GGUF file or a build dir."""
+    path = Path(path)
+    if path.is_dir():
+        return "build", summarize_build(path)
+    if not path.exists():
+        raise bad_input(f"File not found: {path}")
+    return "gguf", summarize_gguf(path)
+
+
+def template_head(template: Any, lines: int = 4) -> str:
+    if template is None:
+        return "(none)"
+    text = template if isinstance(template, str) else str(template)
+    head = text.strip().splitlines()[:lines]
+    more = " …" if len(text.strip().splitlines()) > lines else ""
+    return "\n".join(head) + more
+

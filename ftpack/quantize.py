@@ -1,0 +1,281 @@
+"""GGUF → Q4_K_M (or any llama.cpp type) with llama.cpp's own quantizer, in a child process.
+
+Why a child process: ``llama_model_quantize`` is native code; if it crashes (bad file,
+out of memory, a bug) the child dies, and the CLI reports a clear error instead of
+disappearing. The child also streams llama.cpp's log, so the parent can show a
+per-tensor progress bar (or at least a spinner with the elapsed time).
+
+The list of types is derived from llama-cpp-python's ``LLAMA_FTYPE_*`` constants, so
+it follows whatever llama.cpp version is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_path, check_free_space, human_bytes
+from .errors import FtpackError, bad_input
+from .report import get_reporter
+
+DEFAULT_TYPE = "Q4_K_M"
+#: llama.cpp's quantize tool refuses these without an importance matrix (quality collapses)
+NEEDS_IMATRIX = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "Q2_K_S")
+_PROGRESS_RE = re.compile(r"\[\s*(\d+)\s*/\s*(\d+)\s*\]")
+
+
+def quant_types() -> dict[str, int]:
+    """Every type llama.cpp's quantizer offers: name (e.g. ``Q4_K_M``) -> llama_ftype."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise FtpackError("llama-cpp-python is not installed; it provides llama.cpp's quantizer.",
+                          "pip install llama-cpp-python") from None
+    types: dict[str, int] = {}
+    for attr in dir(llama_cpp):
+        if attr.startswith("LLAMA_FTYPE_MOSTLY_"):
+            types[attr[len("LLAMA_FTYPE_MOSTLY_"):]] = int(getattr(llama_cpp, attr))
+    if hasattr(llama_cpp, "LLAMA_FTYPE_ALL_F32"):
+        types["F32"] = int(llama_cpp.LLAMA_FTYPE_ALL_F32)
+    return dict(sorted(types.items(), key=lambda kv: kv[1]))
+
+
+def resolve_quant_type(name: str) -> tuple[str, int]:
+    """Case-insensitive lookup; unknown names list what exists."""
+    types = quant_types()
+    key = name.strip().upper()
+    if key not in types:
+        raise bad_input(f"Unknown quantization type {name!r}.",
+                        f"llama.cpp offers: {', '.join(types)}.")
+    return key, types[key]
+
+
+@dataclass
+class QuantizeResult:
+    path: Path
+    quant_type: str
+    file_type: int
+    bytes: int
+    input_bytes: int
+    seconds: float
+    requantized: bool
+
+
+def quantize_gguf(src: Path | str, dst: Path | str, quant_type: str = DEFAULT_TYPE, *,
+                  imatrix: Path | str | None = None, threads: int | None = None) -> QuantizeResult:
+    """Quantize ``src`` into ``dst`` with llama.cpp (in a child process), atomically."""
+    from .gguf_inspect import is_quantized, summarize_gguf
+
+    reporter = get_reporter()
+    src, dst = Path(src), Path(dst)
+    name, ftype = resolve_quant_type(quant_type)
+    summary = summarize_gguf(src)  # not-a-GGUF / truncated -> clear error before spawning
+    if src.resolve() == dst.resolve():
+        raise bad_input("The output file must differ from the input file.")
+    if imatrix is not None:
+        imatrix = Path(imatrix)
+        if not imatrix.is_file():
+            raise bad_input(f"Importance matrix not found: {imatrix}")
+        load_imatrix(imatrix)  # validate in the parent: a bad file is a clear error
+    elif name in NEEDS_IMATRIX:
+        raise bad_input(f"{name} needs an importance matrix (--imatrix FILE); without one the model degrades badly.",
+                        "Create one with llama.cpp's llama-imatrix, or pick Q4_K_M / Q5_K_M / Q6_K.")
+    if threads is not None and threads < 0:
+        raise bad_input("--threads must be 0 (all cores) or a positive number.")
+    requantize = is_quantized(summary)
+    if requantize:
+        reporter.warn(f"{src.name} is already quantized ({summary['file_type']}); quantizing it again to {name} "
+                      "loses more quality than quantizing the F16/BF16 original.",
+                      "Quantize the F16/BF16 GGUF instead when you have it.")
+    in_bytes = src.stat().st_size
+    check_free_space(dst.parent, (2 * in_bytes if name == "F32" else in_bytes) + (16 << 20), f"the {name} GGUF")
+
+    t0 = time.monotonic()
+    with atomic_path(dst) as tmp:
+        job = {"src": str(src), "dst": str(tmp), "ftype": ftype, "threads": threads or 0,
+               "allow_requantize": requantize, "imatrix": str(imatrix) if imatrix else None}
+        _run_child(job, name, reporter)
+        if not tmp.is_file() or tmp.stat().st_size == 0:
+            raise FtpackError(f"llama.cpp's quantizer wrote no output for {src}.")
+    seconds = time.monotonic() - t0
+    out_bytes = dst.stat().st_size
+    reporter.info(f"Quantized {src.name} ({human_bytes(in_bytes)}) to {name}: {dst} "
+                  f"({human_bytes(out_bytes)}) in {seconds:.1f}s.")
+    return QuantizeResult(dst, name, ftype, out_bytes, in_bytes, seconds, requantize)
+
+
+def _run_child(job: dict[str, Any], name: str, reporter) -> None:
+    """Spawn the quantizer, show progress from its log, and turn failures into FtpackError."""
+    cmd = [sys.executable, "-m", "ftpack.quantize", json.dumps(job)]
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    tail: deque[str] = deque(maxlen=40)
+    state = {"done": 0, "total": None}
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for raw in iter(proc.stderr.readline, b""):
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            if line:
+                tail.append(line)
+            m = _PROGRESS_RE.search(line)
+            if m:
+                state["done"], state["total"] = int(m.group(1)), int(m.group(2))
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        with reporter.progress(f"quantizing to {name}", total=None, unit="tensors") as bar:
+            while proc.poll() is None:
+                bar.update(state["done"], total=state["total"])
+                time.sleep(0.2)
+            reader.join(timeout=5)
+            bar.update(state["done"], total=state["total"])
+    except BaseException:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        raise
+    code = proc.returncode
+    last = "\n".join(list(tail)[-8:])
+    if code < 0:
+        sig = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        raise FtpackError(f"llama.cpp's quantizer crashed ({sig}) while quantizing to {name}.\n{last}",
+                          "The input may be damaged, or the machine ran out of memory; "
+                          "try another type or re-create the F16 GGUF.")
+    if code != 0:
+        raise FtpackError(f"llama.cpp's quantizer failed (exit {code}) while quantizing to {name}.\n{last}",
+                          "See the llama.cpp messages above.")
+
+
+# -- importance matrix --------------------------------------------------------------------
+
+def load_imatrix(path: Path) -> dict[str, "Any"]:
+    """Read an importance matrix (llama-imatrix's GGUF format or the legacy .dat format)
+    into tensor name -> float32 values, as llama.cpp's quantize tool does."""
+    import numpy as np
+
+    from .gguf_inspect import is_gguf
+
+    if is_gguf(path):
+        from gguf import GGUFReader
+
+        try:
+            reader = GGUFReader(path)
+        except Exception as exc:
+            raise bad_input(f"{path} is not a readable imatrix GGUF ({exc}).") from None
+        sums, counts = {}, {}
+        for t in reader.tensors:
+            if t.name.endswith(".in_sum2"):
+                sums[t.name[: -len(".in_sum2")]] = np.asarray(t.data, dtype=np.float32)
+            elif t.name.endswith(".counts"):
+                counts[t.name[: -len(".counts")]] = np.asarray(t.data, dtype=np.float32).reshape(-1)
+        if not sums:
+            raise bad_input(f"{path} holds no importance-matrix data (*.in_sum2 tensors).")
+        out = {}
+        for name, s in sums.items():
+            if name not in counts:
+                raise bad_input(f"{path}: {name} has sums but no counts; the imatrix file is damaged.")
+            rows = s.reshape(len(counts[name]), -1)
+            c = counts[name].reshape(-1, 1)
+            out[name] = np.where(c > 0, rows / np.where(c > 0, c, 1), 1.0).astype(np.float32).reshape(-1)
+        return out
+    data = path.read_bytes()
+    out = {}
+    try:
+        pos = 0
+        (n,) = np.frombuffer(data, np.int32, 1, pos)
+        pos += 4
+        if n < 1:
+            raise ValueError("no entries")
+        for _ in range(int(n)):
+            (length,) = np.frombuffer(data, np.int32, 1, pos)
+            pos += 4
+            name = data[pos:pos + int(length)].decode("utf-8")
+            pos += int(length)
+            ncall, nval = np.frombuffer(data, np.int32, 2, pos)
+            pos += 8
+            values = np.frombuffer(data, np.float32, int(nval), pos).copy()
+            pos += 4 * int(nval)
+            if ncall > 0:
+                values /= ncall
+            out[name] = values
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_input(f"{path} is not an importance matrix (GGUF or legacy .dat): {exc}.") from None
+    return out
+
+
+# -- the child process --------------------------------------------------------------------
+
+def _child_main(job: dict[str, Any]) -> int:
+    """Runs in the child: call llama_model_quantize and return its status."""
+    import ctypes
+
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback
+    def _log(level, text, user_data):  # llama.cpp's log -> our stderr (the parent parses it)
+        try:
+            sys.stderr.write(text.decode("utf-8", errors="replace"))
+            sys.stderr.flush()
+        except Exception:
+            pass
+
+    llama_cpp.llama_log_set(_log, ctypes.c_void_p(0))
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(job["ftype"])
+    params.nthread = int(job["threads"])
+    params.allow_requantize = bool(job["allow_requantize"])
+    keep = []
+    if job.get("imatrix"):
+        import numpy as np
+
+        entries = load_imatrix(Path(job["imatrix"]))
+        array = (llama_cpp.llama_model_imatrix_data * (len(entries) + 1))()
+        for i, (name, values) in enumerate(entries.items()):
+            values = np.ascontiguousarray(values, dtype=np.float32)
+            keep.append(values)
+            array[i].name = name.encode()
+            array[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            array[i].size = values.size
+        array[len(entries)].name = None  # terminator
+        params.imatrix = ctypes.cast(array, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+        keep.append(array)
+    status = llama_cpp.llama_model_quantize(job["src"].encode(), job["dst"].encode(), ctypes.byref(params))
+    return 0 if status == 0 else 3
+
+
+# -- the pipeline stage -------------------------------------------------------------------
+
+def run_quantize_stage(ctx) -> "Any":
+    """Stage ``quantize``: gguf/<name>.<outtype>.gguf (convert's output) → gguf/<name>.<QUANT>.gguf.
+
+    Uses ctx.config.quant (default Q4_K_M) and ctx.config.imatrix.
+    """
+    from .build import StageResult
+    from .gguf_convert import gguf_file_stem
+
+    cfg = ctx.config
+    src = ctx.upstream_path("convert")
+    name, _ = resolve_quant_type(cfg.quant or DEFAULT_TYPE)
+    dst = ctx.build_dir / "gguf" / f"{gguf_file_stem(cfg.name)}.{name}.gguf"
+    result = quantize_gguf(src, dst, name, imatrix=cfg.imatrix)
+    return StageResult(outputs=[dst], main_output=dst, metrics={
+        "quant": name, "file_type": result.file_type, "bytes": result.bytes, "input_bytes": result.input_bytes,
+        "seconds": round(result.seconds, 2), "imatrix": str(cfg.imatrix) if cfg.imatrix else None})
+
+
+if __name__ == "__main__":  # the child process: python -m ftpack.quantize '<job json>'
+    sys.exit(_child_main(json.loads(sys.argv[1])))
