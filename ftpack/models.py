@@ -268,8 +268,9 @@ def materialise_gguf(gguf_path: Path, *, name: str | None = None, cache_dir: Pat
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name or gguf_path.stem).strip("-").lower() or "model"
     cache = Path(cache_dir) if cache_dir is not None else models_cache_dir()
     target = cache / f"{slug}-{digest[:16]}"
-    if _is_complete(target, digest):
-        return target
+    for existing in sorted(cache.glob(f"*-{digest[:16]}")) if cache.is_dir() else []:
+        if _is_complete(existing, digest):  # the same file, materialised under another name
+            return existing
     cache.mkdir(parents=True, exist_ok=True)
     with _file_lock(cache / f".{target.name}.lock"):
         if _is_complete(target, digest):  # another process finished it while we waited
