@@ -22,6 +22,7 @@ from .report import Reporter, set_reporter
 COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("ftpack.commands.build:build", "Run the whole pipeline: data to a model you can `ollama run`."),
     "doctor": ("ftpack.commands.doctor:doctor", "Check Python, libraries, devices, llama.cpp and Ollama."),
+    "data": ("ftpack.commands.data:data", "Validate a dataset, normalise it to messages JSONL, show stats."),
     "templates": ("ftpack.commands.data:templates", "List the chat formats (training + Ollama templates)."),
 }
 

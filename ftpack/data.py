@@ -1,0 +1,661 @@
+"""Datasets: five input formats → validated ``messages`` conversations, stats and an eval split.
+
+Input: a JSON array or JSONL file (UTF-8, a BOM is tolerated) in one of these formats,
+detected per file (``--format`` forces one):
+
+* ``sharegpt``  – ``{"conversations": [{"from": "human"|"gpt"|"system", "value": …}]}``
+  (FastChat's Vicuna format; an optional top-level ``system`` string is honoured);
+* ``messages``  – ``{"messages": [{"role": "system"|"user"|"assistant", "content": …}]}``;
+* ``alpaca``    – ``instruction``, optional ``input`` (joined after a blank line),
+  ``output``, optional ``system``;
+* ``io``        – ``{"input": …, "output": …}`` (+ optional ``system``);
+* ``prompt-completion`` – ``{"prompt": …, "completion": …}`` (strings, or TRL's
+  conversational form: two lists of messages).
+
+Every record is checked and *all* problems are reported at once (up to a cap) as
+``FILE:LINE: what is wrong`` — the JSONL line, or for a JSON array the line where the
+item starts plus its index — then a :class:`FtpackError` with exit code 2 is raised
+and nothing is written. A valid conversation is an optional system message, then
+user/assistant turns alternating, ending with an assistant message; contents are
+non-empty strings.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from .atomic import atomic_path, write_json
+from .errors import FtpackError, bad_input
+
+FORMATS = ("sharegpt", "messages", "alpaca", "io", "prompt-completion")
+ROLES = ("system", "user", "assistant")
+#: ShareGPT speaker names → roles (FastChat uses human/gpt; some exports use user/assistant).
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "chatgpt": "assistant", "system": "system"}
+MAX_PROBLEMS = 50
+#: Default eval fraction, used when the dataset has at least this many records.
+DEFAULT_EVAL_RATIO = 0.05
+MIN_RECORDS_FOR_DEFAULT_EVAL = 20
+
+_FORMAT_KEYS = {
+    "sharegpt": "conversations",
+    "messages": "messages",
+    "alpaca": "instruction/output",
+    "io": "input/output",
+    "prompt-completion": "prompt/completion",
+}
+
+Conversation = list[dict[str, str]]
+
+
+@dataclass
+class Record:
+    """One valid conversation and where it came from."""
+
+    messages: Conversation
+    line: int  # 1-based line where the record starts
+    index: int  # 0-based position in the file
+
+
+@dataclass
+class Dataset:
+    """A loaded, validated dataset."""
+
+    path: Path
+    format: str
+    records: list[Record]
+
+    @property
+    def conversations(self) -> list[Conversation]:
+        return [r.messages for r in self.records]
+
+
+class Problems:
+    """Collects ``FILE:LINE: message`` problems; reports them in line order, the first
+    :data:`MAX_PROBLEMS` in full."""
+
+    def __init__(self, path: Path, cap: int = MAX_PROBLEMS):
+        self.path = path
+        self.cap = cap
+        self.items: list[tuple[int, int, str]] = []
+
+    def add(self, line: int, message: str, index: int | None = None) -> None:
+        where = f"{self.path}:{line}: " + (f"item {index}: " if index is not None else "")
+        self.items.append((line, len(self.items), where + message))
+
+    @property
+    def count(self) -> int:
+        return len(self.items)
+
+    @property
+    def lines(self) -> list[str]:
+        return [text for _, _, text in sorted(self.items)[: self.cap]]
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def error(self) -> FtpackError:
+        shown = self.lines
+        more = f"\n... and {self.count - len(shown)} more" if self.count > len(shown) else ""
+        noun = "problem" if self.count == 1 else "problems"
+        return bad_input(f"{self.path}: {self.count} {noun}; nothing was written.\n" + "\n".join(shown) + more,
+                         "Fix these records (or pick the format with --format) and run again.")
+
+
+# -- reading JSON / JSONL -----------------------------------------------------------------
+
+@dataclass
+class RawItem:
+    line: int
+    index: int
+    value: Any
+    in_array: bool
+
+
+def read_text(path: Path) -> str:
+    """The file as text: UTF-8 with an optional BOM; an undecodable byte is a user error."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise bad_input(f"Dataset not found: {path}") from None
+    except IsADirectoryError:
+        raise bad_input(f"Dataset {path} is a folder; give a .json or .jsonl file.") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise bad_input(f"{path}:{line}: not valid UTF-8 (byte {exc.start}).",
+                        "Save the file as UTF-8.") from None
+
+
+def iter_raw_items(path: Path, text: str, problems: Problems) -> Iterator[RawItem]:
+    """JSON values of a JSON array or a JSONL file, each with the line it starts on."""
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        yield from _iter_json_array(text, problems)
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == 1 and _is_single_json_object(text):
+                problems.add(1, "the file is a single JSON object; expected a JSON array of records "
+                                "or JSONL (one record per line)")
+                return
+            problems.add(number, f"invalid JSON: {exc.msg} (column {exc.colno})")
+            continue
+        yield RawItem(number, number - 1, value, False)
+
+
+def _is_single_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def _iter_json_array(text: str, problems: Problems) -> Iterator[RawItem]:
+    decoder = json.JSONDecoder()
+    n = len(text)
+    counted_pos, counted_line = 0, 1
+
+    def line_at(pos: int) -> int:
+        nonlocal counted_pos, counted_line
+        counted_line += text.count("\n", counted_pos, pos)
+        counted_pos = pos
+        return counted_line
+
+    def skip_ws(pos: int) -> int:
+        while pos < n and text[pos] in " \t\r\n":
+            pos += 1
+        return pos
+
+    pos = skip_ws(0) + 1  # past "["
+    pos = skip_ws(pos)
+    if pos < n and text[pos] == "]":
+        return
+    index = 0
+    while True:
+        pos = skip_ws(pos)
+        try:
+            value, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            problems.add(line_at(exc.pos), f"invalid JSON: {exc.msg} (column {exc.colno})", index)
+            return
+        yield RawItem(line_at(pos), index, value, True)
+        pos = skip_ws(end)
+        if pos < n and text[pos] == ",":
+            pos += 1
+            index += 1
+            continue
+        if pos < n and text[pos] == "]":
+            rest = skip_ws(pos + 1)
+            if rest < n:
+                problems.add(line_at(rest), "unexpected text after the end of the JSON array")
+            return
+        problems.add(line_at(min(pos, n)), "invalid JSON: expected ',' or ']' after an array item", index)
+        return
+
+
+# -- formats ---------------------------------------------------------------------------
+
+def detect_format(obj: Any) -> str | None:
+    """The format a single record is in, from its keys (None if it fits none)."""
+    if not isinstance(obj, dict):
+        return None
+    if "conversations" in obj:
+        return "sharegpt"
+    if "messages" in obj:
+        return "messages"
+    if "instruction" in obj:
+        return "alpaca"
+    if "prompt" in obj or "completion" in obj:
+        return "prompt-completion"
+    if "input" in obj or "output" in obj:
+        return "io"
+    return None
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _text_field(obj: dict, key: str, errors: list[str], *, required: bool = True,
+                label: str | None = None) -> str | None:
+    label = label or f"field {key!r}"
+    if key not in obj or obj[key] is None:
+        if required:
+            errors.append(f"missing {label}")
+        return None
+    value = obj[key]
+    if not isinstance(value, str):
+        errors.append(f"{label} must be a string, got {_type_name(value)}")
+        return None
+    if required and not value.strip():
+        errors.append(f"{label} is empty")
+        return None
+    return value
+
+
+def _from_role_list(items: Any, list_name: str, role_key: str, text_key: str, role_map: dict[str, str],
+                    errors: list[str]) -> Conversation:
+    if not isinstance(items, list):
+        errors.append(f"field {list_name!r} must be a list, got {_type_name(items)}")
+        return []
+    if not items:
+        errors.append(f"field {list_name!r} is empty")
+        return []
+    out: Conversation = []
+    for i, item in enumerate(items):
+        where = f"{list_name}[{i}]"
+        if not isinstance(item, dict):
+            errors.append(f"{where} must be an object, got {_type_name(item)}")
+            continue
+        raw_role = item.get(role_key)
+        if raw_role is None:
+            errors.append(f"{where}: missing field {role_key!r}")
+            continue
+        role = role_map.get(raw_role) if isinstance(raw_role, str) else None
+        if role is None:
+            expected = ", ".join(dict.fromkeys(role_map))
+            errors.append(f"{where}: unknown role {raw_role!r} (expected {expected})")
+            continue
+        text = _text_field(item, text_key, errors, label=f"{where}.{text_key}")
+        if text is not None:
+            out.append({"role": role, "content": text})
+    return out
+
+
+def _check_roles(messages: Conversation, list_name: str, errors: list[str], offset: int = 0) -> None:
+    """Optional system first, then user/assistant alternating, ending with assistant."""
+    if not messages:
+        return
+    start = 1 if messages[0]["role"] == "system" else 0
+    if len(messages) == start:
+        errors.append(f"{list_name} has no user/assistant turns")
+        return
+    expected = "user"
+    for i in range(start, len(messages)):
+        role = messages[i]["role"]
+        where = f"{list_name}[{i + offset}]"
+        if role == "system":
+            errors.append(f"{where}: a system message is only allowed first")
+            return
+        if role != expected:
+            errors.append(f"{where}: roles out of order: expected {expected!r}, got {role!r} "
+                          "(user and assistant must alternate after an optional system message)")
+            return
+        expected = "assistant" if expected == "user" else "user"
+    if messages[-1]["role"] != "assistant":
+        errors.append(f"{list_name} must end with an assistant message (the last is {messages[-1]['role']!r})")
+
+
+def _with_system(obj: dict, messages: Conversation, errors: list[str]) -> Conversation:
+    system = _text_field(obj, "system", errors, required=False)
+    if system and system.strip():
+        return [{"role": "system", "content": system}] + messages
+    return messages
+
+
+def convert_record(obj: Any, fmt: str) -> tuple[Conversation, list[str]]:
+    """One record in format ``fmt`` → (messages, problems). Pure; used by tests directly."""
+    errors: list[str] = []
+    if not isinstance(obj, dict):
+        return [], [f"expected a JSON object, got {_type_name(obj)}"]
+    if fmt == "sharegpt":
+        if "conversations" not in obj:
+            return [], ["missing field 'conversations'"]
+        turns = _from_role_list(obj["conversations"], "conversations", "from", "value", SHAREGPT_ROLES, errors)
+        if errors:
+            return [], errors
+        _check_roles(turns, "conversations", errors)
+        if turns and turns[0]["role"] != "system":
+            turns = _with_system(obj, turns, errors)
+        return turns, errors
+    if fmt == "messages":
+        if "messages" not in obj:
+            return [], ["missing field 'messages'"]
+        messages = _from_role_list(obj["messages"], "messages", "role", "content",
+                                   {r: r for r in ROLES}, errors)
+        if not errors:
+            _check_roles(messages, "messages", errors)
+        return messages, errors
+    if fmt == "alpaca":
+        instruction = _text_field(obj, "instruction", errors)
+        extra = _text_field(obj, "input", errors, required=False)
+        output = _text_field(obj, "output", errors)
+        if errors:
+            return [], errors
+        user = instruction if not (extra and extra.strip()) else f"{instruction}\n\n{extra}"
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+        return _with_system(obj, messages, errors), errors
+    if fmt == "io":
+        question = _text_field(obj, "input", errors)
+        answer = _text_field(obj, "output", errors)
+        if errors:
+            return [], errors
+        return _with_system(obj, [{"role": "user", "content": question},
+                                  {"role": "assistant", "content": answer}], errors), errors
+    if fmt == "prompt-completion":
+        if isinstance(obj.get("prompt"), list) or isinstance(obj.get("completion"), list):
+            return _conversational_prompt_completion(obj)
+        prompt = _text_field(obj, "prompt", errors)
+        completion = _text_field(obj, "completion", errors)
+        if errors:
+            return [], errors
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], errors
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def _conversational_prompt_completion(obj: dict) -> tuple[Conversation, list[str]]:
+    """TRL's conversational prompt-completion: prompt and completion are message lists."""
+    errors: list[str] = []
+    roles = {r: r for r in ROLES}
+    prompt = _from_role_list(obj.get("prompt"), "prompt", "role", "content", roles, errors)
+    completion = _from_role_list(obj.get("completion"), "completion", "role", "content", roles, errors)
+    if errors:
+        return [], errors
+    messages = prompt + completion
+    _check_roles(messages, "prompt+completion", errors)
+    return messages, errors
+
+
+# -- loading -----------------------------------------------------------------------------
+
+def load_dataset(path: str | Path, fmt: str = "auto", *, max_problems: int = MAX_PROBLEMS) -> Dataset:
+    """Read, detect, convert and validate a dataset; every problem → one FtpackError (code 2)."""
+    path = Path(path)
+    if fmt not in ("auto", *FORMATS):
+        raise bad_input(f"Unknown dataset format {fmt!r}.", f"Use one of: auto, {', '.join(FORMATS)}.")
+    text = read_text(path)
+    if not text.strip():
+        raise bad_input(f"{path} is empty: no records.",
+                        "Give a JSON array or JSONL file with at least one conversation.")
+    problems = Problems(path, max_problems)
+    items = list(iter_raw_items(path, text, problems))
+    if not items and not problems:
+        raise bad_input(f"{path} has no records (an empty JSON array).",
+                        "Give at least one conversation.")
+
+    detected = [detect_format(item.value) for item in items]
+    if fmt == "auto":
+        counts = Counter(d for d in detected if d is not None)
+        file_format = max(counts, key=lambda f: (counts[f], -detected.index(f))) if counts else None
+    else:
+        file_format = fmt
+
+    records: list[Record] = []
+    for item, det in zip(items, detected):
+        index = item.index if item.in_array else None
+        if not isinstance(item.value, dict):
+            problems.add(item.line, f"expected a JSON object, got {_type_name(item.value)}", index)
+            continue
+        if file_format is None or det is None and fmt == "auto":
+            keys = ", ".join(sorted(item.value))
+            problems.add(item.line, f"unknown format (keys: {keys or 'none'}); expected one of: "
+                         + "; ".join(f"{k} ({f})" for f, k in _FORMAT_KEYS.items()), index)
+            continue
+        if fmt == "auto" and det != file_format:
+            problems.add(item.line, f"record is in {det} format but the file is {file_format} "
+                         f"(detected from {Counter(detected)[file_format]} of {len(items)} records); "
+                         "use one format per file", index)
+            continue
+        messages, errors = convert_record(item.value, file_format)
+        for err in errors:
+            problems.add(item.line, err, index)
+        if not errors:
+            records.append(Record(messages, item.line, item.index))
+    if problems:
+        raise problems.error()
+    return Dataset(path, file_format or "unknown", records)
+
+
+# -- statistics, tokens, split --------------------------------------------------------------
+
+def conversation_key(messages: Conversation) -> str:
+    return json.dumps(messages, ensure_ascii=False, sort_keys=True)
+
+
+def count_duplicates(conversations: Sequence[Conversation]) -> int:
+    """Records identical to an earlier one."""
+    return len(conversations) - len({conversation_key(c) for c in conversations})
+
+
+def count_tokens(conversations: Sequence[Conversation], tokenizer: Any, template: Any) -> list[int]:
+    """Training length of each conversation in tokens: the training chat template (with
+    the BOS rule of :mod:`ftpack.templates`) rendered and tokenized as TRL does."""
+    from .templates import render_chat, training_chat_template
+
+    jinja = training_chat_template(template, tokenizer)
+    specials = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
+    texts = [render_chat(jinja, conv, **specials) for conv in conversations]
+    if not texts:
+        return []
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def resolve_eval_ratio(eval_ratio: float | None, n_records: int) -> float:
+    """``--eval-ratio`` if given, else 5% for datasets of at least 20 records, else none."""
+    if eval_ratio is not None:
+        return float(eval_ratio)
+    return DEFAULT_EVAL_RATIO if n_records >= MIN_RECORDS_FOR_DEFAULT_EVAL else 0.0
+
+
+def split_eval(conversations: Sequence[Conversation], ratio: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic seeded split → (train indices, eval indices), both in file order.
+
+    Identical conversations land on the same side, so the eval loss never scores a
+    conversation the model was trained on. At least one record always stays in training.
+    """
+    n = len(conversations)
+    if ratio <= 0 or n < 2:
+        return list(range(n)), []
+    groups: dict[str, list[int]] = {}
+    for i, conv in enumerate(conversations):
+        groups.setdefault(conversation_key(conv), []).append(i)
+    keys = list(groups)
+    if len(keys) < 2:
+        return list(range(n)), []
+    order = list(range(len(keys)))
+    random.Random(seed).shuffle(order)
+    target = max(1, round(n * ratio))
+    chosen: list[int] = []
+    for k in order:
+        if len(chosen) >= target:
+            break
+        if n - len(chosen) - len(groups[keys[k]]) < 1:
+            continue
+        chosen.extend(groups[keys[k]])
+    eval_set = set(chosen)
+    return [i for i in range(n) if i not in eval_set], sorted(eval_set)
+
+
+@dataclass
+class DataSummary:
+    """What `ftpack data` and the data stage report and record."""
+
+    path: str
+    format: str
+    template: str | None
+    records: int
+    messages: int
+    turns: int  # assistant replies
+    with_system: int
+    duplicates: int
+    tokens: dict[str, int | float] | None
+    tokens_note: str | None
+    max_seq_length: int
+    too_long: int
+    dropped_long: int
+    eval_ratio: float
+    seed: int
+    train_records: int
+    eval_records: int
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+@dataclass
+class PreparedData:
+    train: list[Conversation]
+    eval: list[Conversation]
+    summary: DataSummary
+
+
+def prepare_data(path: str | Path, *, fmt: str = "auto", template: Any = None, tokenizer: Any = None,
+                 max_seq_length: int = 2048, drop_long: bool = False, eval_ratio: float | None = None,
+                 seed: int = 42, tokens_note: str | None = None) -> PreparedData:
+    """Load + validate, count tokens (when a tokenizer and template are given), drop or
+    flag long records, and split. Pure apart from reading ``path``."""
+    dataset = load_dataset(path, fmt)
+    conversations = dataset.conversations
+    lengths: list[int] | None = None
+    if tokenizer is not None and template is not None:
+        lengths = count_tokens(conversations, tokenizer, template)
+        tokens_note = None
+    elif tokens_note is None:
+        tokens_note = "no tokenizer: pass --base (and --template) to count tokens"
+    too_long = [i for i, n in enumerate(lengths or []) if n > max_seq_length]
+    dropped = 0
+    if drop_long and too_long:
+        keep = sorted(set(range(len(conversations))) - set(too_long))
+        if not keep:
+            raise bad_input(f"{path}: all {len(conversations)} records are longer than --max-seq-length "
+                            f"{max_seq_length} tokens; --drop-long would leave nothing.",
+                            "Raise --max-seq-length.")
+        conversations = [conversations[i] for i in keep]
+        lengths = [lengths[i] for i in keep] if lengths is not None else None
+        dropped = len(too_long)
+    ratio = resolve_eval_ratio(eval_ratio, len(conversations))
+    train_idx, eval_idx = split_eval(conversations, ratio, seed)
+    tokens = None
+    if lengths is not None:
+        tokens = {"total": sum(lengths), "mean": round(sum(lengths) / len(lengths), 1),
+                  "max": max(lengths), "min": min(lengths)}
+    summary = DataSummary(
+        path=str(path), format=dataset.format, template=getattr(template, "name", None),
+        records=len(dataset.records), messages=sum(len(c) for c in dataset.conversations),
+        turns=sum(1 for c in dataset.conversations for m in c if m["role"] == "assistant"),
+        with_system=sum(1 for c in dataset.conversations if c[0]["role"] == "system"),
+        duplicates=count_duplicates(dataset.conversations), tokens=tokens, tokens_note=tokens_note,
+        max_seq_length=max_seq_length, too_long=len(too_long), dropped_long=dropped,
+        eval_ratio=ratio, seed=seed, train_records=len(train_idx), eval_records=len(eval_idx),
+    )
+    return PreparedData([conversations[i] for i in train_idx], [conversations[i] for i in eval_idx], summary)
+
+
+# -- writing and reporting --------------------------------------------------------------------
+
+def write_jsonl(path: str | Path, conversations: Sequence[Conversation]) -> Path:
+    """``{"messages": [...]}`` per line, written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for conv in conversations:
+                f.write(json.dumps({"messages": conv}, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_messages_jsonl(path: str | Path) -> list[Conversation]:
+    """Read back a normalised file (what the train stage consumes)."""
+    return load_dataset(path, "messages").conversations
+
+
+def summary_rows(s: DataSummary) -> list[tuple[str, str]]:
+    rows = [("file", s.path), ("format", s.format), ("template", s.template or "(none chosen)"),
+            ("records", str(s.records)), ("messages", str(s.messages)), ("assistant turns", str(s.turns)),
+            ("with system prompt", str(s.with_system)), ("duplicates", str(s.duplicates))]
+    if s.tokens:
+        rows += [("tokens (total)", str(s.tokens["total"])),
+                 ("tokens per record (mean / max)", f"{s.tokens['mean']} / {s.tokens['max']}"),
+                 (f"longer than {s.max_seq_length} tokens", str(s.too_long))]
+        if s.dropped_long:
+            rows.append(("dropped (--drop-long)", str(s.dropped_long)))
+    else:
+        rows.append(("tokens", s.tokens_note or "not counted"))
+    rows += [("train / eval", f"{s.train_records} / {s.eval_records} (eval ratio {s.eval_ratio:g}, seed {s.seed})")]
+    rows += [(f"wrote {k}", v) for k, v in s.outputs.items()]
+    return rows
+
+
+def report_summary(s: DataSummary, reporter: Any) -> None:
+    """The stats table plus warnings for long records and duplicates."""
+    reporter.table("dataset", ("", "value"), summary_rows(s), data=s.as_dict())
+    if s.too_long and not s.dropped_long:
+        reporter.warn(f"{s.too_long} of {s.records} records are longer than --max-seq-length {s.max_seq_length} "
+                      "tokens and will be truncated in training (their end, including the last answer, is cut).",
+                      "Use --drop-long to drop them, or raise --max-seq-length.")
+    if s.duplicates:
+        reporter.warn(f"{s.duplicates} records duplicate an earlier one (kept; duplicates stay on one side "
+                      "of the eval split).")
+
+
+# -- the pipeline stage -------------------------------------------------------------------------
+
+def load_tokenizer(base: str, *, trust_remote_code: bool = False, allow_pickle: bool = False):
+    """(tokenizer, resolved base) for ``--base`` via :func:`ftpack.models.resolve_base`."""
+    from transformers import AutoTokenizer
+
+    from .models import resolve_base
+
+    resolved = resolve_base(base, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise FtpackError(f"Cannot load the tokenizer of base model {base!r} from {resolved.path}: {exc}") from exc
+    return tokenizer, resolved
+
+
+def run_data_stage(ctx: Any):
+    """Stage ``data``: validate ``config.data``, choose the chat template, write the splits.
+
+    Reads: config.data, format, template, base, max_seq_length, drop_long, eval_ratio,
+    seed (and trust_remote_code / allow_pickle to load the base's tokenizer).
+    Writes: data/train.jsonl (main output), data/eval.jsonl (when there is an eval
+    split), data/stats.json. Metrics: template (the chosen name — the train, modelfile
+    and convert stages use it), format, records, train/eval records, tokens, too_long.
+    """
+    from .build import StageResult
+    from .templates import choose_template
+
+    cfg = ctx.config
+    if cfg.data is None:
+        raise bad_input("No dataset given.", "Pass --data FILE (JSON or JSONL).")
+    tokenizer, resolved = load_tokenizer(cfg.base, trust_remote_code=bool(getattr(cfg, "trust_remote_code", False)),
+                                         allow_pickle=bool(getattr(cfg, "allow_pickle", False)))
+    template = choose_template(cfg.template or resolved.template, resolved.model_id or cfg.base, tokenizer)
+    prepared = prepare_data(cfg.data, fmt=cfg.format or "auto", template=template, tokenizer=tokenizer,
+                            max_seq_length=cfg.max_seq_length, drop_long=bool(cfg.drop_long),
+                            eval_ratio=cfg.eval_ratio, seed=cfg.seed)
+    out_dir = ctx.stage_dir
+    outputs = [write_jsonl(out_dir / "train.jsonl", prepared.train)]
+    eval_path = out_dir / "eval.jsonl"
+    if prepared.eval:
+        outputs.append(write_jsonl(eval_path, prepared.eval))
+    elif eval_path.exists():
+        eval_path.unlink()  # a stale split from an earlier run must not be trained on
+    summary = prepared.summary
+    summary.outputs = {p.name: str(p) for p in outputs}
+    outputs.append(write_json(out_dir / "stats.json", summary.as_dict()))
+    report_summary(summary, ctx.reporter)
+    metrics = {"template": template.name, "format": summary.format, "records": summary.records,
+               "train_records": summary.train_records, "eval_records": summary.eval_records,
+               "too_long": summary.too_long, "dropped_long": summary.dropped_long,
+               "duplicates": summary.duplicates}
+    if summary.tokens:
+        metrics["tokens"] = summary.tokens["total"]
+        metrics["max_tokens"] = summary.tokens["max"]
+    return StageResult(outputs=outputs, main_output=outputs[0], metrics=metrics)
