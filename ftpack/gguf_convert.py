@@ -483,8 +483,11 @@ def _gguf_source_license(folder: Path) -> str | None:
 
 def write_tokenizer(writer, tok_dir: Path, config: dict[str, Any]) -> str | None:
     """tokenizer.ggml.* keys; returns the pre-tokenizer name (None for SentencePiece)."""
+    import logging
+
     import gguf
 
+    logging.getLogger("gguf").setLevel(logging.ERROR)  # its notes on unusual templates are not for users
     vocab_size = int(_need(config, "vocab_size"))
     tok_json = tok_dir / "tokenizer.json"
     hf = json.loads(tok_json.read_text(encoding="utf-8")) if tok_json.is_file() else None
