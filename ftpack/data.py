@@ -442,6 +442,15 @@ def count_tokens(conversations: Sequence[Conversation], tokenizer: Any, template
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
+def count_stop_collisions(conversations: Sequence[Conversation], template: Any) -> int:
+    """Records containing the template's stop strings or end-of-turn text: Ollama would
+    cut an answer there, and the model sees a turn boundary where there is none."""
+    if template is None:
+        return 0
+    markers = {*template.stop, template.end_of_turn} - {""}
+    return sum(1 for conv in conversations if any(mk in m["content"] for m in conv for mk in markers))
+
+
 def resolve_eval_ratio(eval_ratio: float | None, n_records: int) -> float:
     """``--eval-ratio`` if given, else 5% for datasets of at least 20 records, else none."""
     if eval_ratio is not None:
@@ -495,6 +504,7 @@ class DataSummary:
     max_seq_length: int
     too_long: int
     dropped_long: int
+    stop_collisions: int  # records whose text contains a stop string / end-of-turn of the template
     eval_ratio: float
     seed: int
     train_records: int
@@ -551,6 +561,7 @@ def prepare_data(path: str | Path, *, fmt: str = "auto", template: Any = None, t
         with_system=sum(1 for c in dataset.conversations if c[0]["role"] == "system"),
         duplicates=count_duplicates(dataset.conversations), tokens=tokens, tokens_note=tokens_note,
         max_seq_length=max_seq_length, too_long=len(too_long), dropped_long=dropped,
+        stop_collisions=count_stop_collisions(dataset.conversations, template),
         eval_ratio=ratio, seed=seed, train_records=len(train_idx), eval_records=len(eval_idx),
     )
     return PreparedData([conversations[i] for i in train_idx], [conversations[i] for i in eval_idx], summary)
@@ -586,6 +597,8 @@ def summary_rows(s: DataSummary) -> list[tuple[str, str]]:
             rows.append(("dropped (--drop-long)", str(s.dropped_long)))
     else:
         rows.append(("tokens", s.tokens_note or "not counted"))
+    if s.template:
+        rows.append(("containing stop strings", str(s.stop_collisions)))
     rows += [("train / eval", f"{s.train_records} / {s.eval_records} (eval ratio {s.eval_ratio:g}, seed {s.seed})")]
     rows += [(f"wrote {k}", v) for k, v in s.outputs.items()]
     return rows
@@ -598,6 +611,10 @@ def report_summary(s: DataSummary, reporter: Any) -> None:
         reporter.warn(f"{s.too_long} of {s.records} records are longer than --max-seq-length {s.max_seq_length} "
                       "tokens and will be truncated in training (their end, including the last answer, is cut).",
                       "Use --drop-long to drop them, or raise --max-seq-length.")
+    if s.stop_collisions:
+        reporter.warn(f"{s.stop_collisions} records contain a stop string or end-of-turn marker of the "
+                      f"{s.template} template in their text; Ollama stops generating at those strings.",
+                      "Remove the markers from the data, or choose another --template.")
     if s.duplicates:
         reporter.warn(f"{s.duplicates} records duplicate an earlier one (kept; duplicates stay on one side "
                       "of the eval split).")

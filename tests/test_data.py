@@ -319,6 +319,7 @@ def test_stats_long_records_and_drop_long(tmp_path, tiny_tokenizer):
     assert (s.records, s.messages, s.turns, s.duplicates, s.too_long, s.dropped_long) == (11, 22, 11, 1, 2, 0)
     assert s.tokens == {"total": sum(lengths), "mean": round(sum(lengths) / 11, 1), "max": max(lengths),
                         "min": min(lengths)}
+    assert s.stop_collisions == 0
     dropped = prepare_data(path, template=tpl, tokenizer=tiny_tokenizer, max_seq_length=64, drop_long=True)
     assert dropped.summary.dropped_long == 2 and len(dropped.train) + len(dropped.eval) == 9
     assert all("long long" not in m["content"] for c in dropped.train for m in c)
@@ -364,3 +365,15 @@ def test_run_data_stage_writes_splits_stats_and_template(tmp_path, tiny_llama):
     assert sorted(map(json.dumps, written)) == sorted(map(json.dumps, expected(True)))
     assert set(result.outputs) == {stage_dir / "train.jsonl", stage_dir / "eval.jsonl", stage_dir / "stats.json"}
     assert not list(stage_dir.glob("*.partial*"))
+
+
+def test_stop_strings_inside_records_are_counted(tmp_path, run_cli):
+    convs = _convs(3)
+    convs[1][1]["content"] = "Sure. USER: this looks like a new turn"
+    path = write(tmp_path / "d.jsonl", [{"messages": c} for c in convs], "jsonl")
+    from ftpack.templates import load_template
+
+    assert prepare_data(path, template=load_template("vicuna_v1.1")).summary.stop_collisions == 1
+    assert prepare_data(path, template=load_template("chatml")).summary.stop_collisions == 0
+    result = run_cli("data", path, "--template", "vicuna_v1.1")
+    assert result.exit_code == 0 and "stop string" in result.output
