@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("ftpack.commands.doctor:doctor", "Check Python, libraries, devices, llama.cpp and Ollama."),
     "data": ("ftpack.commands.data:data", "Validate a dataset, normalise it to messages JSONL, show stats."),
     "templates": ("ftpack.commands.data:templates", "List the chat formats (training + Ollama templates)."),
+    "train": ("ftpack.commands.train:train", "Fine-tune a base model on a dataset (qlora, lora, sft, full)."),
 }
 
 
