@@ -197,7 +197,8 @@ def train(
         weight_decay=weight_decay, warmup_ratio=warmup_ratio, lr_scheduler_type=lr_scheduler_type,
         max_length=max_seq_length, gradient_checkpointing=gradient_checkpointing and method != "qlora",
         packing=packing, assistant_only_loss=not train_on_prompts, logging_steps=logging_steps,
-        save_steps=save_steps, seed=seed, eval_steps=max(1, total_steps // 5) if eval_rows else None)
+        save_steps=save_steps, seed=seed,
+        eval_steps=total_steps // 5 if eval_rows and total_steps >= 10 else None)  # + a final evaluation
 
     from datasets import Dataset
     from trl import SFTTrainer

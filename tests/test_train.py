@@ -304,3 +304,42 @@ def test_train_stage_in_a_build(tiny_llama, chat_file, tmp_path):
     paths = {o.path for o in rec.outputs}
     assert {"train/loss.csv", "train/loss.png", "train/adapter/adapter_model.safetensors"} <= paths
     assert "eval_loss" in (tmp_path / "build" / "train" / "loss.csv").read_text().splitlines()[0]
+
+
+# -- the `ftpack train` command ------------------------------------------------------------
+
+def _no_traceback(result) -> None:
+    assert "Traceback" not in result.output and "Traceback" not in (result.stderr or "")
+
+
+def test_cli_bad_inputs_exit_2(run_cli, tiny_llama, chat_file, tmp_path):
+    cases = [
+        (["--base", "no-such-model", "--data", chat_file], "no-such-model"),
+        (["--base", tiny_llama, "--data", tmp_path / "missing.jsonl"], "Dataset not found"),
+        (["--base", tiny_llama, "--data", chat_file, "--method", "lora", "--target-modules", "qkv_proj"],
+         "qkv_proj"),
+        (["--base", tiny_llama, "--data", chat_file, "--lora-r", "0"], "lora_r"),
+    ]
+    for args, expected in cases:
+        result = run_cli("train", *args, "--out", tmp_path / "out")
+        assert result.exit_code == 2, (args, result.output)
+        assert expected in result.output + (result.stderr or ""), result.output
+        _no_traceback(result)
+    assert not (tmp_path / "out" / "adapter").exists()
+
+
+def test_cli_trains_from_another_format(run_cli, tiny_llama, tmp_path):
+    alpaca = tmp_path / "qa.json"
+    alpaca.write_text(json.dumps([{"instruction": f"Name city {i}.", "output": CITIES[i % 4]} for i in range(12)]),
+                      encoding="utf-8")
+    out = tmp_path / "run"
+    result = run_cli("--json", "train", "--base", tiny_llama, "--data", alpaca, "--method", "lora",
+                     "--max-steps", "2", "--lr", "1e-3", "--out", out)
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    data = next(e["data"] for e in events if e["event"] == "result")
+    assert data["method"] == "lora" and data["steps"] == 2 and data["template"] == "chatml"
+    assert any(e["event"] == "progress" and e.get("total") == 2 for e in events)
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "loss.png").is_file()
+    first = json.loads((out / "data" / "train.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert first["messages"][-1]["role"] == "assistant"
