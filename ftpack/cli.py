@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("ftpack.commands.data:data", "Validate a dataset, normalise it to messages JSONL, show stats."),
     "templates": ("ftpack.commands.data:templates", "List the chat formats (training + Ollama templates)."),
     "train": ("ftpack.commands.train:train", "Fine-tune a base model on a dataset (qlora, lora, sft, full)."),
+    "merge": ("ftpack.commands.gguf:merge", "Fold a LoRA/DoRA adapter into a 16-bit copy of its base (streaming)."),
+    "convert": ("ftpack.commands.gguf:convert", "Convert a Hugging Face model (+ adapter) to GGUF, tensor by tensor."),
+    "quantize": ("ftpack.commands.gguf:quantize", "Quantize a GGUF with llama.cpp (default Q4_K_M)."),
+    "inspect": ("ftpack.commands.gguf:inspect", "Show a GGUF's metadata and tensor types, or a build's manifest."),
 }
 
 
@@ -129,7 +133,3 @@ def main() -> None:  # console-script entry point
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-    "merge": ("ftpack.commands.gguf:merge", "Fold a LoRA/DoRA adapter into a 16-bit copy of its base (streaming)."),
-    "convert": ("ftpack.commands.gguf:convert", "Convert a Hugging Face model (+ adapter) to GGUF, tensor by tensor."),
-    "quantize": ("ftpack.commands.gguf:quantize", "Quantize a GGUF with llama.cpp (default Q4_K_M)."),
-    "inspect": ("ftpack.commands.gguf:inspect", "Show a GGUF's metadata and tensor types, or a build's manifest."),
