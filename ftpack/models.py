@@ -316,6 +316,8 @@ def _dequantize_gguf(gguf_path: Path, out_dir: Path) -> str | None:
     loading the dequantized state dict gives an ordinary model. Returns the template
     name when the GGUF's chat template is recognised (None otherwise).
     """
+    import struct
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -324,7 +326,7 @@ def _dequantize_gguf(gguf_path: Path, out_dir: Path) -> str | None:
         with _quiet_progress_bars():
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
             loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
-    except (ValueError, KeyError, RuntimeError, NotImplementedError) as exc:
+    except (ValueError, KeyError, RuntimeError, NotImplementedError, IndexError, EOFError, struct.error) as exc:
         raise bad_input(f"{gguf_path}: transformers cannot load this GGUF ({exc}).",
                         "Supported are GGUF files of architectures transformers can dequantize "
                         "(llama, mistral, qwen2, phi3, gemma…); give the HF model folder instead.") from None

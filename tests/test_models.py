@@ -1,0 +1,187 @@
+"""Base-model resolution: local folders, GGUF files, the embedded SmolLM2, aliases, hub ids
+(offline and unreachable hubs fail fast with the id in the message)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ftpack.errors import FtpackError
+from ftpack.models import ALIASES, resolve_base
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_local_folder_is_used_in_place(tiny_llama):
+    r = resolve_base(str(tiny_llama))
+    assert r.path == Path(tiny_llama).resolve() and r.source == "local"
+
+
+def _fake_folder(tmp_path: Path, files: dict[str, str], config: dict | None = None) -> Path:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config or {"model_type": "llama"}), encoding="utf-8")
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+def test_pickle_weights_need_allow_pickle(tmp_path):
+    folder = _fake_folder(tmp_path, {"pytorch_model.bin": "not really a pickle"})
+    with pytest.raises(FtpackError) as err:
+        resolve_base(str(folder))
+    assert err.value.code == 2 and "--allow-pickle" in err.value.hint
+    assert resolve_base(str(folder), allow_pickle=True).path == folder.resolve()
+
+
+def test_folder_without_weights_or_config(tmp_path):
+    with pytest.raises(FtpackError) as err:
+        resolve_base(str(_fake_folder(tmp_path, {})))
+    assert err.value.code == 2 and "no model weights" in err.value.message
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FtpackError) as err:
+        resolve_base(str(empty))
+    assert err.value.code == 2 and "config.json" in err.value.message
+
+
+def test_remote_code_needs_trust_remote_code(tmp_path):
+    folder = _fake_folder(tmp_path, {"model.safetensors": ""},
+                          {"model_type": "acme-custom", "auto_map": {"AutoModelForCausalLM": "modeling.Acme"}})
+    with pytest.raises(FtpackError) as err:
+        resolve_base(str(folder))
+    assert err.value.code == 2 and "--trust-remote-code" in err.value.hint
+    assert resolve_base(str(folder), trust_remote_code=True).trust_remote_code is True
+
+
+@pytest.mark.parametrize("base", ["no-such-model", "/no/such/folder", "./missing.gguf", "a/b/c", ""])
+def test_unknown_base_is_bad_input_listing_aliases(base):
+    with pytest.raises(FtpackError) as err:
+        resolve_base(base)
+    assert err.value.code == 2
+    assert "vicuna-7b" in err.value.hint and "smollm2-135m" in err.value.hint
+
+
+def test_non_gguf_file_is_rejected(tmp_path):
+    f = tmp_path / "weights.safetensors"
+    f.write_bytes(b"x")
+    with pytest.raises(FtpackError) as err:
+        resolve_base(str(f))
+    assert err.value.code == 2 and ".gguf" in err.value.message
+
+
+@pytest.mark.parametrize("content", [bytes(range(64)), b"GGUF\x03\x00\x00\x00"], ids=["not-gguf", "truncated"])
+def test_broken_gguf_is_bad_input(tmp_path, content):
+    f = tmp_path / "broken.gguf"
+    f.write_bytes(content)
+    with pytest.raises(FtpackError) as err:
+        resolve_base(str(f), cache_dir=tmp_path / "cache")
+    assert err.value.code == 2 and "broken.gguf" in err.value.message
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # nothing half-written
+
+
+def test_aliases_name_existing_templates():
+    from ftpack.templates import template_names
+
+    assert ALIASES["vicuna-7b"] == ("lmsys/vicuna-7b-v1.5", "vicuna_v1.1")
+    names = set(template_names())
+    assert {tpl for _, tpl in ALIASES.values()} <= names
+    assert len(ALIASES) >= 10
+
+
+# -- the hub, in a fresh interpreter (huggingface_hub reads HF_HOME / offline at import) ----
+
+_RESOLVE = """
+import json, sys, time
+from ftpack.errors import FtpackError
+from ftpack.models import resolve_base
+t = time.monotonic()
+try:
+    r = resolve_base(sys.argv[1])
+    out = {"path": str(r.path), "source": r.source, "template": r.template}
+except FtpackError as e:
+    out = {"error": e.message, "hint": e.hint, "code": e.code}
+out["seconds"] = time.monotonic() - t
+print(json.dumps(out))
+"""
+
+
+def _resolve_in_subprocess(base: str, **env: str) -> dict:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **env}
+    proc = subprocess.run([sys.executable, "-c", _RESOLVE, base], env=full_env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_offline_hub_names_the_id(tmp_path):
+    out = _resolve_in_subprocess("vicuna-7b", HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    assert "lmsys/vicuna-7b-v1.5" in out["error"] and "offline" in out["error"]
+    assert str(tmp_path / "hf") in out["hint"]  # says where the cache is (HF_HOME)
+    assert out["seconds"] < 10
+
+
+def test_unreachable_hub_fails_fast_naming_the_id(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = _resolve_in_subprocess("Qwen/Qwen2.5-0.5B-Instruct", HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="0",
+                                 TRANSFORMERS_OFFLINE="0", HF_ENDPOINT=f"http://127.0.0.1:{port}")
+    assert "Qwen/Qwen2.5-0.5B-Instruct" in out["error"] and "unreachable" in out["error"]
+    assert out["seconds"] < 30
+
+
+def test_hub_id_served_from_the_hf_cache_offline(tiny_llama, tmp_path):
+    """A model already in HF_HOME's cache resolves with the hub offline (no network)."""
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / "models--acme--tiny-chat"
+    shutil.copytree(tiny_llama, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    out = _resolve_in_subprocess("acme/tiny-chat", HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    assert "error" not in out, out
+    assert out["source"] == "hub" and Path(out["path"]) == repo / "snapshots" / revision
+
+
+# -- GGUF and the embedded SmolLM2 --------------------------------------------------------
+
+@pytest.mark.slow
+def test_embedded_smollm2_is_a_clean_safetensors_model(smollm2_base):
+    from ftpack.atomic import sha256_file
+    from ftpack.models import embedded_gguf_path
+
+    config = json.loads((smollm2_base / "config.json").read_text())
+    assert "quantization_config" not in config and config["model_type"] == "llama"
+    assert (smollm2_base / "model.safetensors").is_file()
+    mark = json.loads((smollm2_base / "ftpack-source.json").read_text())
+    assert mark["sha256"] == sha256_file(embedded_gguf_path()) and mark["template"] == "chatml"
+    before = (smollm2_base / "model.safetensors").stat().st_mtime_ns
+    again = resolve_base("smollm2-135m")  # cached: no second conversion
+    assert again.path == smollm2_base and again.template == "chatml" and again.source == "embedded"
+    assert again.model_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    by_file = resolve_base(str(embedded_gguf_path()))  # the same file given as a path: same cache entry
+    assert by_file.path == smollm2_base and by_file.source == "gguf"
+    assert (smollm2_base / "model.safetensors").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_answers_like_the_original(smollm2_base):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(smollm2_base))
+    model = AutoModelForCausalLM.from_pretrained(str(smollm2_base), dtype=torch.float32)
+    inputs = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                     add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    answer = tok.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "Paris" in answer, answer
