@@ -575,3 +575,43 @@ def resolve_path(value: str, modelfile: str | os.PathLike) -> Path:
     p = Path(value)
     return p if p.is_absolute() else Path(modelfile).resolve().parent / p
 
+
+
+# -- the pipeline stage ---------------------------------------------------------------------
+
+def run_modelfile_stage(ctx):
+    """Stage `modelfile`: write ``ollama/Modelfile`` for the quantized GGUF.
+
+    Reads: ``ctx.upstream_path("quantize")`` (the GGUF; FROM is written relative to the
+    Modelfile), ``ctx.upstream("data").metrics["template"]`` (the chat format trained
+    on), config ``system``, ``parameters`` (KEY=VALUE), ``messages`` (ROLE:TEXT),
+    ``license`` (a file), ``max_seq_length`` (default ``num_ctx``). Writes:
+    ``ollama/Modelfile`` (atomically, after parsing it back with Ollama's grammar).
+    """
+    from .build import StageResult
+
+    cfg = ctx.config
+    gguf = ctx.upstream_path("quantize")
+    template_name = ctx.upstream("data").metrics.get("template") or cfg.template
+    if not template_name:
+        raise FtpackError("The data stage recorded no chat template; cannot write the Modelfile.",
+                          "Pass --template NAME (see `ftpack templates`).")
+    license_text = None
+    if cfg.license is not None:
+        lic = Path(cfg.license)
+        if not lic.is_file():
+            raise bad_input(f"License file not found: {lic}")
+        license_text = lic.read_text(encoding="utf-8")
+    out = ctx.build_dir / "ollama" / "Modelfile"
+    spec = build_spec(gguf, out, template_name=template_name, system=cfg.system,
+                      parameters=parse_parameter_args(cfg.parameters or ()),
+                      messages=parse_message_args(cfg.messages or ()), license_text=license_text,
+                      num_ctx=cfg.max_seq_length,
+                      comment=f"Modelfile for {cfg.name}, written by ftpack (chat format: {template_name}).\n"
+                              f"Create the model: ollama create {cfg.name} -f Modelfile")
+    write_modelfile(out, spec)
+    ctx.reporter.info(f"wrote {out} (template {template_name}, {len(spec.parameters)} parameters)")
+    return StageResult(outputs=[out], main_output=out,
+                       metrics={"template": template_name, "from": spec.from_path,
+                                "stop": [v for n, v in spec.parameters if n == "stop"],
+                                "parameters": spec.typed_parameters()})

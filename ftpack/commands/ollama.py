@@ -1,0 +1,137 @@
+"""Ollama commands: `modelfile`, `register`, `list`, `remove`, `chat` (thin shells over the library)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..report import get_reporter
+
+_HOST_HELP = "Ollama server URL (default: OLLAMA_HOST or http://127.0.0.1:11434)."
+_MODELS_HELP = "Ollama model store for --offline (default: OLLAMA_MODELS or ~/.ollama/models)."
+
+
+@click.command()
+@click.argument("gguf", type=click.Path(path_type=Path))
+@click.option("--template", "template_name", required=True, help="Chat format from templates/ (see `ftpack templates`).")
+@click.option("--system", default=None, help="SYSTEM prompt (default: the template's default, if any).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="PARAMETER line (repeatable).")
+@click.option("--message", "messages", multiple=True, metavar="ROLE:TEXT", help="MESSAGE line (repeatable).")
+@click.option("--license", "license_file", type=click.Path(path_type=Path), default=None, help="LICENSE text file.")
+@click.option("--adapter", type=click.Path(path_type=Path), default=None, help="ADAPTER GGUF (LoRA).")
+@click.option("--num-ctx", type=int, default=None, help="PARAMETER num_ctx (e.g. the training max length).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("Modelfile"), show_default=True,
+              help="Where to write the Modelfile (FROM is written relative to it).")
+def modelfile(gguf: Path, template_name: str, system: str | None, params: tuple[str, ...], messages: tuple[str, ...],
+              license_file: Path | None, adapter: Path | None, num_ctx: int | None, output: Path) -> None:
+    """Write an Ollama Modelfile for GGUF with a chat format's TEMPLATE and stops."""
+    from ..errors import bad_input
+    from ..modelfile import build_spec, parse_message_args, parse_parameter_args, spec_to_dict, write_modelfile
+
+    r = get_reporter()
+    if not gguf.is_file():
+        raise bad_input(f"GGUF file not found: {gguf}")
+    if adapter is not None and not adapter.is_file():
+        raise bad_input(f"Adapter file not found: {adapter}")
+    license_text = None
+    if license_file is not None:
+        if not license_file.is_file():
+            raise bad_input(f"License file not found: {license_file}")
+        license_text = license_file.read_text(encoding="utf-8")
+    spec = build_spec(gguf, output, template_name=template_name, system=system,
+                      parameters=parse_parameter_args(params), messages=parse_message_args(messages),
+                      license_text=license_text, adapter=adapter, num_ctx=num_ctx,
+                      comment=f"Written by ftpack (chat format: {template_name}).")
+    write_modelfile(output, spec)
+    r.result({"modelfile": str(output), **spec_to_dict(spec)})
+    r.final(f"Wrote {output}. Create the model: ollama create NAME -f {output}  (or: ftpack register NAME "
+            f"--modelfile {output})", path=str(output))
+
+
+@click.command()
+@click.argument("name")
+@click.option("--modelfile", "modelfile_path", type=click.Path(path_type=Path), required=True,
+              help="The Modelfile to register (its FROM must be a local GGUF).")
+@click.option("--host", default=None, help=_HOST_HELP)
+@click.option("--offline", is_flag=True, help="Write Ollama's model store directly (no server needed).")
+@click.option("--models-dir", type=click.Path(path_type=Path), default=None, help=_MODELS_HELP)
+@click.option("--force", is_flag=True, help="Replace an existing model of that name.")
+def register(name: str, modelfile_path: Path, host: str | None, offline: bool, models_dir: Path | None,
+             force: bool) -> None:
+    """Create model NAME in Ollama from a Modelfile (upload only what the server lacks)."""
+    from ..ollama_api import register as do_register
+
+    r = get_reporter()
+    result = do_register(name, modelfile_path, mode="offline" if offline else "server", host=host,
+                         models_dir=models_dir, force=force, reporter=r)
+    run = f"ollama run {result.name.removesuffix(':latest')}"
+    r.result({"name": result.name, "where": result.where, "model_digest": result.model_digest,
+              "manifest_digest": result.manifest_digest, "uploaded_bytes": result.uploaded_bytes, "run": run})
+    r.final(f"Registered {result.name}. Try it: {run}", run=run)
+
+
+@click.command("list")
+@click.option("--host", default=None, help=_HOST_HELP)
+@click.option("--offline", is_flag=True, help="Read Ollama's model store instead of asking the server.")
+@click.option("--models-dir", type=click.Path(path_type=Path), default=None, help=_MODELS_HELP)
+@click.option("--all", "show_all", is_flag=True, help="Also show models ftpack did not create.")
+def list_cmd(host: str | None, offline: bool, models_dir: Path | None, show_all: bool) -> None:
+    """Show the Ollama models created by ftpack (build dir, base, method, quant, size).
+
+    ftpack recognises its models by the index it keeps when registering
+    (FTPACK_HOME/registered.json): a model counts as ftpack's while its manifest digest
+    is still the one ftpack created.
+    """
+    from ..atomic import human_bytes
+    from ..ollama_api import list_models
+
+    r = get_reporter()
+    where, models = list_models(offline=offline, host=host, models_dir=models_dir)
+    shown = [m for m in models if show_all or m.ftpack is not None]
+    rows, data = [], []
+    for m in shown:
+        e = m.ftpack or {}
+        rows.append((m.name, "yes" if m.ftpack else "no", e.get("build_dir") or "-", e.get("base") or "-",
+                     e.get("method") or "-", m.quant or e.get("quant") or "-", human_bytes(m.size)))
+        data.append({"name": m.name, "ftpack": m.ftpack is not None, "build_dir": e.get("build_dir"),
+                     "base": e.get("base"), "method": e.get("method"), "quant": m.quant or e.get("quant"),
+                     "size": m.size, "digest": m.digest, "modified": m.modified})
+    r.table(f"Ollama models ({where.split(':', 1)[1]})", ("name", "ftpack", "build dir", "base", "method", "quant",
+                                                         "size"), rows, data=data)
+    r.result({"where": where, "models": data})
+    r.final(f"{len(shown)} model(s)" + ("" if show_all else " created by ftpack") +
+            ("" if shown or show_all else " (use --all to see every model)"), count=len(shown))
+
+
+@click.command()
+@click.argument("name")
+@click.option("--host", default=None, help=_HOST_HELP)
+@click.option("--offline", is_flag=True, help="Remove from Ollama's model store directly.")
+@click.option("--models-dir", type=click.Path(path_type=Path), default=None, help=_MODELS_HELP)
+@click.option("--force", is_flag=True, help="Also remove a model ftpack did not create.")
+def remove(name: str, host: str | None, offline: bool, models_dir: Path | None, force: bool) -> None:
+    """Delete model NAME from Ollama (blobs other models share are kept)."""
+    from ..ollama_api import remove as do_remove
+
+    r = get_reporter()
+    where = do_remove(name, offline=offline, host=host, models_dir=models_dir, force=force)
+    r.result({"name": name, "where": where, "removed": True})
+    r.final(f"Removed {name} ({where.split(':', 1)[1]}).")
+
+
+@click.command()
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--template", "template_name", default=None, help="Chat format (default: from the build or the GGUF).")
+@click.option("--system", default=None, help="System prompt (default: the build's / template's).")
+@click.option("--max-tokens", type=int, default=512, show_default=True, help="Longest answer.")
+@click.option("--temperature", type=float, default=None, help="Sampling temperature (default: the Modelfile's or 0.7).")
+@click.option("--ctx", "n_ctx", type=int, default=None, help="Context length (default: the Modelfile's num_ctx or 2048).")
+@click.option("-p", "--prompt", "prompts", multiple=True, help="Ask this and exit (repeatable: one turn each).")
+def chat(target: Path, template_name: str | None, system: str | None, max_tokens: int, temperature: float | None,
+         n_ctx: int | None, prompts: tuple[str, ...]) -> None:
+    """Chat with a GGUF (or a build dir's model) locally, streaming tokens; no Ollama needed."""
+    from ..chat import run_chat
+
+    run_chat(target, template_name=template_name, system=system, max_tokens=max_tokens, temperature=temperature,
+             n_ctx=n_ctx, prompts=list(prompts) or None, reporter=get_reporter())

@@ -1,0 +1,673 @@
+"""A faithful double of Ollama's HTTP API for ftpack's tests (no Ollama binary exists here).
+
+Behaviour, status codes and error texts follow ollama/ollama ``server/routes.go``,
+``server/create.go``, ``manifest/`` and ``types/model/name.go``; blobs and manifests are
+stored in Ollama's on-disk layout (``blobs/sha256-<hex>``,
+``manifests/<host>/<namespace>/<model>/<tag>``) with the bytes Go's encoder writes, so a
+store written by the double and one written by ``ftpack register --offline`` can be
+compared file by file, and the double lists models written offline without a restart
+(like Ollama's model list, it re-reads the manifests on every ``/api/tags``).
+
+One known simplification: since v0.30 Ollama re-encodes an uploaded GGUF with its
+bundled ``llama-quantize`` (a "COPY" pass) before storing the model layer; no
+llama-quantize exists here, so the double stores the uploaded blob itself as the model
+layer (as Ollama 0.5.5–0.29 did, and as an ``ollama pull`` of a GGUF does).
+
+/api/chat renders the stored TEMPLATE through injected hooks (the tests pass the Go
+renderer and a llama-cpp-python generator), so it answers like Ollama would.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .gojson import go_json
+
+DIGEST_RE = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
+MANIFEST_MEDIA = "application/vnd.docker.distribution.manifest.v2+json"
+CONFIG_MEDIA = "application/vnd.docker.container.image.v1+json"
+MEDIA = {k: f"application/vnd.ollama.image.{k}" for k in
+         ("model", "adapter", "projector", "template", "system", "params", "messages", "license")}
+FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
+              12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
+              19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL",
+              26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16",
+              36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4_MOE", 39: "NVFP4", 40: "Q1_0"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# -- names (types/model/name.go) ------------------------------------------------------------
+
+def _valid_part(kind: str, s: str) -> bool:
+    limit = 350 if kind == "host" else 80
+    if not 1 <= len(s) <= limit:
+        return False
+    for i, ch in enumerate(s.encode("utf-8")):
+        c = chr(ch)
+        ok_first = c.isascii() and (c.isalnum() or c == "_")
+        if i == 0:
+            if not ok_first:
+                return False
+            continue
+        if c in "_-":
+            continue
+        if c == ".":
+            if kind == "namespace":
+                return False
+            continue
+        if c == ":":
+            if kind != "host":
+                return False
+            continue
+        if not ok_first:
+            return False
+    return True
+
+
+def parse_name(s: str) -> tuple[str, str, str, str] | None:
+    """model.ParseName + IsValid: (host, namespace, model, tag) or None."""
+    host = namespace = tag = ""
+    if s.rfind(":") > s.rfind("/"):
+        i = s.rfind(":")
+        s, tag = s[:i] or "!MISSING!", s[i + 1:] or "!MISSING!"
+    if "/" not in s:
+        model = s
+    else:
+        i = s.rfind("/")
+        s, model = s[:i] or "!MISSING!", s[i + 1:] or "!MISSING!"
+        if "/" not in s:
+            namespace = s
+        else:
+            i = s.rfind("/")
+            s, namespace = s[:i] or "!MISSING!", s[i + 1:] or "!MISSING!"
+            host = s.split("://", 1)[1] if "://" in s else s
+    parts = (host or "registry.ollama.ai", namespace or "library", model, tag or "latest")
+    kinds = ("host", "namespace", "model", "tag")
+    return parts if all(_valid_part(k, p) for k, p in zip(kinds, parts)) else None
+
+
+def display_shortest(parts: tuple[str, str, str, str]) -> str:
+    host, ns, model, tag = parts
+    if host.lower() != "registry.ollama.ai":
+        return f"{host}/{ns}/{model}:{tag}"
+    if ns.lower() != "library":
+        return f"{ns}/{model}:{tag}"
+    return f"{model}:{tag}"
+
+
+# -- GGUF metadata (what Ollama's ggml.Decode exposes to create) ------------------------------
+
+def gguf_info(path: Path) -> dict[str, Any]:
+    from gguf import GGUFReader, GGUFValueType
+
+    reader = GGUFReader(str(path))
+
+    def scalar(key: str, want_type=None):
+        f = reader.fields.get(key)
+        if f is None:
+            return None
+        if want_type is not None and f.types[:1] != [want_type]:
+            return None
+        return f.contents()
+
+    params = sum(int(t.n_elements) for t in reader.tensors)
+    ft = scalar("general.file_type", GGUFValueType.UINT32)
+    return {"architecture": scalar("general.architecture", GGUFValueType.STRING) or "unknown",
+            "kind": scalar("general.type", GGUFValueType.STRING) or "unknown",
+            "file_type": FILE_TYPES.get(ft, "unknown") if ft else "unknown",
+            "parameter_count": params}
+
+
+def human_number(b: int) -> str:
+    """format.HumanNumber."""
+    if b >= 1_000_000_000:
+        n = b / 1_000_000_000
+        return f"{n:.0f}B" if n == int(n) else f"{n:.1f}B"
+    if b >= 1_000_000:
+        n = b / 1_000_000
+        return f"{n:.0f}M" if n == int(n) else f"{n:.2f}M"
+    if b >= 1000:
+        return f"{b / 1000:.0f}K"
+    return str(b)
+
+
+# -- the store ------------------------------------------------------------------------------
+
+class Store:
+    """Ollama's model store under ``root`` (OLLAMA_MODELS)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        (self.root / "blobs").mkdir(parents=True, exist_ok=True)
+        (self.root / "manifests").mkdir(parents=True, exist_ok=True)
+
+    def blob_path(self, digest: str) -> Path:
+        if not DIGEST_RE.match(digest):
+            raise ApiError(400, "invalid digest format")
+        return self.root / "blobs" / digest.replace(":", "-")
+
+    def new_layer(self, data: bytes, media: str) -> dict[str, Any]:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        path = self.blob_path(digest)
+        status = "using existing layer"
+        if not path.exists():
+            status = "creating new layer"
+            fd, tmp = tempfile.mkstemp(prefix="sha256-", dir=self.root / "blobs")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+            os.chmod(path, 0o644)
+        return {"mediaType": media, "digest": digest, "size": len(data), "_status": f"{status} {digest}"}
+
+    def manifest_path(self, parts: tuple[str, str, str, str]) -> Path:
+        return self.root / "manifests" / Path(*parts)
+
+    def manifests(self) -> dict[tuple[str, str, str, str], Path]:
+        out = {}
+        for p in (self.root / "manifests").glob("*/*/*/*"):
+            if p.is_file():
+                parts = tuple(p.relative_to(self.root / "manifests").parts)
+                if all(_valid_part(k, x) for k, x in zip(("host", "namespace", "model", "tag"), parts)):
+                    out[parts] = p
+        return out
+
+    def existing_name(self, parts: tuple[str, str, str, str]) -> tuple[str, str, str, str]:
+        """getExistingName: adopt the case of parts that already exist."""
+        n = list(parts)
+        for e in self.manifests():
+            for i in range(4):
+                if e[i].lower() == n[i].lower():
+                    n[i] = e[i]
+        return tuple(n)  # type: ignore[return-value]
+
+    def read_manifest(self, parts) -> dict[str, Any] | None:
+        p = self.manifest_path(parts)
+        try:
+            return json.loads(p.read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def write_manifest(self, parts, config: dict, layers: list[dict]) -> None:
+        p = self.manifest_path(parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        m = {"schemaVersion": 2, "mediaType": MANIFEST_MEDIA, "config": config, "layers": layers}
+        p.write_bytes((go_json(m) + "\n").encode())
+
+    def in_use(self) -> set[str]:
+        used = set()
+        for p in self.manifests().values():
+            try:
+                m = json.loads(p.read_bytes())
+            except ValueError:
+                continue
+            for layer in m.get("layers", []) + [m.get("config", {})]:
+                if layer.get("digest"):
+                    used.add(layer["digest"])
+        return used
+
+    def remove_layers(self, manifest: dict) -> None:
+        used = self.in_use()
+        for layer in manifest.get("layers", []) + [manifest.get("config", {})]:
+            d = layer.get("digest")
+            if d and d not in used:
+                self.blob_path(d).unlink(missing_ok=True)
+
+    def prune_dirs(self) -> None:
+        for d in sorted((self.root / "manifests").rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+
+
+# -- the HTTP server -----------------------------------------------------------------------
+
+Renderer = Callable[[str, list[dict]], str]
+Generator = Callable[[Path, str, list[str], dict], Iterator[str]]
+
+
+class OllamaDouble:
+    """The double: ``start()`` serves on 127.0.0.1:<random port>; ``url`` is its OLLAMA_HOST."""
+
+    def __init__(self, models_dir: Path, *, version: str = "0.32.15", renderer: Renderer | None = None,
+                 generator: Generator | None = None, template_check: Callable[[str], str | None] | None = None):
+        self.store = Store(models_dir)
+        self.version = version
+        self.renderer = renderer
+        self.generator = generator
+        self.template_check = template_check
+        self.requests: list[tuple[str, str]] = []  # (method, path) log, for tests
+        self.lock = threading.Lock()
+        self._httpd: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._httpd is not None
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> "OllamaDouble":
+        double = self
+
+        class Handler(_Handler):
+            owner = double
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    # -- handlers ---------------------------------------------------------------------
+    def head_blob(self, digest: str) -> tuple[int, Any]:
+        path = self.store.blob_path(digest)
+        if not path.exists():
+            raise ApiError(404, f'blob "{digest}" not found')
+        return 200, None
+
+    def create_blob(self, digest: str, body: Iterator[bytes]) -> tuple[int, Any]:
+        path = self.store.blob_path(digest)
+        if path.exists():
+            return 200, None
+        h = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(prefix="sha256-", dir=self.store.root / "blobs")
+        with os.fdopen(fd, "wb") as fh:
+            for chunk in body:
+                h.update(chunk)
+                fh.write(chunk)
+        got = "sha256:" + h.hexdigest()
+        real = self.store.blob_path(got)
+        if real.exists():
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, real)
+            os.chmod(real, 0o644)
+        if got != digest:
+            raise ApiError(400, f'digest mismatch, expected "{digest}", got "{got}"')
+        return 201, None
+
+    def create(self, req: dict) -> Iterator[dict]:
+        """POST /api/create (files-based), yielding the stream's JSON objects."""
+        files = req.get("files") or {}
+        adapters = req.get("adapters") or {}
+        for rel, digest in files.items():
+            if not _fs_valid_path(rel):
+                raise ApiError(400, "file path must be relative")
+            if not digest:
+                raise ApiError(400, "invalid digest format")
+        for digest in adapters.values():
+            if not digest:
+                raise ApiError(400, "invalid digest format")
+        parts = parse_name(req.get("model") or req.get("name") or "")
+        if parts is None:
+            raise ApiError(400, "invalid model name")
+        with self.lock:
+            parts = self.store.existing_name(parts)
+            old = self.store.read_manifest(parts)
+            if req.get("from"):
+                yield {"error": "the double supports files-based create only", "status": 400}
+                return
+            if not files:
+                yield {"error": "neither 'from' or 'files' was specified", "status": 400}
+                return
+            yield {"status": "parsing GGUF"}
+            layers: list[dict] = []
+            config = {"model_format": "", "model_family": "", "model_families": None, "model_type": "",
+                      "file_type": "", "architecture": "amd64", "os": "linux"}
+            for group, is_adapter in ((files, False), (adapters, True)):
+                if is_adapter and len(group) > 1:
+                    yield {"error": "only one adapter is currently supported", "status": 400}
+                    return
+                for rel in sorted(group):
+                    digest = group[rel]
+                    try:
+                        path = self.store.blob_path(digest)
+                    except ApiError as exc:
+                        yield {"error": exc.message}
+                        return
+                    if not path.exists():
+                        yield {"error": f"open {path}: no such file or directory"}
+                        return
+                    if path.read_bytes()[:4] != b"GGUF":
+                        yield {"error": "supplied file was not in GGUF format", "status": 400}
+                        return
+                    if is_adapter:
+                        yield {"status": "parsing GGUF"}
+                    info = gguf_info(path)
+                    media = MEDIA["adapter"] if info["kind"] == "adapter" else MEDIA["model"]
+                    layer = {"mediaType": media, "digest": digest, "size": path.stat().st_size}
+                    if media != MEDIA["model"]:
+                        layer["from"] = rel  # HEAD keeps "from" on layers it does not re-encode
+                    layers.append(layer)
+                    if media == MEDIA["model"]:
+                        config["model_format"] = config["model_format"] or "gguf"
+                        config["model_family"] = config["model_family"] or info["architecture"]
+                        config["model_type"] = config["model_type"] or human_number(info["parameter_count"])
+                        config["file_type"] = config["file_type"] or info["file_type"]
+                        config["model_families"] = (config["model_families"] or []) + [info["architecture"]]
+            statuses = [f"using existing layer {layer['digest']}" for layer in layers]
+            if req.get("template"):
+                if self.template_check is not None:
+                    err = self.template_check(req["template"])
+                    if err:
+                        yield {"error": f"template error: {err}", "status": 400}
+                        return
+                layers.append(self.store.new_layer(req["template"].encode(), MEDIA["template"]))
+            if req.get("system"):
+                layers.append(self.store.new_layer(req["system"].encode(), MEDIA["system"]))
+            lic = req.get("license")
+            for text in ([lic] if isinstance(lic, str) and lic else lic if isinstance(lic, list) else []):
+                layers.append(self.store.new_layer(text.encode(), MEDIA["license"]))
+            params = _go_decoded(req.get("parameters") or {})
+            if params:
+                layers.append(self.store.new_layer((go_json(params, sort_keys=True) + "\n").encode(), MEDIA["params"]))
+            msgs = req.get("messages") or []
+            if msgs:
+                encoded = [{"role": str(m.get("role", "")).lower(), "content": m.get("content", "")} for m in msgs]
+                layers.append(self.store.new_layer((go_json(encoded) + "\n").encode(), MEDIA["messages"]))
+            cfg = {k: v for k, v in config.items()}
+            cfg_layer = self.store.new_layer((go_json(cfg) + "\n").encode(), CONFIG_MEDIA)
+            for layer in layers:
+                statuses.append(layer.pop("_status", None) or "")
+            cfg_layer.pop("_status")
+            for s in statuses:
+                if s:
+                    yield {"status": s}
+            yield {"status": "writing manifest"}
+            self.store.write_manifest(parts, cfg_layer, layers)
+            if old is not None:
+                self.store.remove_layers(old)
+        yield {"status": "success"}
+
+    def tags(self) -> dict:
+        models = []
+        for parts, path in self.store.manifests().items():
+            raw = path.read_bytes()
+            m = json.loads(raw)
+            cfg = json.loads(self.store.blob_path(m["config"]["digest"]).read_bytes())
+            size = sum(layer["size"] for layer in m["layers"]) + m["config"]["size"]
+            mtime = _dt.datetime.fromtimestamp(path.stat().st_mtime).astimezone().isoformat()
+            name = display_shortest(parts)
+            models.append({"name": name, "model": name, "modified_at": mtime, "size": size,
+                           "digest": hashlib.sha256(raw).hexdigest(),
+                           "details": {"parent_model": "", "format": cfg.get("model_format", ""),
+                                       "family": cfg.get("model_family", ""),
+                                       "families": cfg.get("model_families"),
+                                       "parameter_size": cfg.get("model_type", ""),
+                                       "quantization_level": cfg.get("file_type", "")}})
+        models.sort(key=lambda m: m["modified_at"], reverse=True)
+        return {"models": models}
+
+    def _load(self, name: str) -> tuple[tuple, dict, dict[str, Any]]:
+        parts = parse_name(name)
+        if parts is None:
+            raise ApiError(400, "invalid model name")
+        parts = self.store.existing_name(parts)
+        m = self.store.read_manifest(parts)
+        if m is None:
+            raise ApiError(404, f"model '{name}' not found")
+        out: dict[str, Any] = {"messages": [], "license": [], "params": {}, "template": "{{ .Prompt }}",
+                               "system": "", "model_path": None}
+        for layer in m["layers"]:
+            blob = self.store.blob_path(layer["digest"])
+            mt = layer["mediaType"]
+            if mt == MEDIA["model"]:
+                out["model_path"] = blob
+            elif mt == MEDIA["template"]:
+                out["template"] = blob.read_text()
+            elif mt == MEDIA["system"]:
+                out["system"] = blob.read_text()
+            elif mt == MEDIA["params"]:
+                out["params"] = json.loads(blob.read_bytes())
+            elif mt == MEDIA["messages"]:
+                out["messages"] = json.loads(blob.read_bytes())
+            elif mt == MEDIA["license"]:
+                out["license"].append(blob.read_text())
+        return parts, m, out
+
+    def show(self, req: dict) -> dict:
+        name = req.get("model") or req.get("name")
+        if not name:
+            raise ApiError(400, "model is required")
+        parts, m, model = self._load(name)
+        cfg = json.loads(self.store.blob_path(m["config"]["digest"]).read_bytes())
+        params_text = "".join(f"{k:<30} {json.dumps(x) if isinstance(x, str) else x}\n"
+                              for k, v in sorted(model["params"].items())
+                              for x in (v if isinstance(v, list) else [v]))
+        resp = {"license": "\n".join(model["license"]), "parameters": params_text, "template": model["template"],
+                "system": model["system"],
+                "details": {"parent_model": "", "format": cfg.get("model_format", ""),
+                            "family": cfg.get("model_family", ""), "families": cfg.get("model_families"),
+                            "parameter_size": cfg.get("model_type", ""),
+                            "quantization_level": cfg.get("file_type", "")},
+                "model_info": {}, "modified_at": _dt.datetime.fromtimestamp(
+                    self.store.manifest_path(parts).stat().st_mtime).astimezone().isoformat()}
+        if model["messages"]:
+            resp["messages"] = model["messages"]
+        resp["modelfile"] = f"# Modelfile generated by the Ollama double\nFROM {model['model_path']}\n"
+        return resp
+
+    def delete(self, req: dict) -> None:
+        name = req.get("model") or req.get("name") or ""
+        parts = parse_name(name)
+        if parts is None:
+            raise ApiError(400, f'name "{name}" is invalid')
+        with self.lock:
+            parts = self.store.existing_name(parts)
+            m = self.store.read_manifest(parts)
+            if m is None:
+                raise ApiError(404, f"model '{name}' not found")
+            self.store.manifest_path(parts).unlink()
+            self.store.prune_dirs()
+            self.store.remove_layers(m)
+
+    def chat(self, req: dict) -> Iterator[dict]:
+        name = req.get("model") or ""
+        if not name:
+            raise ApiError(400, "model is required")
+        _, _, model = self._load(name)
+        req_msgs = [{"role": str(x.get("role", "")).lower(), "content": x.get("content", "")}
+                    for x in req.get("messages") or []]
+        created = _dt.datetime.now(_dt.timezone.utc).isoformat()
+        if not req_msgs:
+            yield {"model": name, "created_at": created, "message": {"role": "assistant", "content": ""},
+                   "done": True, "done_reason": "load"}
+            return
+        msgs = list(model["messages"]) + req_msgs
+        if req_msgs[0]["role"] != "system" and model["system"]:
+            msgs = [{"role": "system", "content": model["system"]}] + msgs
+        if self.renderer is None or self.generator is None:
+            raise ApiError(500, "the double was started without a renderer/generator for /api/chat")
+        prompt = self.renderer(model["template"], msgs)
+        options = {**model["params"], **(req.get("options") or {})}
+        stop = options.pop("stop", [])
+        pieces = []
+        for piece in self.generator(model["model_path"], prompt, list(stop), options):
+            pieces.append(piece)
+            yield {"model": name, "created_at": created, "message": {"role": "assistant", "content": piece},
+                   "done": False}
+        yield {"model": name, "created_at": created, "message": {"role": "assistant", "content": ""},
+               "done": True, "done_reason": "stop", "prompt": prompt}
+
+
+def _go_decoded(v: Any) -> Any:
+    """A JSON value as Go's map[string]any decoding sees it (every number is a float64)."""
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return v
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, list):
+        return [_go_decoded(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _go_decoded(x) for k, x in v.items()}
+    return v
+
+
+def _fs_valid_path(name: str) -> bool:
+    """io/fs.ValidPath."""
+    if name == ".":
+        return True
+    return all(elem not in ("", ".", "..") for elem in name.split("/"))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: OllamaDouble
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _send(self, status: int, obj: Any = None, *, content_type: str = "application/json") -> None:
+        body = b"" if obj is None else (json.dumps(obj) + "\n").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _stream(self, it: Iterator[dict]) -> None:
+        first = next(it, None)
+        if first is not None and "error" in first:
+            self._send(first.get("status", 500), {"error": first["error"]})
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+        def write(obj: dict) -> None:
+            data = (json.dumps({k: v for k, v in obj.items() if not (k == "status" and "error" in obj)}) + "\n").encode()
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+
+        try:
+            if first is not None:
+                write(first)
+            for obj in it:
+                write(obj)
+                if "error" in obj:
+                    break
+        except ApiError as exc:
+            write({"error": exc.message})
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _json_body(self) -> dict:
+        n = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(n) if n else b""
+        if not raw:
+            raise ApiError(400, "missing request body")
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "json: cannot unmarshal into Go value")
+        return body
+
+    def _body_chunks(self) -> Iterator[bytes]:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return
+                yield self.rfile.read(size)
+                self.rfile.readline()
+        n = int(self.headers.get("Content-Length") or 0)
+        while n > 0:
+            chunk = self.rfile.read(min(n, 1 << 20))
+            if not chunk:
+                return
+            n -= len(chunk)
+            yield chunk
+
+    def _dispatch(self) -> None:
+        o = self.owner
+        path = self.path.split("?", 1)[0]
+        o.requests.append((self.command, path))
+        try:
+            m = re.fullmatch(r"/api/blobs/([^/]+)", path)
+            if path == "/api/version" and self.command in ("GET", "HEAD"):
+                return self._send(200, {"version": o.version})
+            if path == "/" and self.command in ("GET", "HEAD"):
+                body = b"Ollama is running"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command == "GET":
+                    self.wfile.write(body)
+                return None
+            if m and self.command == "HEAD":
+                status, _ = o.head_blob(m.group(1))
+                return self._send(status)
+            if m and self.command == "POST":
+                chunks = self._body_chunks()
+                try:
+                    status, _ = o.create_blob(m.group(1), chunks)
+                finally:
+                    for _ in chunks:  # drain what was not read (e.g. an existing blob)
+                        pass
+                return self._send(status)
+            if path == "/api/create" and self.command == "POST":
+                req = self._json_body()
+                if _version_tuple(o.version) < (0, 5, 5):
+                    raise ApiError(400, "path or Modelfile are required")
+                if req.get("stream") is False:
+                    latest: dict = {}
+                    for obj in o.create(req):
+                        if "error" in obj:
+                            raise ApiError(obj.get("status", 500), obj["error"])
+                        latest = obj
+                    return self._send(200, latest)
+                return self._stream(o.create(req))
+            if path == "/api/tags" and self.command in ("GET", "HEAD"):
+                return self._send(200, o.tags())
+            if path == "/api/show" and self.command == "POST":
+                return self._send(200, o.show(self._json_body()))
+            if path == "/api/delete" and self.command == "DELETE":
+                o.delete(self._json_body())
+                return self._send(200)
+            if path == "/api/chat" and self.command == "POST":
+                req = self._json_body()
+                if req.get("stream") is False:
+                    content, last = [], {}
+                    for obj in o.chat(req):
+                        content.append(obj["message"]["content"])
+                        last = obj
+                    last["message"] = {"role": "assistant", "content": "".join(content)}
+                    return self._send(200, last)
+                return self._stream(o.chat(req))
+            return self._send(404, None, content_type="text/plain")
+        except ApiError as exc:
+            return self._send(exc.status, {"error": exc.message})
+
+    do_GET = do_POST = do_HEAD = do_DELETE = _dispatch
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    nums = re.findall(r"\d+", v.split("-")[0])
+    return tuple(int(x) for x in nums[:3])
+
+
+def copy_store(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst)

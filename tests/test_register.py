@@ -1,0 +1,385 @@
+"""Registration with Ollama (through the HTTP double and offline into the store), list, remove,
+and the double's own fidelity to Ollama's API (status codes, error texts, store layout)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ftpack.errors import FtpackError
+from ftpack.modelfile import build_spec, write_modelfile
+from ftpack.ollama_store import go_json, parse_model_name
+from ftpack.report import Reporter
+from ollama_double import OllamaDouble, parse_name
+from ollama_double.fixtures import (ftpack_home, go_renderer, ollama_double, ollama_models_dir,  # noqa: F401
+                                    tiny_gguf, write_tiny_gguf)
+from ollama_double.gojson import go_json as double_go_json
+
+MEDIA = "application/vnd.ollama.image."
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_modelfile(folder: Path, gguf: Path, **kw) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / "Modelfile"
+    spec = build_spec(gguf, out, template_name=kw.pop("template_name", "chatml"), num_ctx=kw.pop("num_ctx", 2048),
+                      **kw)
+    write_modelfile(out, spec)
+    return out
+
+
+@pytest.fixture
+def modelfile(tmp_path, tiny_gguf) -> Path:
+    lic = "Apache-2.0 <see LICENSE> & more"
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "build.json").write_text(json.dumps(
+        {"config": {"base": "smollm2-135m", "method": "lora"}, "stages": {}}))
+    return make_modelfile(tmp_path / "build" / "ollama", tiny_gguf, system="You are terse.",
+                          parameters=[("temperature", "0.7")], messages=[("user", "Hi"), ("assistant", "Hello!")],
+                          license_text=lic)
+
+
+def store_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def manifest_of(root: Path, name: str) -> dict:
+    n = parse_model_name(name)
+    return json.loads((root / "manifests" / n.host / n.namespace / n.model / n.tag).read_bytes())
+
+
+# -- online registration, end to end -------------------------------------------------------
+
+def test_register_end_to_end(run_cli, ollama_double, modelfile, tiny_gguf, ollama_models_dir, ftpack_home):
+    result = run_cli("register", "tiny-chat", "--modelfile", modelfile)
+    assert result.exit_code == 0, result.output
+    assert "ollama run tiny-chat" in result.output
+    assert "ollama: success" in result.output and "ollama: writing manifest" in result.output
+
+    m = manifest_of(ollama_models_dir, "tiny-chat")
+    assert m["schemaVersion"] == 2 and m["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    assert [x["mediaType"].removeprefix(MEDIA) for x in m["layers"]] == \
+        ["model", "template", "system", "license", "params", "messages"]
+    model_layer = m["layers"][0]
+    assert model_layer == {"mediaType": MEDIA + "model", "digest": "sha256:" + sha(tiny_gguf),
+                           "size": tiny_gguf.stat().st_size}
+    blob = lambda d: ollama_models_dir / "blobs" / d.replace(":", "-")  # noqa: E731
+    assert blob(model_layer["digest"]).read_bytes() == tiny_gguf.read_bytes()
+    for layer in m["layers"] + [m["config"]]:
+        assert blob(layer["digest"]).stat().st_size == layer["size"]
+        assert "sha256:" + sha(blob(layer["digest"])) == layer["digest"]
+    from ftpack.templates import load_template
+
+    chatml = load_template("chatml")
+    assert blob(m["layers"][1]["digest"]).read_text() == chatml.ollama_template
+    assert blob(m["layers"][4]["digest"]).read_bytes() == \
+        b'{"num_ctx":2048,"stop":["\\u003c|im_start|\\u003e","\\u003c|im_end|\\u003e"],"temperature":0.7}\n'
+    assert json.loads(blob(m["layers"][5]["digest"]).read_bytes()) == [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    assert json.loads(blob(m["config"]["digest"]).read_bytes()) == {
+        "model_format": "gguf", "model_family": "llama", "model_families": ["llama"], "model_type": "136",
+        "file_type": "Q4_K_M", "architecture": "amd64", "os": "linux"}
+    # HEAD before the one upload
+    blob_calls = [c for c in ollama_double.requests if c[1].startswith("/api/blobs/")]
+    assert blob_calls == [("HEAD", "/api/blobs/" + model_layer["digest"]), ("POST", "/api/blobs/" + model_layer["digest"])]
+
+
+def test_upload_reports_byte_progress(ollama_double, modelfile, tiny_gguf, ftpack_home):
+    from ftpack.ollama_api import register
+
+    out = io.StringIO()
+    register("tiny-chat", modelfile, reporter=Reporter("json", out=out))
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    start = next(e for e in events if e["event"] == "progress_start")
+    assert start["unit"] == "bytes" and start["total"] == tiny_gguf.stat().st_size
+    end = next(e for e in events if e["event"] == "progress_end")
+    assert end["completed"] == tiny_gguf.stat().st_size
+    assert [e["status"] for e in events if e["event"] == "ollama_status"][-1] == "success"
+
+
+def test_existing_model_needs_force_and_reregistering_uploads_nothing(run_cli, ollama_double, modelfile,
+                                                                     ftpack_home):
+    assert run_cli("register", "tiny-chat", "--modelfile", modelfile).exit_code == 0
+    n_posts = sum(1 for c in ollama_double.requests if c[0] == "POST" and c[1].startswith("/api/blobs/"))
+    again = run_cli("register", "Tiny-Chat:latest", "--modelfile", modelfile)  # Ollama folds case
+    assert again.exit_code == 2 and "already exists" in again.output and "--force" in again.output
+    forced = run_cli("register", "tiny-chat", "--modelfile", modelfile, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert "already has blob" in forced.output
+    assert sum(1 for c in ollama_double.requests if c[0] == "POST" and c[1].startswith("/api/blobs/")) == n_posts
+
+
+def test_offline_store_is_byte_identical_to_the_servers(run_cli, ollama_double, modelfile, ollama_models_dir,
+                                                        tmp_path, ftpack_home):
+    offline_dir = tmp_path / "offline-store"
+    assert run_cli("register", "tiny-chat", "--modelfile", modelfile).exit_code == 0
+    result = run_cli("register", "tiny-chat", "--modelfile", modelfile, "--offline", "--models-dir", offline_dir)
+    assert result.exit_code == 0, result.output
+    assert "ollama run tiny-chat" in result.output
+    assert store_files(offline_dir) == store_files(ollama_models_dir)
+    assert not list(offline_dir.rglob("*.partial*"))
+
+
+def test_running_server_lists_an_offline_model_without_restart(run_cli, ollama_double, modelfile,
+                                                               ollama_models_dir, ftpack_home):
+    import ollama
+
+    client = ollama.Client(host=ollama_double.url)
+    assert client.list().models == []
+    result = run_cli("register", "me/offline-one:v1", "--modelfile", modelfile, "--offline",
+                     "--models-dir", ollama_models_dir)
+    assert result.exit_code == 0, result.output
+    listed = client.list().models
+    assert [m.model for m in listed] == ["me/offline-one:v1"]
+    assert listed[0].details.quantization_level == "Q4_K_M"
+    shown = client.show("me/offline-one:v1")
+    assert "<|im_start|>" in shown.template and "num_ctx" in shown.parameters
+
+
+def test_offline_default_store_follows_OLLAMA_MODELS(run_cli, modelfile, tmp_path, monkeypatch, ftpack_home):
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "env-store"))
+    assert run_cli("register", "tiny-chat", "--modelfile", modelfile, "--offline").exit_code == 0
+    assert (tmp_path / "env-store" / "manifests" / "registry.ollama.ai" / "library" / "tiny-chat" / "latest").is_file()
+
+
+# -- failures: clear messages, no traceback, nothing lost ------------------------------------
+
+def test_server_unreachable(run_cli, modelfile, monkeypatch, ftpack_home):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{port}")
+    result = run_cli("register", "tiny-chat", "--modelfile", modelfile)
+    assert result.exit_code == 1
+    assert f"not reachable at http://127.0.0.1:{port}" in result.output
+    assert "ollama serve" in result.output and "OLLAMA_HOST" in result.output and "--offline" in result.output
+    assert "Traceback" not in result.output
+    assert modelfile.is_file()
+
+
+def test_server_too_old(run_cli, modelfile, tmp_path, monkeypatch, ftpack_home):
+    old = OllamaDouble(tmp_path / "old-store", version="0.5.4").start()
+    try:
+        monkeypatch.setenv("OLLAMA_HOST", old.url)
+        result = run_cli("register", "tiny-chat", "--modelfile", modelfile)
+    finally:
+        old.stop()
+    assert result.exit_code == 1
+    assert "Ollama 0.5.4" in result.output and "needs Ollama 0.5.5 or newer" in result.output
+    assert "Traceback" not in result.output
+    assert not any(p == "/api/create" for _, p in old.requests)
+
+
+def test_digest_mismatch_is_reported(ollama_double, tiny_gguf):
+    from ftpack.ollama_api import OllamaServer
+
+    with OllamaServer(ollama_double.url) as server, pytest.raises(FtpackError) as info:
+        server.upload_blob(tiny_gguf, "sha256:" + "0" * 64, Reporter("quiet"))
+    assert "digest mismatch" in info.value.message and "run the same command again" in info.value.hint
+
+
+def test_ollama_error_text_reaches_the_user(run_cli, tmp_path, tiny_gguf, go_renderer, monkeypatch, ftpack_home):
+    double = OllamaDouble(tmp_path / "store", template_check=go_renderer.parse_error).start()
+    monkeypatch.setenv("OLLAMA_HOST", double.url)
+    mf = tmp_path / "Modelfile"
+    mf.write_text(f"FROM {tiny_gguf}\nTEMPLATE {{{{ .Prompt \n")  # unclosed action
+    try:
+        result = run_cli("register", "broken", "--modelfile", mf)
+    finally:
+        double.stop()
+    assert result.exit_code == 1
+    assert "template error: template: :1: unclosed action" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("name", ["bad name", "a/b/c/d", ".leading-dot", "ns.with.dot/model", "x" * 81, "m:t:u"])
+def test_invalid_names_are_refused_with_ollamas_rules(run_cli, modelfile, name, ftpack_home):
+    result = run_cli("register", name, "--modelfile", modelfile, "--offline", "--models-dir", modelfile.parent / "s")
+    assert result.exit_code == 2 and "Invalid Ollama model name" in result.output
+    assert "[host/][namespace/]model[:tag]" in result.output
+
+
+def test_missing_gguf_in_modelfile(run_cli, tmp_path, ftpack_home):
+    mf = tmp_path / "Modelfile"
+    mf.write_text("FROM ./nowhere.gguf\n")
+    result = run_cli("register", "x", "--modelfile", mf, "--offline", "--models-dir", tmp_path / "s")
+    assert result.exit_code == 2 and "not an existing file" in " ".join(result.output.split())
+
+
+# -- list and remove -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_list_and_remove_keep_shared_blobs(run_cli, ollama_double, modelfile, ollama_models_dir, tiny_gguf,
+                                           offline, ftpack_home):
+    import ollama
+
+    where = ["--offline", "--models-dir", str(ollama_models_dir)] if offline else []
+    for name in ("alpha", "beta"):
+        assert run_cli("register", name, "--modelfile", modelfile, *where).exit_code == 0
+    # a model ftpack did not make, sharing the same GGUF blob
+    client = ollama.Client(host=ollama_double.url)
+    digest = "sha256:" + sha(tiny_gguf)
+    list(client.create("other", files={"tiny.gguf": digest}, stream=True))
+
+    listed = run_cli("--json", "list", *where)
+    data = next(json.loads(x)["data"] for x in listed.output.splitlines() if '"result"' in x)
+    assert sorted(m["name"] for m in data["models"]) == ["alpha:latest", "beta:latest"]
+    assert all(m["build_dir"] == str(modelfile.parent.parent.resolve()) and m["quant"] == "Q4_K_M"
+               and m["base"] == "smollm2-135m" and m["method"] == "lora" for m in data["models"])
+    everything = run_cli("--json", "list", "--all", *where)
+    data = next(json.loads(x)["data"] for x in everything.output.splitlines() if '"result"' in x)
+    assert {m["name"]: m["ftpack"] for m in data["models"]} == {"alpha:latest": True, "beta:latest": True,
+                                                                "other:latest": False}
+
+    refused = run_cli("remove", "other", *where)
+    assert refused.exit_code == 2 and "not created by ftpack" in refused.output
+    blob = ollama_models_dir / "blobs" / digest.replace(":", "-")
+    assert run_cli("remove", "alpha", *where).exit_code == 0
+    assert blob.exists()  # beta and other still use it
+    assert run_cli("remove", "beta", *where).exit_code == 0
+    assert run_cli("remove", "other", "--force", *where).exit_code == 0
+    assert not blob.exists()
+    assert client.list().models == []
+    missing = run_cli("remove", "alpha", *where)
+    assert missing.exit_code == 2 and "not in Ollama" in missing.output
+
+
+def test_model_recreated_by_others_is_no_longer_claimed(run_cli, ollama_double, modelfile, tiny_gguf, ftpack_home):
+    import ollama
+
+    assert run_cli("register", "alpha", "--modelfile", modelfile).exit_code == 0
+    client = ollama.Client(host=ollama_double.url)
+    list(client.create("alpha", files={"t.gguf": "sha256:" + sha(tiny_gguf)}, system="changed", stream=True))
+    listed = run_cli("--json", "list")
+    data = next(json.loads(x)["data"] for x in listed.output.splitlines() if '"result"' in x)
+    assert data["models"] == []
+
+
+# -- the stages ------------------------------------------------------------------------------
+
+def _stage_ctx(build_dir: Path, stage: str, cfg, manifest):
+    from ftpack.build import StageContext
+
+    return StageContext(config=cfg, build_dir=build_dir, stage=stage, manifest=manifest, reporter=Reporter("quiet"))
+
+
+def test_modelfile_and_register_stages(tmp_path, tiny_gguf, ftpack_home):
+    from ftpack.build import Manifest, StageRecord
+    from ftpack.config import build_config
+    from ftpack.modelfile import Command, parse_modelfile, run_modelfile_stage
+    from ftpack.ollama_api import run_register_stage
+
+    build_dir = tmp_path / "builds" / "demo"
+    gguf = build_dir / "gguf" / "demo.Q4_K_M.gguf"
+    gguf.parent.mkdir(parents=True)
+    gguf.write_bytes(tiny_gguf.read_bytes())
+    manifest = Manifest.load(build_dir)
+    manifest.stages["data"] = StageRecord(status="done", metrics={"template": "chatml"})
+    manifest.stages["quantize"] = StageRecord(status="done", main_output="gguf/demo.Q4_K_M.gguf")
+    store = tmp_path / "store"
+    cfg = build_config("demo", {"register": "offline", "models_dir": str(store), "max_seq_length": 1024,
+                                "parameters": ["temperature=0.3"], "system": "Be brief."})
+    res = run_modelfile_stage(_stage_ctx(build_dir, "modelfile", cfg, manifest))
+    assert res.main_output == build_dir / "ollama" / "Modelfile"
+    cmds = parse_modelfile(res.main_output.read_bytes())
+    assert cmds[0] == Command("model", "../gguf/demo.Q4_K_M.gguf")
+    assert Command("num_ctx", "1024") in cmds and Command("temperature", "0.3") in cmds
+    assert Command("system", "Be brief.") in cmds
+    manifest.stages["modelfile"] = StageRecord(status="done", main_output="ollama/Modelfile", metrics=res.metrics)
+    reg = run_register_stage(_stage_ctx(build_dir, "register", cfg, manifest))
+    assert reg.metrics["run"] == "ollama run demo" and reg.metrics["model_digest"] == "sha256:" + sha(gguf)
+    m = manifest_of(store, "demo")
+    assert m["layers"][0]["digest"] == reg.metrics["model_digest"]
+    # the build is recorded for `ftpack list`
+    from ftpack.ollama_api import list_models
+
+    _, models = list_models(offline=True, models_dir=store)
+    assert models[0].ftpack["build_dir"] == str(build_dir.resolve())
+
+
+# -- cross-checks of the two independent implementations (ftpack vs the double) ---------------
+
+NAME_CHARS = st.text(alphabet="aZ09_-.:/ é", max_size=24)
+
+
+@settings(max_examples=300, deadline=None)
+@given(NAME_CHARS)
+def test_name_rules_agree_with_the_double(name):
+    try:
+        ours = parse_model_name(name).parts
+    except FtpackError:
+        ours = None
+    assert ours == parse_name(name.strip())
+
+
+JSONISH = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
+              st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+    max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSONISH)
+def test_go_json_encoders_agree(value):
+    assert go_json(value, sort_keys=True) == double_go_json(value, sort_keys=True)
+    assert _floats(json.loads(go_json(value), parse_int=float)) == _floats(value)  # shortest repr round-trips
+
+
+def _floats(v):
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return v
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, list):
+        return [_floats(x) for x in v]
+    return {k: _floats(x) for k, x in v.items()}
+
+
+@pytest.mark.parametrize("value, text", [(0.7, "0.7"), (2048.0, "2048"), (1e21, "1e+21"), (1e-7, "1e-7"),
+                                         (1.5e-10, "1.5e-10"), (123456789.0, "123456789"), (0.000001, "0.000001"),
+                                         ("<|im_end|>&\u2028", '"\\u003c|im_end|\\u003e\\u0026\\u2028"')])
+def test_go_json_known_outputs(value, text):  # values checked against Go's encoding/json
+    assert go_json(value) == text
+
+
+# -- the double's API fidelity (status codes and texts from routes.go / create.go) ---------------
+
+def test_double_status_codes(ollama_double, tiny_gguf):
+    url = ollama_double.url
+    good = "sha256:" + sha(tiny_gguf)
+    with httpx.Client(base_url=url) as c:
+        assert c.get("/api/version").json() == {"version": ollama_double.version}
+        r = c.head("/api/blobs/sha256:xyz")
+        assert r.status_code == 400
+        assert c.post("/api/blobs/sha256:xyz", content=b"x").json() == {"error": "invalid digest format"}
+        assert c.head(f"/api/blobs/{good}").status_code == 404
+        r = c.post(f"/api/blobs/sha256:{'0' * 64}", content=tiny_gguf.read_bytes())
+        assert r.status_code == 400 and r.json()["error"] == \
+            f'digest mismatch, expected "sha256:{"0" * 64}", got "{good}"'
+        assert c.post(f"/api/blobs/{good}", content=tiny_gguf.read_bytes()).status_code == 200  # stored anyway
+        assert c.head(f"/api/blobs/{good}").status_code == 200
+        r = c.post("/api/create", json={"model": "a/b/c/d", "files": {"m.gguf": good}})
+        assert r.status_code == 400 and r.json() == {"error": "invalid model name"}
+        r = c.post("/api/create", json={"model": "x", "files": {"../m.gguf": good}})
+        assert r.status_code == 400 and r.json() == {"error": "file path must be relative"}
+        r = c.post("/api/create", json={"model": "x"})
+        assert r.status_code == 400 and r.json() == {"error": "neither 'from' or 'files' was specified"}
+        assert c.post("/api/show", json={"model": "nope"}).json() == {"error": "model 'nope' not found"}
+        r = c.request("DELETE", "/api/delete", json={"model": "nope"})
+        assert r.status_code == 404 and r.json() == {"error": "model 'nope' not found"}
+        r = c.post("/api/create", json={"model": "x", "files": {"m.gguf": good}, "stream": True})
+        lines = [json.loads(x) for x in r.text.splitlines()]
+        assert r.status_code == 200 and lines[0] == {"status": "parsing GGUF"} and lines[-1] == {"status": "success"}
