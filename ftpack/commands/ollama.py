@@ -123,15 +123,55 @@ def remove(name: str, host: str | None, offline: bool, models_dir: Path | None, 
 @click.command()
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--template", "template_name", default=None, help="Chat format (default: from the build or the GGUF).")
-@click.option("--system", default=None, help="System prompt (default: the build's / template's).")
+@click.option("--system", default=None, help="System prompt (default: the build's Modelfile / the template's).")
 @click.option("--max-tokens", type=int, default=512, show_default=True, help="Longest answer.")
 @click.option("--temperature", type=float, default=None, help="Sampling temperature (default: the Modelfile's or 0.7).")
 @click.option("--ctx", "n_ctx", type=int, default=None, help="Context length (default: the Modelfile's num_ctx or 2048).")
 @click.option("-p", "--prompt", "prompts", multiple=True, help="Ask this and exit (repeatable: one turn each).")
 def chat(target: Path, template_name: str | None, system: str | None, max_tokens: int, temperature: float | None,
          n_ctx: int | None, prompts: tuple[str, ...]) -> None:
-    """Chat with a GGUF (or a build dir's model) locally, streaming tokens; no Ollama needed."""
-    from ..chat import run_chat
+    """Chat with a GGUF (or a build dir's model) locally, streaming tokens; no Ollama needed.
 
-    run_chat(target, template_name=template_name, system=system, max_tokens=max_tokens, temperature=temperature,
-             n_ctx=n_ctx, prompts=list(prompts) or None, reporter=get_reporter())
+    Type /reset to forget the conversation, /exit (or Ctrl-D) to leave.
+    """
+    from ..chat import ChatSession, resolve_target
+
+    r = get_reporter()
+    chat_target = resolve_target(target, template_name=template_name, system=system)
+    stream_out = r.mode != "json"
+    with ChatSession(chat_target, max_tokens=max_tokens, temperature=temperature, n_ctx=n_ctx) as session:
+        if r.mode == "rich":
+            r.info(f"Chatting with {chat_target.gguf.name} ({chat_target.template_name} template, stops "
+                   f"{', '.join(chat_target.stop)}). /reset, /exit.")
+        turns = list(prompts) if prompts else None
+        while True:
+            if turns is not None:
+                if not turns:
+                    break
+                text = turns.pop(0)
+                if stream_out:
+                    click.echo(f">>> {text}")
+            else:
+                try:
+                    text = click.prompt(">>>", prompt_suffix=" ", default="", show_default=False)
+                except (EOFError, click.exceptions.Abort):
+                    break
+            text = text.strip()
+            if text in ("/exit", "/bye", "/quit"):
+                break
+            if text == "/reset":
+                session.reset()
+                continue
+            if not text:
+                continue
+            pieces = []
+            for piece in session.send(text):
+                pieces.append(piece)
+                if stream_out:
+                    click.echo(piece, nl=False)
+            if stream_out:
+                click.echo()
+            r.event("answer", prompt=text, text="".join(pieces), finish_reason=session.last_finish_reason)
+            if session.last_finish_reason == "length":
+                r.warn(f"The answer hit the {max_tokens}-token limit without a stop string or EOS.")
+        r.result({"turns": [m for m in session.history]})
