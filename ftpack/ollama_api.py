@@ -256,8 +256,24 @@ class RegisterResult:
     statuses: list[str]
 
 
-def register_with_server(name: str, req: RegistrationRequest, *, host: str | None = None, force: bool = False,
-                         reporter=None) -> RegisterResult:
+def _refuse_existing(display: str, place: str, where: str, digest: str | None, force: bool | str) -> None:
+    """Existing model: refuse unless ``force`` (True) or, with ``force="own"``, it is ftpack's own."""
+    from .ollama_store import find_registration
+
+    if force is True:
+        return
+    if force == "own" and digest is not None and find_registration(where, parse_model_name(display), digest):
+        return
+    if force == "own":
+        raise FtpackError(f"Model {display} already exists in Ollama ({place}) and was not created by this "
+                          "ftpack build; refusing to overwrite it.",
+                          f"Choose another build name, or remove it first (`ollama rm {display}`).", code=2)
+    raise FtpackError(f"Model {display} already exists in Ollama ({place}).",
+                      "Pass --force to replace it, or choose another name.", code=2)
+
+
+def register_with_server(name: str, req: RegistrationRequest, *, host: str | None = None,
+                         force: bool | str = False, reporter=None) -> RegisterResult:
     """Upload missing blobs (HEAD first) and POST /api/create; stream status lines to the reporter."""
     from .atomic import sha256_file
     from .report import get_reporter
@@ -267,9 +283,10 @@ def register_with_server(name: str, req: RegistrationRequest, *, host: str | Non
     with OllamaServer(host) as server:
         version = server.require_create_api()
         reporter.info(f"Ollama {version} at {server.host}")
-        if server.model_exists(parsed.display) and not force:
-            raise FtpackError(f"Model {parsed.display} already exists on the Ollama server at {server.host}.",
-                              "Pass --force to replace it, or choose another name.", code=2)
+        if server.model_exists(parsed.display):
+            digest = next((m.get("digest") for m in server.list_models()
+                           if _same(m.get("model") or m.get("name") or "", parsed)), None)
+            _refuse_existing(parsed.display, f"server {server.host}", server_where(server.host), digest, force)
         uploaded = 0
         digests: dict[str, str] = {}
         for path in [req.model_path] + ([req.adapter_path] if req.adapter_path else []):
@@ -291,24 +308,29 @@ def register_with_server(name: str, req: RegistrationRequest, *, host: str | Non
             raise FtpackError(f"Ollama did not confirm the creation of {parsed.display} "
                               f"(last status: {statuses[-1] if statuses else 'none'}).",
                               "Check the server's log and run the same command again.")
-        manifest_digest = None
-        for m in server.list_models():
-            try:
-                if parse_model_name(m.get("model") or m.get("name") or "").same_as(parsed):
-                    manifest_digest = m.get("digest")
-            except FtpackError:
-                continue
+        manifest_digest = next((m.get("digest") for m in server.list_models()
+                                if _same(m.get("model") or m.get("name") or "", parsed)), None)
         return RegisterResult(parsed.display, server_where(server.host), manifest_digest,
                               digests[str(req.model_path)], uploaded, statuses)
 
 
+def _same(text: str, name: ModelName) -> bool:
+    try:
+        return parse_model_name(text).same_as(name)
+    except FtpackError:
+        return False
+
+
 def register_offline(name: str, req: RegistrationRequest, *, models_dir: str | os.PathLike | None = None,
-                     force: bool = False, reporter=None) -> RegisterResult:
+                     force: bool | str = False, reporter=None) -> RegisterResult:
     """Write the model into Ollama's store (see :mod:`ftpack.ollama_store`)."""
-    from .ollama_store import default_models_dir, store_where, write_model
+    from .ollama_store import default_models_dir, find_store_model, store_where, write_model
 
     models_dir = Path(models_dir).expanduser() if models_dir else default_models_dir()
-    res = write_model(models_dir, name, req, force=force, reporter=reporter)
+    existing = find_store_model(models_dir, parse_model_name(name)) if models_dir.exists() else None
+    if existing is not None:
+        _refuse_existing(existing.name.display, str(models_dir), store_where(models_dir), existing.digest, force)
+    res = write_model(models_dir, name, req, force=existing is not None, reporter=reporter)
     return RegisterResult(res.name.display, store_where(models_dir), res.manifest_digest, res.model_digest,
                           res.bytes_copied, [])
 
@@ -341,12 +363,14 @@ def build_info_for(modelfile: Path) -> tuple[Path | None, str | None, str | None
 
 
 def register(name: str, modelfile: str | os.PathLike, *, mode: str = "server", host: str | None = None,
-             models_dir: str | os.PathLike | None = None, force: bool = False, reporter=None,
+             models_dir: str | os.PathLike | None = None, force: bool | str = False, reporter=None,
              build_dir: Path | None = None, base: str | None = None, method: str | None = None) -> RegisterResult:
     """Register the GGUF a Modelfile points at, with everything the Modelfile says.
 
-    ``mode`` is "server" (OLLAMA_HOST / ``host``) or "offline" (``models_dir``). Records the
-    result in ftpack's index so ``ftpack list`` can tell ftpack's models apart.
+    ``mode`` is "server" (OLLAMA_HOST / ``host``) or "offline" (``models_dir``). An existing
+    model of that name is refused unless ``force`` is True, or ``force="own"`` and ftpack
+    registered it (what a rebuild does). Records the result in ftpack's index so
+    ``ftpack list`` can tell ftpack's models apart.
     """
     from .report import get_reporter
 
@@ -445,8 +469,8 @@ def run_register_stage(ctx):
 
     Reads: ``ctx.upstream_path("modelfile")`` (the Modelfile, FROM relative to it), config
     ``register`` (server | offline; "none" disables the stage), ``host``, ``models_dir``;
-    the model name is the build's name. Replaces a model of the same name (a rebuild is
-    the point of rerunning a build). Writes: ``register/registration.json``; metrics:
+    the model name is the build's name. Replaces a model of that name only when ftpack
+    registered it (a rebuild); anyone else's model is refused. Writes: ``register/registration.json``; metrics:
     mode, name, where, model_digest, manifest_digest, uploaded_bytes, run (the command to try).
     """
     from .atomic import write_json
@@ -462,7 +486,7 @@ def run_register_stage(ctx):
         method = ctx.upstream("train").metrics.get("method")
     except FtpackError:
         pass
-    result = register(cfg.name, modelfile, mode=mode, host=cfg.host, models_dir=cfg.models_dir, force=True,
+    result = register(cfg.name, modelfile, mode=mode, host=cfg.host, models_dir=cfg.models_dir, force="own",
                       reporter=ctx.reporter, build_dir=ctx.build_dir, base=cfg.base, method=method or cfg.method)
     run = f"ollama run {result.name.removesuffix(':latest')}"
     out = ctx.stage_dir / "registration.json"

@@ -119,15 +119,24 @@ def test_existing_model_needs_force_and_reregistering_uploads_nothing(run_cli, o
     assert sum(1 for c in ollama_double.requests if c[0] == "POST" and c[1].startswith("/api/blobs/")) == n_posts
 
 
+@pytest.mark.parametrize("with_adapter", [False, True])
 def test_offline_store_is_byte_identical_to_the_servers(run_cli, ollama_double, modelfile, ollama_models_dir,
-                                                        tmp_path, ftpack_home):
+                                                        tmp_path, ftpack_home, tiny_gguf, with_adapter):
     offline_dir = tmp_path / "offline-store"
+    if with_adapter:
+        adapter = write_tiny_gguf(tmp_path / "lora.gguf", kind="adapter", seed=1)
+        modelfile = make_modelfile(tmp_path / "with-adapter", tiny_gguf, adapter=adapter, system="S",
+                                   messages=[("system", "ctx"), ("user", "q")])
     assert run_cli("register", "tiny-chat", "--modelfile", modelfile).exit_code == 0
     result = run_cli("register", "tiny-chat", "--modelfile", modelfile, "--offline", "--models-dir", offline_dir)
     assert result.exit_code == 0, result.output
     assert "ollama run tiny-chat" in result.output
     assert store_files(offline_dir) == store_files(ollama_models_dir)
     assert not list(offline_dir.rglob("*.partial*"))
+    if with_adapter:
+        layer = manifest_of(offline_dir, "tiny-chat")["layers"][1]
+        assert layer == {"mediaType": MEDIA + "adapter", "digest": "sha256:" + sha(adapter),
+                         "size": adapter.stat().st_size, "from": "lora.gguf"}
 
 
 def test_running_server_lists_an_offline_model_without_restart(run_cli, ollama_double, modelfile,
@@ -307,6 +316,16 @@ def test_modelfile_and_register_stages(tmp_path, tiny_gguf, ftpack_home):
 
     _, models = list_models(offline=True, models_dir=store)
     assert models[0].ftpack["build_dir"] == str(build_dir.resolve())
+    # a rebuild replaces its own model ...
+    assert run_register_stage(_stage_ctx(build_dir, "register", cfg, manifest)).metrics["run"] == "ollama run demo"
+    # ... but never someone else's model of the same name
+    from ftpack.ollama_store import RegistrationRequest, write_model
+
+    write_model(store, "foreign", RegistrationRequest(model_path=gguf), reporter=Reporter("quiet"))
+    other = build_config("foreign", {"register": "offline", "models_dir": str(store)})
+    with pytest.raises(FtpackError) as info:
+        run_register_stage(_stage_ctx(build_dir, "register", other, manifest))
+    assert info.value.code == 2 and "not created by this ftpack build" in info.value.message
 
 
 # -- cross-checks of the two independent implementations (ftpack vs the double) ---------------
