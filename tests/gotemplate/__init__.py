@@ -38,7 +38,9 @@ def build_renderer(out_dir: Path) -> Path:
     shutil.copy(HERE / "main.go", src / "main.go")
     binary = out_dir / "gotemplate"
     env = {**os.environ, "GO111MODULE": "off", "GOFLAGS": "", "CGO_ENABLED": "0", "GOPROXY": "off",
-           "GOCACHE": str(out_dir / "gocache"), "GOPATH": str(out_dir / "gopath"), "GOTOOLCHAIN": "local"}
+           "GOPATH": str(out_dir / "gopath"), "GOTOOLCHAIN": "local"}
+    if not env.get("GOCACHE") and not os.environ.get("HOME"):
+        env["GOCACHE"] = str(out_dir / "gocache")  # else Go's default build cache makes rebuilds fast
     proc = subprocess.run([go, "build", "-o", str(binary), "main.go"], cwd=src, env=env,
                           capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
@@ -72,3 +74,18 @@ class GoRenderer:
     def parse_error(self, template: str) -> str | None:
         """Ollama's template parse error for ``template``, or None when it parses."""
         return self._run([{"template": template, "messages": []}], parse_only=True)[0].get("error") or None
+
+
+_SHARED: dict[str, GoRenderer] = {}
+
+
+def shared_renderer() -> GoRenderer:
+    """One renderer per test process (fixtures imported into several modules share it)."""
+    if "renderer" not in _SHARED:
+        import atexit
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="ftpack-gotemplate-"))
+        atexit.register(shutil.rmtree, folder, True)
+        _SHARED["renderer"] = GoRenderer(build_renderer(folder))
+    return _SHARED["renderer"]

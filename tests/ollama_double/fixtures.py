@@ -39,16 +39,19 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", file_type: int = 15, kin
 
 @pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory) -> Path:
-    """A tiny llama-architecture GGUF that says it is Q4_K_M (file_type 15), 136 parameters."""
+    """A tiny llama-architecture GGUF that says it is Q4_K_M (file_type 15), 136 parameters.
+
+    Tests must not modify it (a module-level fixture copy per importing module is fine).
+    """
     return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.Q4_K_M.gguf")
 
 
 @pytest.fixture(scope="session")
-def go_renderer(tmp_path_factory):
-    """Ollama's template execution (Go text/template), built once per session."""
-    from gotemplate import GoRenderer, build_renderer
+def go_renderer():
+    """Ollama's template execution (Go text/template), built once per test process."""
+    from gotemplate import shared_renderer
 
-    return GoRenderer(build_renderer(tmp_path_factory.mktemp("gotemplate")))
+    return shared_renderer()
 
 
 @pytest.fixture
