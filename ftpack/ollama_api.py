@@ -60,9 +60,9 @@ def _version_tuple(v: str) -> tuple[int, int, int]:
 def _unreachable(host: str, exc: BaseException | str) -> FtpackError:
     return FtpackError(
         f"Ollama server not reachable at {host} ({exc}).",
-        "Start it with `ollama serve` (or the Ollama app), or set OLLAMA_HOST / --host to where it runs. "
-        "Without a server: `--offline` writes Ollama's model store directly. Your build is kept; "
-        "run the same command again to retry.")
+        "Start it with `ollama serve` (or the Ollama app), or set OLLAMA_HOST / --host to where it runs; "
+        "--offline works on Ollama's model store directly instead. Nothing was changed: run the same "
+        "command again once the server answers.")
 
 
 class OllamaServer:
