@@ -402,3 +402,52 @@ def test_double_status_codes(ollama_double, tiny_gguf):
         r = c.post("/api/create", json={"model": "x", "files": {"m.gguf": good}, "stream": True})
         lines = [json.loads(x) for x in r.text.splitlines()]
         assert r.status_code == 200 and lines[0] == {"status": "parsing GGUF"} and lines[-1] == {"status": "success"}
+
+
+# -- anchored to real Ollama: blob digests asserted by ollama/ollama server/routes_create_test.go ------
+
+OLLAMA_TEST_DIGESTS = {  # (test in routes_create_test.go) -> content digest Ollama wrote
+    "config": "sha256:99759ad5b91e723db0393d698ffbb448b1b7df5ff6377a108c49254583b1bc8c",  # every test's config
+    "system": "sha256:f29e82a8284dbdf5910b1555580ff60b04238b8da9d5e51159ada67a4d0d5851",  # TestCreateUnsetsSystem
+    "params": "sha256:1d0ad71299d48c2fb7ae2b98e683643e771f8a5b72be34942af90d97a91c1e37",  # TestCreateMergeParameters
+    "template": "sha256:b507b9c2f6ca642bffcd06665ea7c91f235fd32daeefdf875a0f938db05fb315",  # TestCreateRemovesLayers
+    "messages": "sha256:298baeaf6928a60cf666d88d64a1ba606feb43a2865687c39e40652e407bffc4",  # TestCreateReplacesMessages
+    "license_mit": "sha256:e5dcffe836b6ec8a58e492419b550e65fb8cbdc308503979e5dacb33ac7ea3b7",  # TestCreateLicenses
+    "license_apache": "sha256:2af71558e438db0b73a20beab92dc278a94e1bbe974c00c1a33e3ab62d53a608",
+}
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_store_bytes_match_ollamas_own_test_digests(tmp_path, offline, ollama_double, ollama_models_dir, ftpack_home):
+    """The same inputs as Ollama's create tests give the blobs (digests) Ollama's tests expect."""
+    from gguf import GGUFWriter
+
+    from ftpack.ollama_api import register_offline, register_with_server
+    from ftpack.ollama_store import RegistrationRequest
+
+    gguf = tmp_path / "test.gguf"  # like createBinFile(t, nil, nil): architecture "test", no tensors
+    w = GGUFWriter(str(gguf), "test")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    req = RegistrationRequest(
+        model_path=gguf, template="{{ .Prompt }}", system="Say hi!",
+        parameters={"temperature": 1.0, "top_k": 10, "stop": ["USER:", "ASSISTANT:"]},
+        messages=[{"role": "assistant", "content": "What is my purpose?"}, {"role": "user", "content": "You run tests."},
+                  {"role": "assistant", "content": "Oh, my god."}],
+        licenses=["MIT", "Apache-2.0"])
+    quiet = Reporter("quiet")
+    if offline:
+        register_offline("test", req, models_dir=ollama_models_dir, reporter=quiet)
+    else:
+        register_with_server("test", req, host=ollama_double.url, reporter=quiet)
+    m = manifest_of(ollama_models_dir, "test")
+    digests = {x["mediaType"].removeprefix(MEDIA): x["digest"] for x in m["layers"]}
+    assert m["config"]["digest"] == OLLAMA_TEST_DIGESTS["config"]
+    assert digests["system"] == OLLAMA_TEST_DIGESTS["system"]
+    assert digests["params"] == OLLAMA_TEST_DIGESTS["params"]
+    assert digests["template"] == OLLAMA_TEST_DIGESTS["template"]
+    assert digests["messages"] == OLLAMA_TEST_DIGESTS["messages"]
+    assert [x["digest"] for x in m["layers"] if x["mediaType"] == MEDIA + "license"] == \
+        [OLLAMA_TEST_DIGESTS["license_mit"], OLLAMA_TEST_DIGESTS["license_apache"]]
