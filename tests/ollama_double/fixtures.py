@@ -60,10 +60,15 @@ def ollama_models_dir(tmp_path) -> Path:
 
 
 @pytest.fixture
-def ollama_double(ollama_models_dir, monkeypatch) -> Iterator[OllamaDouble]:
-    """The double on 127.0.0.1:<random port>, its store in a temp dir; OLLAMA_HOST points at it."""
+def ollama_double(ollama_models_dir, tmp_path, monkeypatch) -> Iterator[OllamaDouble]:
+    """The double on 127.0.0.1:<random port>, its store in a temp dir; OLLAMA_HOST points at it.
+
+    FTPACK_HOME (ftpack's index of registered models) is isolated too, so registering
+    against the double never touches the user's index.
+    """
     double = OllamaDouble(ollama_models_dir).start()
     monkeypatch.setenv("OLLAMA_HOST", double.url)
+    monkeypatch.setenv("FTPACK_HOME", str(tmp_path / "ftpack-home"))
     try:
         yield double
     finally:
