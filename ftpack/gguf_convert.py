@@ -29,13 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from .atomic import atomic_path, check_free_space, human_bytes
 from .errors import FtpackError, bad_input
-from .merge import (LoraAdapter, TensorSource, load_adapter, load_hf_config, merge_weight,
-                    resolve_adapter_base, tokenizer_dir)
+from .merge import (LoraAdapter, TensorSource, f32_to_bf16_bits, fill_tensor, load_adapter, load_hf_config,
+                    release_memory, resolve_adapter_base, tokenizer_dir)
 from .report import get_reporter
 
 if TYPE_CHECKING:
     import numpy as np
-    import torch
 
 OUTTYPES = ("f16", "bf16", "f32", "q8_0")
 #: outtype -> gguf LlamaFileType value (general.file_type)
@@ -185,6 +184,7 @@ def _convert_llama_family(model_dir: Path, out: Path, outtype: str, adapter: Lor
                     merged += was_merged
                     writer.write_tensor_data(data)
                     del data
+                    release_memory()
                     bar.advance(1)
             if adapter is not None:
                 adapter.check_all_used(model_dir)
@@ -280,51 +280,52 @@ def tensor_nbytes(shape: tuple[int, ...], qtype: int) -> int:
 
 def _tensor_data(source: TensorSource, adapter: LoraAdapter | None, p: TensorPlan,
                  config: dict[str, Any]) -> tuple["np.ndarray", bool]:
+    """One output tensor, ready for ``write_tensor_data``: read in row chunks, merged with
+    the adapter, cast/quantized into a preallocated array (numpy only: no torch import)."""
     import gguf
-    import torch
+    import numpy as np
 
-    merged = False
-    if p.hf_name == "<rope_freqs>":
-        t = llama3_rope_factors(config)
-    else:
-        t = source.read(p.hf_name)
-        if adapter is not None:
-            lm, replacement = adapter.weight_for(p.hf_name)
-            if lm is not None or replacement is not None:
-                t = merge_weight(p.hf_name, t, lm, replacement)
-                merged = True
-        if p.permute_heads is not None:
-            t = permute_rope_rows(t, p.permute_heads)
     Q = gguf.GGMLQuantizationType
-    if p.qtype == Q.F32:
-        arr = t.to(torch.float32).contiguous().numpy()
-    elif p.qtype == Q.F16:
-        arr = t.to(torch.float16).contiguous().numpy()
-    elif p.qtype == Q.BF16:
-        arr = t.to(torch.bfloat16).contiguous().view(torch.int16).numpy()
+    qtype = Q(p.qtype)
+    if p.hf_name == "<rope_freqs>":
+        return llama3_rope_factors(config), False
+    shape = source.entries[p.hf_name].shape
+    if qtype == Q.F32:
+        out, convert = np.empty(shape, np.float32), (lambda rows: rows)
+    elif qtype == Q.F16:
+        out, convert = np.empty(shape, np.float16), (lambda rows: rows)  # numpy casts on assignment
+    elif qtype == Q.BF16:
+        out, convert = np.empty(shape, np.uint16), f32_to_bf16_bits
     else:
-        arr = gguf.quants.quantize(t.to(torch.float32).contiguous().numpy(), Q(p.qtype))
-    if arr.nbytes != p.nbytes:  # pragma: no cover - a planning bug, not a user error
-        raise FtpackError(f"Internal error: {p.gguf_name} has {arr.nbytes} bytes, planned {p.nbytes}.")
-    return arr, merged
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        out = np.empty((*shape[:-1], shape[-1] // block * type_size), np.uint8)
+        convert = (lambda rows: gguf.quants.quantize(rows, qtype))
+    merged = fill_tensor(source, p.hf_name, adapter, out, convert)
+    if p.permute_heads is not None:
+        out = permute_rope_rows(out, p.permute_heads)
+    if out.nbytes != p.nbytes:  # pragma: no cover - a planning bug, not a user error
+        raise FtpackError(f"Internal error: {p.gguf_name} has {out.nbytes} bytes, planned {p.nbytes}.")
+    return out, merged
 
 
-def permute_rope_rows(t: "torch.Tensor", n_head: int) -> "torch.Tensor":
-    """Reorder q/k rows from HF's rotate-half layout to llama.cpp's interleaved pairs."""
+def permute_rope_rows(t: "np.ndarray", n_head: int) -> "np.ndarray":
+    """Reorder q/k rows from HF's rotate-half layout to llama.cpp's interleaved pairs.
+
+    Works on any row-wise array (float, bf16 bits, Q8_0 blocks): only rows move."""
     shape = t.shape
     return t.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
 
 
-def llama3_rope_factors(config: dict[str, Any]) -> "torch.Tensor":
+def llama3_rope_factors(config: dict[str, Any]) -> "np.ndarray":
     """Llama 3.1-style rope frequency factors (llama.cpp stores them as rope_freqs)."""
     import math
 
-    import torch
+    import numpy as np
 
     rope = rope_parameters(config)
     base = float(rope.get("rope_theta", 10000.0))
     dim = _head_dim(config)
-    freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    freqs = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
     factor = float(rope.get("factor", 8.0))
     low = float(rope.get("low_freq_factor", 1.0))
     high = float(rope.get("high_freq_factor", 4.0))
@@ -340,7 +341,7 @@ def llama3_rope_factors(config: dict[str, Any]) -> "torch.Tensor":
         else:
             smooth = (old_ctx / wavelen - low) / (high - low)
             out.append(1 / ((1 - smooth) / factor + smooth))
-    return torch.tensor(out, dtype=torch.float32)
+    return np.array(out, dtype=np.float32)
 
 
 # -- metadata -----------------------------------------------------------------------------

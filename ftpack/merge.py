@@ -7,30 +7,39 @@ memory is about one tensor plus the (small) adapter. The base weights are always
 16-bit (or 32-bit) originals on disk — an adapter trained with QLoRA is folded into
 those, never into 4-bit weights.
 
-The same pieces (:class:`TensorSource`, :class:`LoraAdapter`) feed ``ftpack convert
---adapter``, which merges on the fly while writing the GGUF.
+The same pieces (:class:`TensorSource`, :class:`LoraAdapter`, :func:`fill_tensor`) feed
+``ftpack convert --adapter``, which merges on the fly while writing the GGUF.
+
+Why numpy and not torch: importing torch alone costs ~0.5 GB of RSS (CUDA build), more
+than the merge itself needs. All math here is numpy float32 (bf16 via bit shifts), and
+tensors are processed in row chunks into one preallocated output array, so the peak is
+about one *output* tensor plus a few MB, whatever the model size.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import re
 import shutil
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Callable
+
+import numpy as np
 
 from .atomic import atomic_dir, check_free_space, human_bytes
 from .errors import FtpackError, bad_input
 from .report import get_reporter
 
-if TYPE_CHECKING:  # torch is imported inside functions only
-    import torch
-
-#: safetensors dtype names -> torch dtype attribute names
-ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-             "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+#: safetensors dtype names -> numpy storage dtype (bf16 is stored as its raw uint16 bits)
+ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
+             "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+#: rows of a tensor processed at once: about this many float32 bytes per chunk
+CHUNK_BYTES = 16 << 20
 ST_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 MERGE_DTYPES = {"bf16": "BF16", "f16": "F16", "f32": "F32"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
@@ -104,26 +113,80 @@ class TensorSource:
     def names(self) -> list[str]:
         return list(self.entries)
 
-    def read(self, name: str) -> "torch.Tensor":
-        import torch
+    def read_raw(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` of a tensor in its stored dtype (bf16 as uint16 bits).
 
+        Read straight into a fresh array with ``readinto`` (one copy, no mmap)."""
         e = self.entries[name]
-        dtype = getattr(torch, ST_DTYPES[e.dtype])
-        count = 1
-        for d in e.shape:
-            count *= d
-        if count == 0:
-            return torch.empty(e.shape, dtype=dtype)
-        buf = bytearray(e.nbytes)
+        rows = e.shape[0] if e.shape else 1
+        stop = rows if stop is None else min(stop, rows)
+        per_row = _numel(e.shape[1:]) if e.shape else 1
+        out = np.empty(((stop - start),) + tuple(e.shape[1:]) if e.shape else (), dtype=ST_DTYPES[e.dtype])
+        if out.size == 0:
+            return out
         with open(e.file, "rb") as fh:
-            fh.seek(e.start)
-            if fh.readinto(buf) != e.nbytes:
+            fh.seek(e.start + start * per_row * ST_ITEMSIZE[e.dtype])
+            if fh.readinto(out.reshape(-1).view(np.uint8)) != out.nbytes:
                 raise FtpackError(f"{e.file} is truncated (tensor {name}).", "Re-download or re-save the model.")
-        return torch.frombuffer(buf, dtype=dtype).reshape(e.shape)
+        return out
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` as float32 (floating-point tensors) or as stored (others)."""
+        e = self.entries[name]
+        raw = self.read_raw(name, start, stop)
+        return to_float32(raw, e.dtype) if e.dtype in FLOAT_DTYPES else raw
 
     @property
     def total_bytes(self) -> int:
         return sum(e.nbytes for e in self.entries.values())
+
+
+def to_float32(raw: np.ndarray, st_dtype: str) -> np.ndarray:
+    """Stored floating-point data -> float32 (bf16: the 16 bits become the high half)."""
+    if st_dtype == "BF16":
+        wide = raw.astype(np.uint32)
+        wide <<= 16
+        return wide.view(np.float32)
+    return raw if raw.dtype == np.float32 else raw.astype(np.float32)
+
+
+def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bits (uint16), round to nearest even, NaN kept quiet (as torch does)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    bits = x.view(np.uint32)
+    rounded = bits >> 16
+    rounded &= 1
+    rounded += 0x7FFF
+    rounded += bits
+    rounded >>= 16
+    out = rounded.astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        out[nan] = 0x7FC0
+    return out
+
+
+def from_float32(x: np.ndarray, st_dtype: str) -> np.ndarray:
+    """float32 -> the storage dtype of ``st_dtype`` (bf16 as uint16 bits)."""
+    if st_dtype == "BF16":
+        return f32_to_bf16_bits(x)
+    return x.astype(ST_DTYPES[st_dtype], copy=False)
+
+
+def release_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise); no-op elsewhere."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None
 
 
 def safetensors_files(folder: Path) -> list[Path]:
@@ -187,10 +250,10 @@ class LoraModule:
 
     module: str  # e.g. model.layers.0.self_attn.q_proj
     scaling: float
-    a: "torch.Tensor | None" = None
-    b: "torch.Tensor | None" = None
-    magnitude: "torch.Tensor | None" = None  # DoRA
-    bias: "torch.Tensor | None" = None  # lora_bias=True
+    a: "np.ndarray | None" = None
+    b: "np.ndarray | None" = None
+    magnitude: "np.ndarray | None" = None  # DoRA
+    bias: "np.ndarray | None" = None  # lora_bias=True
     embedding: bool = False  # lora_embedding_A/B (nn.Embedding)
     fan_in_fan_out: bool = False
 
@@ -202,7 +265,7 @@ class LoraAdapter:
     folder: Path
     config: dict[str, Any]
     modules: dict[str, LoraModule] = field(default_factory=dict)
-    replacements: dict[str, "torch.Tensor"] = field(default_factory=dict)  # modules_to_save
+    replacements: dict[str, np.ndarray] = field(default_factory=dict)  # modules_to_save
     used: set[str] = field(default_factory=set)
 
     @property
@@ -213,7 +276,7 @@ class LoraAdapter:
     def use_dora(self) -> bool:
         return bool(self.config.get("use_dora"))
 
-    def weight_for(self, name: str) -> tuple[LoraModule | None, "torch.Tensor | None"]:
+    def weight_for(self, name: str) -> tuple[LoraModule | None, "np.ndarray | None"]:
         """(LoRA factors, full replacement) that apply to base tensor ``name``."""
         if name in self.replacements:
             self.used.add(name)
@@ -239,8 +302,6 @@ class LoraAdapter:
 
 def load_adapter(folder: Path) -> LoraAdapter:
     """Read adapter_config.json + adapter_model.safetensors; refuse what is not LoRA."""
-    import torch
-
     folder = Path(folder)
     cfg_path = folder / "adapter_config.json"
     if not cfg_path.is_file():
@@ -282,7 +343,7 @@ def load_adapter(folder: Path) -> LoraAdapter:
                          r"lora_magnitude_vector)(?:\.(?!weight$|bias$)[A-Za-z0-9_]+)?(?P<suffix>\.weight|\.bias)?$")
     for key in source.names():
         name = key[len(ADAPTER_PREFIX):] if key.startswith(ADAPTER_PREFIX) else key
-        tensor = source.read(key).to(torch.float32)
+        tensor = source.read(key).astype(np.float32, copy=False)
         m = part_re.match(name)
         if m is None:
             # a fully trained module (modules_to_save): it replaces the base tensor
@@ -318,56 +379,107 @@ def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
     return default
 
 
-def lora_delta(lm: LoraModule) -> "torch.Tensor":
-    """The fp32 weight delta ``scaling * B @ A`` in the base weight's layout."""
-    delta = (lm.b @ lm.a) * lm.scaling
-    if lm.embedding:  # nn.Embedding stores (num_embeddings, dim); A is (r, num), B is (dim, r)
-        delta = delta.T
-    if lm.fan_in_fan_out:
-        delta = delta.T
+def _delta_is_transposed(lm: LoraModule) -> bool:
+    """Whether the stored weight is (B @ A).T: embeddings store (num, dim), Conv1D (in, out)."""
+    return lm.embedding != lm.fan_in_fan_out
+
+
+def lora_delta_rows(lm: LoraModule, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of the fp32 delta ``scaling * B @ A`` in the base weight's layout."""
+    if _delta_is_transposed(lm):
+        delta = lm.a[:, start:stop].T @ lm.b.T
+    else:
+        delta = lm.b[start:stop] @ lm.a
+    delta *= np.float32(lm.scaling)
     return delta
 
 
-def merge_weight(name: str, weight: "torch.Tensor", lm: LoraModule | None,
-                 replacement: "torch.Tensor | None") -> "torch.Tensor":
-    """Return the merged fp32 tensor for base tensor ``name`` (fp32 math, as PEFT does)."""
-    import torch
-
-    if replacement is not None:
-        if tuple(replacement.shape) != tuple(weight.shape):
-            raise _shape_error(name, tuple(weight.shape), tuple(replacement.shape))
-        return replacement.to(torch.float32)
-    w = weight.to(torch.float32)
-    if lm is None:
-        return w
-    if name.endswith(".bias"):
-        if lm.bias is None:
-            return w
-        if tuple(lm.bias.shape) != tuple(w.shape):
-            raise _shape_error(name, tuple(w.shape), tuple(lm.bias.shape))
-        return w + lm.bias * lm.scaling
-    delta = lora_delta_checked(name, w, lm)
-    if lm.magnitude is None:
-        return w + delta
-    # DoRA: rescale each output row of (W + ΔW) to the learned magnitude
-    combined = w + delta
-    rows = combined.T if lm.fan_in_fan_out else combined
-    norm = torch.linalg.norm(rows, dim=1)
-    factor = (lm.magnitude.reshape(-1) / norm).reshape(-1, 1)
-    merged = factor * rows
-    return merged.T if lm.fan_in_fan_out else merged
-
-
-def lora_delta_checked(name: str, w: "torch.Tensor", lm: LoraModule) -> "torch.Tensor":
-    expected = tuple(w.shape)
+def check_lora_shape(name: str, shape: tuple[int, ...], lm: LoraModule) -> None:
+    """The adapter's factors must produce exactly the base weight's shape."""
     got_out = lm.b.shape[0] if not lm.embedding else lm.a.shape[1]
     got_in = lm.a.shape[1] if not lm.embedding else lm.b.shape[0]
     got = (got_out, got_in)
     if lm.fan_in_fan_out:
         got = (got_in, got_out)
-    if len(expected) != 2 or got != expected:
-        raise _shape_error(name, expected, got)
-    return lora_delta(lm)
+    if len(shape) != 2 or got != tuple(shape):
+        raise _shape_error(name, tuple(shape), got)
+    if lm.magnitude is not None:
+        rows = shape[1] if lm.fan_in_fan_out else shape[0]
+        if lm.magnitude.size != rows:
+            raise _shape_error(name, tuple(shape), tuple(lm.magnitude.shape))
+
+
+def merge_rows(name: str, rows: np.ndarray | None, start: int, stop: int, lm: LoraModule | None,
+               replacement: np.ndarray | None) -> np.ndarray:
+    """Rows ``start:start+len(rows)`` of the merged fp32 tensor (fp32 math, as PEFT does).
+
+    ``rows`` is the float32 base chunk and may be modified in place. LoRA, biases and
+    DoRA (whose norm is per output row) are all row-separable; :func:`chunk_rows` gives
+    the whole tensor in one chunk where that is not so (DoRA on a transposed layout).
+    """
+    if replacement is not None:
+        return np.array(replacement[start:stop], dtype=np.float32)
+    if lm is None:
+        return rows
+    if name.endswith(".bias"):
+        if lm.bias is None:
+            return rows
+        rows += lm.bias[start:stop] * np.float32(lm.scaling)
+        return rows
+    rows += lora_delta_rows(lm, start, stop)
+    if lm.magnitude is None:
+        return rows
+    # DoRA: rescale each output row of (W + ΔW) to the learned magnitude
+    out_rows = rows.T if lm.fan_in_fan_out else rows
+    norm = np.linalg.norm(out_rows, axis=1)
+    magnitude = lm.magnitude.reshape(-1)
+    if not lm.fan_in_fan_out:
+        magnitude = magnitude[start:stop]
+    out_rows *= (magnitude / norm).reshape(-1, 1)
+    return rows
+
+
+def chunk_rows(shape: tuple[int, ...], lm: LoraModule | None) -> int:
+    """How many rows to process at once: ~CHUNK_BYTES of float32, all of them when the
+    merge is not row-separable (DoRA norms over the columns of a transposed layout)."""
+    rows = shape[0] if shape else 1
+    if lm is not None and lm.magnitude is not None and lm.fan_in_fan_out:
+        return max(rows, 1)
+    per_row = max(_numel(shape[1:]) if shape else 1, 1)
+    return max(1, min(rows, CHUNK_BYTES // (4 * per_row)))
+
+
+def fill_tensor(source: "TensorSource", name: str, adapter: "LoraAdapter | None", out: np.ndarray,
+                convert: Callable[[np.ndarray], np.ndarray]) -> bool:
+    """Write tensor ``name`` (merged with the adapter, if any applies) into ``out`` chunk by
+    chunk: ``out[rows] = convert(float32 rows)``. Returns whether the adapter touched it.
+
+    Non-float tensors without an adapter change are copied as stored.
+    """
+    entry = source.entries[name]
+    lm, replacement = adapter.weight_for(name) if adapter is not None else (None, None)
+    if replacement is not None and tuple(replacement.shape) != entry.shape:
+        raise _shape_error(name, entry.shape, tuple(replacement.shape))
+    if lm is not None and name.endswith(".bias"):
+        if lm.bias is not None and tuple(lm.bias.shape) != entry.shape:
+            raise _shape_error(name, entry.shape, tuple(lm.bias.shape))
+    elif lm is not None:
+        check_lora_shape(name, entry.shape, lm)
+    if entry.dtype not in FLOAT_DTYPES and lm is None and replacement is None:
+        out[...] = source.read_raw(name).reshape(out.shape)
+        return False
+    if not entry.shape:  # a scalar
+        out[...] = convert(merge_rows(name, source.read(name).reshape(1), 0, 1, lm, replacement).reshape(()))
+        return lm is not None or replacement is not None
+    rows = entry.shape[0]
+    step = chunk_rows(entry.shape, lm)
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        chunk = None if replacement is not None else source.read(name, start, stop)
+        merged = merge_rows(name, chunk, start, stop, lm, replacement)
+        out[start:stop] = convert(merged)
+        del chunk, merged
+    return lm is not None or replacement is not None
 
 
 def _shape_error(name: str, base: tuple[int, ...], adapter: tuple[int, ...]) -> FtpackError:
@@ -422,23 +534,17 @@ class StreamingSafetensorsWriter:
         self._fh.write(blob)
         self._next = 0
 
-    def write(self, name: str, tensor: "torch.Tensor") -> None:
-        import torch
-
+    def write(self, name: str, array: np.ndarray) -> None:
         expected_name, nbytes = self._order[self._next]
         assert name == expected_name, (name, expected_name)
-        flat = tensor.contiguous().reshape(-1)
-        data = flat.view(torch.uint8) if flat.numel() else flat
-        assert data.numel() == nbytes
-        self._fh.write(data.numpy().tobytes() if nbytes < (1 << 20) else memoryview(data.numpy()))
+        assert array.nbytes == nbytes, (name, array.nbytes, nbytes)
+        if nbytes:
+            self._fh.write(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
         self._next += 1
 
     def close(self) -> None:
         assert self._next == len(self._order), "not every planned tensor was written"
         self._fh.close()
-
-
-TORCH_TO_ST = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
 
 @dataclass
@@ -457,8 +563,6 @@ def merge_adapter(base: Path | str | None, adapter_dir: Path | str, out_dir: Pat
     ``dtype``: ``auto`` keeps each tensor's stored dtype (a 16-bit base stays 16-bit);
     ``bf16``/``f16``/``f32`` cast floating-point tensors.
     """
-    import torch
-
     reporter = get_reporter()
     if dtype not in ("auto", *MERGE_DTYPES):
         raise bad_input(f"--dtype {dtype!r} is not one of: auto, {', '.join(MERGE_DTYPES)}.")
@@ -490,16 +594,14 @@ def merge_adapter(base: Path | str | None, adapter_dir: Path | str, out_dir: Pat
         for shard_name, (src_file, plan) in zip(shard_names, plans.items()):
             writer = StreamingSafetensorsWriter(tmp / shard_name, plan, {"format": "pt"})
             try:
-                for name, st_dtype, _shape in plan:
-                    weight = source.read(name)
-                    lm, replacement = adapter.weight_for(name)
-                    if lm is not None or replacement is not None:
-                        weight = merge_weight(name, weight, lm, replacement)
-                        merged_modules += 1
-                    target = getattr(torch, ST_DTYPES[st_dtype])
-                    writer.write(name, weight.to(target))
+                for name, st_dtype, shape in plan:
+                    out = np.empty(shape, dtype=ST_DTYPES[st_dtype])
+                    merged_modules += fill_tensor(source, name, adapter, out,
+                                                  lambda rows, d=st_dtype: from_float32(rows, d))
+                    writer.write(name, out)
                     weight_map[name] = shard_name
-                    del weight
+                    del out
+                    release_memory()
                     bar.advance(1)
             finally:
                 writer._fh.close()
@@ -597,16 +699,3 @@ def run_merge_stage(ctx) -> "Any":
     return StageResult(outputs=[out], main_output=out,
                        metrics={"merged": True, "merged_tensors": result.merged_modules,
                                 "dtype": result.dtype, "base_path": str(base_dir)})
-
-
-def iter_merged(source: TensorSource, adapter: LoraAdapter | None,
-                names: list[str] | None = None) -> Iterator[tuple[str, "torch.Tensor", bool]]:
-    """Yield (name, tensor, merged?) in order; merged tensors are fp32."""
-    for name in names if names is not None else source.names():
-        t = source.read(name)
-        if adapter is not None:
-            lm, replacement = adapter.weight_for(name)
-            if lm is not None or replacement is not None:
-                yield name, merge_weight(name, t, lm, replacement), True
-                continue
-        yield name, t, False

@@ -258,3 +258,25 @@ def test_smollm2_f16_matches_transformers(smollm2_base, tmp_path):
     assert s["rope_freq_base"] == 100000.0 and s["context_length"] == 8192
     assert s["license"]  # provenance carried over from the packaged GGUF
     check_fidelity(smollm2_base, out, SMOLLM2_F16_BOUND)
+
+
+def test_convert_with_adapter_never_imports_torch(tiny_llama, tmp_path):
+    """The convert/merge path is numpy only: importing torch alone costs ~0.5 GB of RSS,
+    more than streaming a 1B model needs (benchmarks/merge_convert_memory.py)."""
+    import subprocess
+    import sys
+
+    adapter = make_random_adapter(tiny_llama, tmp_path / "adapter", seed=7, dora=True)
+    code = ("import sys\n"
+            "from ftpack.cli import cli\n"
+            "try:\n"
+            f"    cli([{'convert'!r}, {str(tiny_llama)!r}, '--adapter', {str(adapter)!r}, '-o', "
+            f"{str(tmp_path / 'x.gguf')!r}, '--outtype', 'q8_0'])\n"
+            "except SystemExit as e:\n"
+            "    assert e.code in (0, None), e.code\n"
+            "heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]\n"
+            "print('HEAVY', heavy)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout, proc.stdout
+    assert (tmp_path / "x.gguf").stat().st_size > 0

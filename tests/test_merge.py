@@ -122,3 +122,101 @@ def test_merge_refuses_non_adapter_and_missing_base(tiny_llama, tmp_path, run_cl
     assert res.exit_code == 2 and "not a PEFT adapter" in res.output
     res = run_cli("merge", "--base", tmp_path / "nope", "--adapter", tiny_llama, "-o", tmp_path / "o")
     assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_qlora_trained_adapter_folds_into_the_16bit_base(tiny_llama, tmp_path, run_cli):
+    """An adapter trained with QLoRA (4-bit NF4 base during training, by ftpack.train) is
+    folded into the 16/32-bit base on disk: same logits as PEFT merging it into an fp32
+    load of the base, and `convert --adapter` gives llama.cpp those same logits."""
+    import numpy as np
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from ftpack.train import train
+
+    rows = [{"messages": [{"role": "user", "content": f"What is the capital number {i}?"},
+                          {"role": "assistant", "content": f"The capital is {c}."}]}
+            for i, c in enumerate(["Paris", "Berlin", "Rome", "Tokyo"] * 2)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    result = train(tiny_llama, data, tmp_path / "run", method="qlora", max_steps=3, per_device_train_batch_size=4,
+                   learning_rate=1e-2, lora_dropout=0.0, save_steps=100)
+    assert result.method == "qlora" and result.steps == 3
+    adapter = result.output
+    # fp32 reference: PEFT merge_and_unload into an fp32 load of the base
+    reference = peft_merged_logits(tiny_llama, adapter)
+    base_logits = logits_of(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32))
+    assert (reference - base_logits).abs().max().item() > 1e-3  # training moved the adapter
+
+    out = tmp_path / "merged-f32"
+    res = run_cli("merge", "--base", tiny_llama, "--adapter", adapter, "-o", out, "--dtype", "f32")
+    assert res.exit_code == 0, res.output
+    ours = logits_of(AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32))
+    assert (ours - reference).abs().max().item() <= 1e-5
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+
+    # a bf16 base gives a bf16 merged copy: 16-bit weights, never 4-bit
+    bf16_base = tmp_path / "base-bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16).save_pretrained(bf16_base)
+    out16 = tmp_path / "merged-bf16"
+    assert run_cli("merge", "--base", bf16_base, "--adapter", adapter, "-o", out16).exit_code == 0
+    with safe_open(out16 / "model.safetensors", "pt") as fh:
+        assert {fh.get_tensor(k).dtype for k in fh.keys()} == {torch.bfloat16}
+    assert (logits_of(AutoModelForCausalLM.from_pretrained(out16, dtype=torch.float32)) - peft_merged_logits(
+        bf16_base, adapter)).abs().max().item() < 0.05
+
+    # convert --adapter (f32) == the PEFT-merged model, as llama.cpp computes it
+    import llama_cpp
+
+    gguf_path = tmp_path / "qlora.f32.gguf"
+    assert run_cli("convert", tiny_llama, "--adapter", adapter, "-o", gguf_path, "--outtype", "f32").exit_code == 0
+    llm = llama_cpp.Llama(str(gguf_path), logits_all=True, verbose=False, n_ctx=64, n_threads=2, seed=0)
+    try:
+        llm.eval(PROMPT_IDS)
+        cpp = np.array(llm.scores[: len(PROMPT_IDS)], dtype=np.float32)
+    finally:
+        llm.close()
+    ref = reference.numpy()
+    assert (cpp.argmax(-1) == ref.argmax(-1)).all()
+    assert float(np.abs(cpp - ref).max()) < 0.02  # llama.cpp's F16 KV cache; f32 weights
+
+
+def test_bf16_rounding_matches_torch():
+    """numpy bf16 conversion (no torch on the merge path) is bit-identical to torch's."""
+    import numpy as np
+
+    from ftpack.merge import f32_to_bf16_bits, to_float32
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(100_000, generator=gen) * 10 ** torch.randint(-30, 30, (100_000,), generator=gen),
+                   torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan"), 1e-40, -1e-45, 3.3895e38,
+                                 1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8])])  # ties round to even, subnormals, overflow
+    ours = f32_to_bf16_bits(x.numpy())
+    theirs = x.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    nan = np.isnan(x.numpy())
+    assert np.array_equal(ours[~nan], theirs[~nan])  # NaN payloads differ by build; NaN stays NaN
+    back = to_float32(ours, "BF16")
+    assert np.array_equal(back, x.to(torch.bfloat16).float().numpy(), equal_nan=True)
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_merge_in_small_row_chunks_is_identical(kind, tiny_llama, lora_adapter, dora_adapter, tmp_path,
+                                                monkeypatch):
+    """Row-chunked merging (how big tensors stay small in memory) gives the same values as
+    one chunk per tensor (up to float32 rounding of B @ A, which BLAS blocks differently
+    for different row counts); the tiny model's tensors normally fit in one chunk."""
+    from safetensors.numpy import load_file
+
+    import ftpack.merge as merge
+
+    adapter = lora_adapter if kind == "lora" else dora_adapter
+    merge.merge_adapter(tiny_llama, adapter, tmp_path / "whole", dtype="f32")
+    monkeypatch.setattr(merge, "CHUNK_BYTES", 3 * 256 * 4)  # 3 rows of a 256-wide tensor at a time
+    assert merge.chunk_rows((768, 256), None) == 3
+    merge.merge_adapter(tiny_llama, adapter, tmp_path / "chunked", dtype="f32")
+    whole = load_file(tmp_path / "whole" / "model.safetensors")
+    chunked = load_file(tmp_path / "chunked" / "model.safetensors")
+    assert whole.keys() == chunked.keys()
+    for name, w in whole.items():
+        diff = float(abs(w - chunked[name]).max())
+        assert diff <= 1e-6 * max(1.0, float(abs(w).max())), (name, diff)
