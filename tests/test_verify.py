@@ -11,7 +11,7 @@ import pytest
 from ftpack.errors import FtpackError
 from ftpack.report import Reporter
 from ollama_double import OllamaDouble
-from ollama_double.fixtures import ftpack_home, go_renderer, tiny_gguf  # noqa: F401
+from ollama_double.fixtures import ftpack_home, go_renderer, llama_generator, tiny_gguf  # noqa: F401
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -57,25 +57,6 @@ def test_a_model_that_does_not_stop_fails_with_an_explanation(smollm2_gguf, llm)
     assert "'<|im_end|>'" in info.value.message and "chat template" in info.value.hint
 
 
-def _llama_generator():
-    """The double's /api/chat engine: llama.cpp on the stored GGUF (as Ollama's runner)."""
-    from ftpack.verify import load_llama, stream_answer
-
-    cache = {}
-
-    def generate(model_path, prompt, stop, options):
-        if model_path not in cache:
-            cache[model_path] = load_llama(model_path, n_ctx=int(options.get("num_ctx", 1024)))
-        llm = cache[model_path]
-        for piece, _ in stream_answer(llm, prompt, stop=stop, max_tokens=int(options.get("num_predict", 64)),
-                                      temperature=float(options.get("temperature", 0.8))):
-            if piece:
-                yield piece
-
-    generate.close = lambda: [m.close() for m in cache.values()]  # type: ignore[attr-defined]
-    return generate
-
-
 def _fake_build(tmp_path: Path, gguf: Path) -> tuple[Path, object]:
     """A build dir whose data/quantize stages are done (the GGUF referenced in place)."""
     from ftpack.build import Manifest, StageRecord
@@ -98,7 +79,7 @@ def test_verify_stage_with_server_chat(tmp_path, smollm2_gguf, go_renderer, monk
     from ftpack.ollama_api import run_register_stage
     from ftpack.verify import run_verify_stage
 
-    generator = _llama_generator()
+    generator = llama_generator()
     double = OllamaDouble(tmp_path / "store", renderer=go_renderer.render, generator=generator).start()
     try:
         build_dir, manifest = _fake_build(tmp_path, smollm2_gguf)

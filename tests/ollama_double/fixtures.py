@@ -66,13 +66,50 @@ def ollama_double(ollama_models_dir, tmp_path, monkeypatch) -> Iterator[OllamaDo
     FTPACK_HOME (ftpack's index of registered models) is isolated too, so registering
     against the double never touches the user's index.
     """
-    double = OllamaDouble(ollama_models_dir).start()
+    generator = llama_generator()
+    double = OllamaDouble(ollama_models_dir, renderer=_render_with_go, generator=generator).start()
     monkeypatch.setenv("OLLAMA_HOST", double.url)
     monkeypatch.setenv("FTPACK_HOME", str(tmp_path / "ftpack-home"))
     try:
         yield double
     finally:
         double.stop()
+        generator.close()
+
+
+def _render_with_go(template: str, messages: list[dict]) -> str:
+    """Ollama's prompt rendering (the Go renderer is built on the first /api/chat)."""
+    from gotemplate import shared_renderer
+
+    return shared_renderer().render(template, messages)
+
+
+def llama_generator():
+    """The double's /api/chat engine: llama.cpp on the stored GGUF, as Ollama's runner does.
+
+    Options follow Ollama's names and defaults (num_ctx 2048... here 1024 to stay light,
+    num_predict, temperature 0.8); models load on first use and are closed by ``close()``.
+    """
+    cache: dict = {}
+
+    def generate(model_path, prompt, stop, options):
+        from ftpack.verify import load_llama, stream_answer
+
+        if model_path not in cache:
+            cache[model_path] = load_llama(model_path, n_ctx=int(options.get("num_ctx", 1024)))
+        for piece, _ in stream_answer(cache[model_path], prompt, stop=stop,
+                                      max_tokens=int(options.get("num_predict", 128)),
+                                      temperature=float(options.get("temperature", 0.8)), options=options):
+            if piece:
+                yield piece
+
+    def close() -> None:
+        for model in cache.values():
+            model.close()
+        cache.clear()
+
+    generate.close = close  # type: ignore[attr-defined]
+    return generate
 
 
 @pytest.fixture
