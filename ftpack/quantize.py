@@ -217,6 +217,49 @@ def load_imatrix(path: Path) -> dict[str, "Any"]:
     return out
 
 
+def imatrix_provenance(path: Path) -> tuple[list[str], int]:
+    """(datasets, chunk count) an importance matrix records, as llama.cpp's quantize tool
+    reads them: GGUF keys ``imatrix.datasets``/``imatrix.chunk_count``, or the trailer of
+    the legacy format (int32 chunks, int32 length, dataset name). ([], 0) if absent."""
+    import numpy as np
+
+    from .gguf_inspect import is_gguf
+
+    if is_gguf(path):
+        from gguf import GGUFReader
+
+        from .gguf_inspect import field_value
+
+        reader = GGUFReader(path)
+        datasets = field_value(reader, "imatrix.datasets") or []
+        chunks = field_value(reader, "imatrix.chunk_count") or 0
+        return [str(d) for d in (datasets if isinstance(datasets, list) else [datasets])], int(chunks)
+    data = path.read_bytes()
+    pos = 4
+    (n,) = np.frombuffer(data, np.int32, 1, 0)
+    for _ in range(int(n)):  # skip the entries (validated by load_imatrix)
+        (length,) = np.frombuffer(data, np.int32, 1, pos)
+        pos += 4 + int(length)
+        _ncall, nval = np.frombuffer(data, np.int32, 2, pos)
+        pos += 8 + 4 * int(nval)
+    if pos + 8 > len(data):
+        return [], 0
+    chunks, length = (int(v) for v in np.frombuffer(data, np.int32, 2, pos))
+    name = data[pos + 8:pos + 8 + max(length, 0)].decode("utf-8", errors="replace")
+    return ([name] if name else []), chunks
+
+
+def imatrix_kv_overrides(imatrix_file: str, n_entries: int, datasets: list[str], chunks: int) -> list[tuple]:
+    """The ``quantize.imatrix.*`` keys llama-quantize writes: (key, "str"|"int", value)."""
+    out: list[tuple] = [("quantize.imatrix.file", "str", imatrix_file)]
+    if datasets:
+        out.append(("quantize.imatrix.dataset", "str", datasets[0]))
+    out.append(("quantize.imatrix.entries_count", "int", n_entries))
+    if chunks > 0:
+        out.append(("quantize.imatrix.chunks_count", "int", chunks))
+    return out
+
+
 # -- the child process --------------------------------------------------------------------
 
 def _child_main(job: dict[str, Any]) -> int:
@@ -253,6 +296,20 @@ def _child_main(job: dict[str, Any]) -> int:
         array[len(entries)].name = None  # terminator
         params.imatrix = ctypes.cast(array, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
         keep.append(array)
+        # provenance in the output's metadata, as llama-quantize records it
+        datasets, chunks = imatrix_provenance(Path(job["imatrix"]))
+        overrides = imatrix_kv_overrides(job["imatrix"], len(entries), datasets, chunks)
+        kvs = (llama_cpp.llama_model_kv_override * (len(overrides) + 1))()  # zeroed: last key "" ends it
+        for i, (key, kind, value) in enumerate(overrides):
+            kvs[i].key = key.encode()[:127]
+            if kind == "str":
+                kvs[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+                kvs[i].value.val_str = str(value).encode("utf-8")[:127]
+            else:
+                kvs[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
+                kvs[i].value.val_i64 = int(value)
+        params.kv_overrides = ctypes.cast(kvs, ctypes.POINTER(llama_cpp.llama_model_kv_override))
+        keep.append(kvs)
     status = llama_cpp.llama_model_quantize(job["src"].encode(), job["dst"].encode(), ctypes.byref(params))
     return 0 if status == 0 else 3
 

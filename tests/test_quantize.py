@@ -104,8 +104,9 @@ def test_native_crash_becomes_a_clear_error(tiny_f16, tmp_path, run_cli, monkeyp
     assert not (tmp_path / "o.gguf").exists() and not list(tmp_path.glob("o.gguf.partial*"))
 
 
-def write_legacy_imatrix(path: Path, gguf_path: Path, seed: int = 0) -> None:
-    """An importance matrix in llama.cpp's legacy binary format, one entry per 2-D weight."""
+def write_legacy_imatrix(path: Path, gguf_path: Path, seed: int = 0, trailer: tuple[int, str] | None = None) -> int:
+    """An importance matrix in llama.cpp's legacy binary format, one entry per 2-D weight;
+    ``trailer`` = (chunks, dataset) as llama-imatrix appends. Returns the entry count."""
     from gguf import GGUFReader
 
     rng = np.random.default_rng(seed)
@@ -116,6 +117,9 @@ def write_legacy_imatrix(path: Path, gguf_path: Path, seed: int = 0) -> None:
             fh.write(struct.pack("<i", len(name)) + name.encode())
             fh.write(struct.pack("<ii", 1, ncols))
             fh.write((rng.random(ncols, dtype=np.float32) ** 4 * 100).astype(np.float32).tobytes())
+        if trailer is not None:
+            fh.write(struct.pack("<ii", trailer[0], len(trailer[1].encode())) + trailer[1].encode())
+    return len(entries)
 
 
 def test_imatrix_is_used(tiny_f16, tmp_path, run_cli):
@@ -133,6 +137,56 @@ def test_imatrix_is_used(tiny_f16, tmp_path, run_cli):
     bad.write_bytes(b"\x00\x00\x00\x00")
     res = run_cli("quantize", tiny_f16, "-o", tmp_path / "x.gguf", "--imatrix", bad)
     assert res.exit_code == 2 and "importance matrix" in res.output
+
+
+def write_gguf_imatrix(path: Path, gguf_path: Path, chunks: int, datasets: list[str]) -> int:
+    """An importance matrix in llama-imatrix's GGUF format (<name>.in_sum2 / <name>.counts)."""
+    from gguf import GGUFReader, GGUFWriter
+
+    rng = np.random.default_rng(1)
+    writer = GGUFWriter(str(path), arch="imatrix")
+    writer.add_array("imatrix.datasets", datasets)
+    writer.add_uint32("imatrix.chunk_count", chunks)
+    writer.add_uint32("imatrix.chunk_size", 512)
+    names = [(t.name, int(t.shape[0])) for t in GGUFReader(gguf_path).tensors if len(t.shape) == 2]
+    for name, ncols in names:
+        writer.add_tensor(name + ".in_sum2", (rng.random((1, ncols), dtype=np.float32) * 50).astype(np.float32))
+        writer.add_tensor(name + ".counts", np.array([[float(chunks * 512)]], dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return len(names)
+
+
+@pytest.mark.parametrize("fmt", ["legacy", "gguf"])
+def test_imatrix_provenance_is_recorded(fmt, tiny_f16, tmp_path, run_cli):
+    """The quantized file names its importance matrix like llama-quantize does
+    (quantize.imatrix.file/.dataset/.entries_count/.chunks_count)."""
+    from gguf import GGUFReader
+
+    from ftpack.gguf_inspect import field_value
+
+    imatrix = tmp_path / f"imatrix.{'dat' if fmt == 'legacy' else 'gguf'}"
+    if fmt == "legacy":
+        n = write_legacy_imatrix(imatrix, tiny_f16, trailer=(37, "calibration-ü.txt"))
+        datasets = ["calibration-ü.txt"]
+    else:
+        datasets = ["wiki.train.raw", "chat.txt"]
+        n = write_gguf_imatrix(imatrix, tiny_f16, 12, datasets)
+    out = tmp_path / "q.gguf"
+    res = run_cli("quantize", tiny_f16, "-o", out, "--type", "Q4_K_M", "--imatrix", imatrix)
+    assert res.exit_code == 0, res.output
+    reader = GGUFReader(out)
+    assert field_value(reader, "quantize.imatrix.file") == str(imatrix)
+    assert field_value(reader, "quantize.imatrix.dataset") == datasets[0]  # llama-quantize keeps the first
+    assert field_value(reader, "quantize.imatrix.entries_count") == n
+    assert field_value(reader, "quantize.imatrix.chunks_count") == (37 if fmt == "legacy" else 12)
+    assert field_value(reader, "general.file_type") == 15
+    # without an imatrix there is no such key
+    plain = tmp_path / "plain.gguf"
+    assert run_cli("quantize", tiny_f16, "-o", plain).exit_code == 0
+    assert field_value(GGUFReader(plain), "quantize.imatrix.file") is None
 
 
 def perplexity(path: Path, text: str) -> float:
