@@ -67,13 +67,14 @@ def _logits(model_or_path, tokenizer_path):
         return model.eval()(ids).logits
 
 
-@pytest.mark.parametrize("method", ["lora", "qlora"])
-def test_lora_methods_learn_and_change_logits(tiny_llama, chat_file, tmp_path, method):
+@pytest.mark.parametrize("method,dora", [("lora", False), ("qlora", False), ("lora", True)],
+                         ids=["lora", "qlora", "dora"])
+def test_lora_methods_learn_and_change_logits(tiny_llama, chat_file, tmp_path, method, dora):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    result = _train(tiny_llama, chat_file, tmp_path / method, method=method)
+    result = _train(tiny_llama, chat_file, tmp_path / method, method=method, dora=dora)
     assert result.steps == 6
     assert result.train_loss < 0.6 * result.first_loss, (result.first_loss, result.train_loss)
     adapter = tmp_path / method / "adapter"
@@ -81,6 +82,7 @@ def test_lora_methods_learn_and_change_logits(tiny_llama, chat_file, tmp_path, m
     assert "{% generation %}" in (adapter / "chat_template.jinja").read_text().replace("{%- generation -%}",
                                                                                        "{% generation %}")
     cfg = json.loads((adapter / "adapter_config.json").read_text())
+    assert cfg["use_dora"] is dora
     assert set(cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                           "down_proj"}
     before = _logits(tiny_llama, tiny_llama)
@@ -159,21 +161,43 @@ def test_assistant_only_labels_on_real_batch(tiny_llama, chat_file, tmp_path, tr
             assert all((lab == i) == bool(a) for i, lab, a in zip(row_ids, row_labels, row_attn))
             continue
         # contiguous runs of trained tokens == exactly the assistant replies (+ end-of-turn)
-        runs, cur = [], []
-        for i, lab in zip(row_ids, row_labels):
-            if lab != -100:
-                assert lab == i
-                cur.append(i)
-            elif cur:
-                runs.append(tok.decode(cur, skip_special_tokens=False))
-                cur = []
-        if cur:
-            runs.append(tok.decode(cur, skip_special_tokens=False))
+        runs = _trained_runs(row_ids, row_labels, tok)
         expected = [m["content"] + "<|im_end|>" for m in _conversation_for(full)["messages"]
                     if m["role"] == "assistant"]
         assert runs == expected, (full, runs)
         texts_seen += 1
     assert train_on_prompts or texts_seen == ids.shape[0]
+
+
+def _trained_runs(row_ids, row_labels, tok) -> list[str]:
+    runs, cur = [], []
+    for i, lab in zip(row_ids, row_labels):
+        if lab != -100:
+            assert lab == i
+            cur.append(i)
+        elif cur:
+            runs.append(tok.decode(cur, skip_special_tokens=False))
+            cur = []
+    if cur:
+        runs.append(tok.decode(cur, skip_special_tokens=False))
+    return runs
+
+
+def test_packing_keeps_assistant_only_labels(tiny_llama, chat_file, tmp_path):
+    from transformers import AutoTokenizer
+
+    grab = _GrabBatch()
+    _train(tiny_llama, chat_file, tmp_path / "pack", method="lora", max_steps=1,
+           per_device_train_batch_size=4, packing=True, max_seq_length=256, callbacks=[grab])
+    batch = type(grab).batch
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama))
+    replies = {m["content"] + "<|im_end|>" for c in _conversations() for m in c["messages"]
+               if m["role"] == "assistant"}
+    ids, labels = batch["input_ids"].tolist(), batch["labels"].tolist()
+    text = tok.decode(ids[0], skip_special_tokens=False)
+    assert text.count("<|im_start|>user") > 4  # several conversations share one packed sequence
+    runs = [r for row_ids, row_labels in zip(ids, labels) for r in _trained_runs(row_ids, row_labels, tok)]
+    assert runs and all(r in replies for r in runs), runs
 
 
 def _conversation_for(rendered: str) -> dict:
