@@ -136,7 +136,7 @@ def train(
     out_dir = Path(out_dir)
     train_file, eval_file = Path(train_file), Path(eval_file) if eval_file else None
     train_rows = read_messages_jsonl(train_file)
-    eval_rows = read_messages_jsonl(eval_file) if eval_file and eval_file.exists() else []
+    eval_rows = read_messages_jsonl(eval_file, allow_empty=True) if eval_file and eval_file.exists() else []
 
     import torch
 
@@ -342,7 +342,7 @@ def quiet_libraries() -> Iterator[None]:
 
 # -- data --------------------------------------------------------------------------------
 
-def read_messages_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_messages_jsonl(path: Path, *, allow_empty: bool = False) -> list[dict[str, Any]]:
     """Read normalised ``{"messages": [...]}`` JSONL (the data stage's output)."""
     path = Path(path)
     if not path.is_file():
@@ -364,7 +364,7 @@ def read_messages_jsonl(path: Path) -> list[dict[str, Any]]:
                 raise bad_input(f"{path}:{n}: expected {{\"messages\": [{{\"role\": …, \"content\": …}}, …]}}.",
                                 "Run `ftpack data` on the file first to normalise it.")
             rows.append({"messages": [{"role": m["role"], "content": m["content"]} for m in msgs]})
-    if not rows:
+    if not rows and not allow_empty:
         raise bad_input(f"{path}: no training examples.")
     return rows
 
@@ -694,9 +694,7 @@ def _fingerprint(base_path: Path, train_file: Path, eval_file: Path | None, loca
 
 
 def _resume_checkpoint(ckpt_dir: Path, fingerprint: str, resume: bool | None, r: Reporter) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    last = last_complete_checkpoint(ckpt_dir)
     if resume is False:
         if ckpt_dir.exists() and int(os.environ.get("RANK", "0")) == 0:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -722,6 +720,21 @@ def _resume_checkpoint(ckpt_dir: Path, fingerprint: str, resume: bool | None, r:
         r.warn(f"Resuming from {last} although the settings or data changed since it was written.")
     r.info(f"Resuming from {Path(last).name}.")
     return Path(last)
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest ``checkpoint-N`` that was written to the end.
+
+    The Trainer writes ``trainer_state.json`` last, so a checkpoint killed mid-save lacks
+    it and is skipped (resuming from it would fail or load half-written weights).
+    """
+    if not ckpt_dir.is_dir():
+        return None
+    found = [(_step_of(p), p) for p in ckpt_dir.glob("checkpoint-*") if p.is_dir()]
+    for step, path in sorted((s, p) for s, p in found if s is not None)[::-1]:
+        if (path / "trainer_state.json").is_file():
+            return path
+    return None
 
 
 def _step_of(checkpoint: Path | None) -> int | None:

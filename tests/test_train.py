@@ -248,6 +248,9 @@ def test_resume_continues_step_count(tiny_llama, chat_file, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _train(tiny_llama, chat_file, out, method="lora", max_steps=5, save_steps=2, callbacks=[Crash()])
     assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "adapter").exists()
+    half = out / "checkpoints" / "checkpoint-4"  # as if killed while saving a later checkpoint
+    half.mkdir()
+    (half / "adapter_model.safetensors").write_bytes(b"half-written")
     result = _train(tiny_llama, chat_file, out, method="lora", max_steps=5, save_steps=2, callbacks=[CountSteps()])
     assert result.resumed_from == 2
     assert CountSteps.steps == [3, 4, 5] and result.steps == 5
