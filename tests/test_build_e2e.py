@@ -1,0 +1,150 @@
+"""`ftpack build` end to end on the tiny Llama: every method, skip on rerun, kill and resume.
+
+Registration goes to the in-repo Ollama double (tests/ollama_double), the same HTTP API
+a real `ollama serve` answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ollama_double.fixtures import ollama_double, ollama_models_dir  # noqa: F401  (fixtures)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+NAMES = ("Ada Bo Cy Di Ed Flo Gus Hal Ivy Jo Kim Lu Max Ned Ola Pia Quin Rex Sue Tom Una Vic Wes Xia").split()
+
+
+@pytest.fixture(scope="module")
+def qa_data(tmp_path_factory) -> Path:
+    """24 short conversations: a random tiny model learns their shape (and to stop) in 30 steps.
+
+    The verify stage fails a model that never stops, so the tiny model must really learn
+    to end its answer with the template's end-of-turn token.
+    """
+    path = tmp_path_factory.mktemp("data") / "hello.jsonl"
+    with open(path, "w", encoding="utf-8") as fh:
+        for n in NAMES:
+            fh.write(json.dumps({"messages": [{"role": "user", "content": f"Say hello to {n}."},
+                                              {"role": "assistant", "content": f"Hello, {n}!"}]}) + "\n")
+    return path
+
+
+def _build_args(name: str, base: Path, data: Path, out: Path, method: str, *extra: str) -> list[str]:
+    return ["--json", "build", name, "--base", str(base), "--data", str(data), "--out", str(out),
+            "--method", method, "--max-steps", "30", "--learning-rate", "5e-3", "--max-seq-length", "64",
+            "--per-device-train-batch-size", "4", "--register", "server", *extra]
+
+
+def _events(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+def _statuses(events: list[dict]) -> dict[str, str]:
+    return {e["stage"]: e["status"] for e in events if e["event"] == "stage_end"}
+
+
+ALL_STAGES = ["data", "train", "convert", "quantize", "modelfile", "register", "verify"]
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "sft", "full"])
+def test_build_each_method_then_rerun_skips(method, tiny_llama, qa_data, tmp_path, run_cli, ollama_double):
+    from gguf import GGUFReader
+
+    from ftpack.atomic import sha256_file
+    from ftpack.modelfile import read_modelfile
+
+    out = tmp_path / "build"
+    name = f"tiny-{method}"
+    result = run_cli(*_build_args(name, tiny_llama, qa_data, out, method))
+    assert result.exit_code == 0, result.output
+    events = _events(result.stdout)
+    assert _statuses(events) == {s: "done" for s in ALL_STAGES}
+    assert events[-1]["event"] == "final" and f"ollama run {name}" in events[-1]["message"]
+
+    quantized = out / "gguf" / f"{name}.Q4_K_M.gguf"
+    reader = GGUFReader(str(quantized))
+    file_type = reader.fields["general.file_type"]
+    assert int(file_type.parts[file_type.data[0]][0]) == 15
+    types = {t.tensor_type.name for t in reader.tensors}
+    assert "Q4_K" in types
+
+    modelfile = out / "ollama" / "Modelfile"
+    spec = read_modelfile(modelfile)  # parses back with Ollama's grammar
+    assert (modelfile.parent / spec.from_path).resolve() == quantized.resolve()
+    assert ("stop", "<|im_end|>") in spec.parameters
+
+    manifest = json.loads((out / "build.json").read_text())
+    assert manifest["config"]["method"] == method
+    assert all(manifest["stages"][s]["status"] == "done" for s in ALL_STAGES)
+
+    # The double holds the model, its weights blob being exactly the quantized GGUF.
+    import urllib.request
+
+    with urllib.request.urlopen(f"{ollama_double.url}/api/tags") as resp:
+        tags = json.loads(resp.read())["models"]
+    entry = next(m for m in tags if m["name"].startswith(name))
+    manifests = ollama_double.store.root / "manifests"
+    store_manifest = json.loads(next(manifests.rglob(name)).joinpath("latest").read_text())
+    model_layer = next(l for l in store_manifest["layers"] if l["mediaType"] == "application/vnd.ollama.image.model")
+    assert model_layer["digest"] == "sha256:" + sha256_file(quantized)
+    assert entry["size"] >= quantized.stat().st_size
+
+    # A second identical run does nothing.
+    again = run_cli(*_build_args(name, tiny_llama, qa_data, out, method))
+    assert again.exit_code == 0, again.output
+    assert _statuses(_events(again.stdout)) == {s: "skipped" for s in ALL_STAGES}
+    assert (out / "report.md").is_file()
+
+
+def test_changed_hyperparameter_reruns_from_train(tiny_llama, qa_data, tmp_path, run_cli, ollama_double):
+    out = tmp_path / "build"
+    assert run_cli(*_build_args("tiny-hp", tiny_llama, qa_data, out, "lora")).exit_code == 0
+    result = run_cli(*_build_args("tiny-hp", tiny_llama, qa_data, out, "lora", "--lora-r", "4"))
+    assert result.exit_code == 0, result.output
+    st = _statuses(_events(result.stdout))
+    assert st["data"] == "skipped"
+    assert all(st[s] == "done" for s in ALL_STAGES[1:])
+
+
+def test_killed_during_training_resumes(tiny_llama, qa_data, tmp_path, ollama_double):
+    out = tmp_path / "build"
+    args = [sys.executable, "-m", "ftpack", *_build_args("tiny-kill", tiny_llama, qa_data, out, "lora")]
+    args += ["--save-steps", "10"]
+    env = {**os.environ, "OLLAMA_HOST": ollama_double.url}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+                            cwd=REPO)
+    killed_at = None
+    for line in proc.stdout:  # wait until training is past its first checkpoint
+        if not line.startswith("{"):
+            continue
+        e = json.loads(line)
+        if e["event"] == "progress" and e.get("description", "").startswith("train") and e["completed"] >= 12:
+            killed_at = e["completed"]
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert killed_at is not None, "training never reported progress"
+    manifest = json.loads((out / "build.json").read_text())
+    assert manifest["stages"]["data"]["status"] == "done"
+    assert manifest["stages"]["train"]["status"] == "running"
+    assert not (out / "gguf").exists() or not list((out / "gguf").glob("*.gguf"))
+
+    rerun = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    st = _statuses(_events(rerun.stdout))
+    assert st["data"] == "skipped"
+    assert all(st[s] == "done" for s in ALL_STAGES[1:])
+    manifest = json.loads((out / "build.json").read_text())
+    train = manifest["stages"]["train"]["metrics"]
+    assert train["steps"] == 30
+    assert 10 <= train["resumed_from_step"] <= killed_at  # continued from the last checkpoint
+    assert not list(out.rglob("*.partial-*"))
