@@ -62,7 +62,8 @@ TEMPLATE_BY_ID: dict[str, str] = {hub_id.lower(): tpl for hub_id, tpl in ALIASES
 
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 # Files a causal LM needs from the hub; pickle weights only when allowed.
-_HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.jinja", "*.py"]
+_HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
+_CODE_FILES = ["*.py"]  # the model's own code: fetched only with trust_remote_code
 _PICKLE_FILES = ["*.bin", "*.pt", "*.pth"]
 _SOURCE_MARK = "ftpack-source.json"
 
@@ -116,11 +117,11 @@ def resolve_base(base: str, *, trust_remote_code: bool = False, allow_pickle: bo
         return ResolvedBase(folder, EMBEDDED_ID, ALIASES[EMBEDDED_NAME][1], "embedded")
     if key in ALIASES:
         hub_id, template = ALIASES[key]
-        folder = download_hub_model(hub_id, allow_pickle=allow_pickle)
+        folder = download_hub_model(hub_id, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         _check_hf_folder(folder, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         return ResolvedBase(folder, hub_id, template, "hub", trust_remote_code)
     if _HUB_ID_RE.match(base) and not base.startswith((".", "/", "~")):
-        folder = download_hub_model(base, allow_pickle=allow_pickle)
+        folder = download_hub_model(base, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         _check_hf_folder(folder, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         return ResolvedBase(folder, base, TEMPLATE_BY_ID.get(key), "hub", trust_remote_code)
     if base.startswith((".", "/", "~")) or base.lower().endswith((".gguf", ".safetensors")) or base.count("/") > 1:
@@ -152,7 +153,8 @@ def _check_hf_folder(folder: Path, *, allow_pickle: bool, trust_remote_code: boo
             raise bad_input(f"{folder} has only pickle weights (.bin/.pt), which can run code when loaded.",
                             "Convert them to safetensors, or pass --allow-pickle if you trust the source.")
         if not has_pickle:
-            raise bad_input(f"{folder} has no model weights (*.safetensors).")
+            raise bad_input(f"{folder} has no model weights (*.safetensors).",
+                            "A hub model that publishes only .bin weights needs --allow-pickle.")
     if config.get("auto_map") and not trust_remote_code and not _known_model_type(config.get("model_type")):
         raise bad_input(f"{folder} needs its own Python code (model type {config.get('model_type')!r}).",
                         "Pass --trust-remote-code if you trust the source.")
@@ -180,7 +182,8 @@ def _template_from_folder(folder: Path) -> str | None:
 
 # -- the Hugging Face hub ----------------------------------------------------------------
 
-def download_hub_model(model_id: str, *, allow_pickle: bool = False, timeout_s: float = 10.0) -> Path:
+def download_hub_model(model_id: str, *, allow_pickle: bool = False, trust_remote_code: bool = False,
+                       timeout_s: float = 10.0) -> Path:
     """Snapshot a hub model into the HF cache (``HF_HOME``) and return its folder.
 
     Uses the cached copy when the hub is offline (``HF_HUB_OFFLINE=1``); otherwise
@@ -193,7 +196,7 @@ def download_hub_model(model_id: str, *, allow_pickle: bool = False, timeout_s: 
     from huggingface_hub import errors as hf_errors
 
     offline = _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
-    patterns = _HUB_FILES + (_PICKLE_FILES if allow_pickle else [])
+    patterns = _HUB_FILES + (_PICKLE_FILES if allow_pickle else []) + (_CODE_FILES if trust_remote_code else [])
     try:
         folder = snapshot_download(model_id, allow_patterns=patterns, local_files_only=offline,
                                    etag_timeout=timeout_s, endpoint=os.environ.get("HF_ENDPOINT") or None)
@@ -322,10 +325,13 @@ def _dequantize_gguf(gguf_path: Path, out_dir: Path) -> str | None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, fname = str(gguf_path.parent), gguf_path.name
+    # fp32 keeps the dequantized values exactly for small models; f16 (GGUF's own precision
+    # for block scales) halves memory and disk for big ones (a 4-bit file > 1 GB is > ~2B params).
+    dtype = torch.float32 if gguf_path.stat().st_size < 1_000_000_000 else torch.float16
     try:
         with _quiet_progress_bars():
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
-            loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+            loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=dtype)
     except (ValueError, KeyError, RuntimeError, NotImplementedError, IndexError, EOFError, struct.error) as exc:
         raise bad_input(f"{gguf_path}: transformers cannot load this GGUF ({exc}).",
                         "Supported are GGUF files of architectures transformers can dequantize "
@@ -333,10 +339,6 @@ def _dequantize_gguf(gguf_path: Path, out_dir: Path) -> str | None:
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    n_params = sum(p.numel() for p in loaded.parameters())
-    # fp32 keeps the dequantized values exactly for small models; f16 (GGUF's own
-    # precision for scales) halves the size of big ones.
-    dtype = torch.float32 if n_params < 1.5e9 else torch.float16
     config.dtype = dtype
     clean = AutoModelForCausalLM.from_config(config, dtype=dtype)
     missing, unexpected = clean.load_state_dict(loaded.state_dict(), strict=False)
