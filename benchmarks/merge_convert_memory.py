@@ -8,7 +8,8 @@ in its own child process so that peak RSS is measured per path:
   (a) the usual path: PeftModel.merge_and_unload() + save_pretrained(), then convert
       the merged folder to an F16 GGUF (with ftpack's converter: llama.cpp's script is
       not installable from a registry);
-  (b) ftpack convert BASE --adapter ADAPTER: merge on the fly while writing the GGUF.
+  (b) ftpack convert BASE --adapter ADAPTER: merge on the fly while writing the GGUF;
+  (c) for reference, ftpack merge (a merged Hugging Face folder, streamed the same way).
 
 Prints peak RSS and wall time side by side and the ratios, and checks that both GGUFs
 hold the same tensors with values that differ only by 16-bit rounding (PEFT merges in
@@ -150,6 +151,15 @@ def peak_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def child_merge(base: str, adapter: str, out: str) -> None:
+    sys.path.insert(0, str(ROOT))
+    from ftpack.merge import merge_adapter
+    from ftpack.report import Reporter, set_reporter
+
+    set_reporter(Reporter("quiet"))
+    merge_adapter(base, adapter, out)
+
+
 def run_child(*args: str) -> tuple[float, float]:
     """(wall seconds, peak RSS in GB) of one child process."""
     cmd = [sys.executable, __file__, "--child", *args]
@@ -195,6 +205,8 @@ def main() -> None:
         kind, *rest = args.child
         if kind == "peft":
             child_peft_merge(*rest)
+        elif kind == "merge":
+            child_merge(*rest)
         else:
             child_convert(rest[0], rest[1], rest[2] if len(rest) > 2 else None)
         print(json.dumps({"maxrss_kb": peak_rss_kb()}))
@@ -215,6 +227,8 @@ def main() -> None:
         a2_wall, a2_rss = run_child("convert", str(merged), str(work / "a.gguf"))
         shutil.rmtree(merged, ignore_errors=True)
         b_wall, b_rss = run_child("convert", str(base), str(work / "b.gguf"), str(adapter))
+        c_wall, c_rss = run_child("merge", str(base), str(adapter), str(work / "merged-ftpack"))
+        shutil.rmtree(work / "merged-ftpack", ignore_errors=True)
         same, max_diff = compare_ggufs(work / "a.gguf", work / "b.gguf")
         a_wall, a_rss = a1_wall + a2_wall, max(a1_rss, a2_rss)
         print()
@@ -223,6 +237,7 @@ def main() -> None:
         print(f"{'    then convert merged folder -> F16 GGUF':58} {a2_rss:>8.2f} GB {a2_wall:>7.1f} s")
         print(f"{'(a) total':58} {a_rss:>8.2f} GB {a_wall:>7.1f} s")
         print(f"{'(b) ftpack convert --adapter (merge on the fly) -> F16':58} {b_rss:>8.2f} GB {b_wall:>7.1f} s")
+        print(f"{'(c) ftpack merge (merged HF folder, for reference)':58} {c_rss:>8.2f} GB {c_wall:>7.1f} s")
         print()
         print(f"ratio (b)/(a): peak RSS {b_rss / a_rss:.2f}x, wall time {b_wall / a_wall:.2f}x"
               f"   (same tensors in both GGUFs: {same}; largest value difference {max_diff:.2e})")
