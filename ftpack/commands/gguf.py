@@ -81,7 +81,8 @@ def convert(model_dir: Path, out: Path | None, outtype: str, adapter_dir: Path |
               help="Output .gguf (default: next to the input, named after the type).")
 @click.option("--type", "quant_type", default="Q4_K_M", show_default=True,
               help="llama.cpp quantization type, any case (e.g. Q4_K_M, Q5_K_M, Q6_K, Q8_0, IQ4_XS).")
-@click.option("--imatrix", type=_PATH, default=None, help="Importance matrix (llama-imatrix output; recorded as quantize.imatrix.* in the file).")
+@click.option("--imatrix", type=_PATH, default=None,
+              help="Importance matrix (llama-imatrix output; recorded as quantize.imatrix.* in the file).")
 @click.option("--threads", type=int, default=None, help="Threads (default: all cores).")
 @click.option("--list-types", is_flag=True, help="List the quantization types and exit.")
 def quantize(src: Path, dst: Path | None, quant_type: str, imatrix: Path | None, threads: int | None,
