@@ -607,6 +607,8 @@ def _sft_config(output_dir: Path, *, device: str, world: int, bf16: bool, fp16: 
         extra["use_cpu"] = True
         if world > 1:
             extra["ddp_backend"] = "gloo"
+    if world > 1:  # every trainable parameter is used in each forward pass: skip the extra graph walk
+        extra["ddp_find_unused_parameters"] = False
     # transformers 5 renamed gradient_checkpointing to activation_checkpointing (old name warns).
     import dataclasses
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
 from ..config import OPTIONS
 from ..options import config_options, given_flags
-from ..report import get_reporter
+from ..report import Reporter, get_reporter, set_reporter
 
 #: The flags of this command: every data- and train-stage setting (same names as the
 #: config-file keys, generated from OPTIONS so they never drift), plus --out.
@@ -39,6 +40,9 @@ def train(config_file: Path | None, resume: bool | None, **params) -> None:
     from ..train import train as run_training
 
     reporter = get_reporter()
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun / accelerate: rank 0 speaks for all
+        reporter = Reporter("quiet")
+        set_reporter(reporter)
     file_values = load_config_file(config_file) if config_file else None
     cfg = build_config("train", file_values, given_flags(params),
                        source=str(config_file) if config_file else "config file")
@@ -69,5 +73,7 @@ def train(config_file: Path | None, resume: bool | None, **params) -> None:
     loss = f"loss {result.first_loss:.3f} → {result.train_loss:.3f}" if result.train_loss is not None else ""
     if result.eval_loss is not None:
         loss += f", eval loss {result.eval_loss:.3f}"
+    if int(os.environ.get("RANK", "0")) > 0:
+        return
     reporter.final(f"Trained {result.method} for {result.steps} steps ({loss}) in {result.seconds:.0f}s: "
                    f"{result.output}")
