@@ -370,3 +370,34 @@ def test_cli_trains_from_another_format(run_cli, tiny_llama, tmp_path):
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "loss.png").is_file()
     first = json.loads((out / "data" / "train.jsonl").read_text(encoding="utf-8").splitlines()[0])
     assert first["messages"][-1]["role"] == "assistant"
+
+
+def test_every_train_setting_reaches_train():
+    """Each train-stage config key (= CLI flag) is a parameter of train(): none is dropped."""
+    import inspect
+
+    from ftpack.config import OPTIONS, build_config
+    from ftpack.train import train, train_kwargs_from_config
+
+    params = set(inspect.signature(train).parameters)
+    train_keys = {o.key for o in OPTIONS if o.stage == "train"} | {"max_seq_length", "seed"}
+    assert train_keys <= params, train_keys - params
+    cfg = build_config("x", flag_values={"lora_r": 8, "target_modules": ["q_proj", "v_proj"], "dora": True})
+    kwargs = train_kwargs_from_config(cfg)
+    assert kwargs["lora_r"] == 8 and list(kwargs["target_modules"]) == ["q_proj", "v_proj"] and kwargs["dora"]
+    assert train_keys - {"method"} <= set(kwargs) | {k for k in train_keys if getattr(cfg, k) is None}
+
+
+def test_auto_method_says_which_and_why():
+    import io
+
+    from ftpack.report import Reporter
+    from ftpack.train import choose_method
+
+    out = io.StringIO()
+    reporter = Reporter("json", out=out)
+    assert choose_method("auto", "cpu", reporter) == "lora"
+    assert choose_method("auto", "cuda", reporter) == "qlora"
+    assert choose_method("SFT", "cpu", reporter) == "sft"
+    messages = [json.loads(line)["message"] for line in out.getvalue().splitlines()]
+    assert "lora" in messages[0] and "CUDA" in messages[0] and "qlora" in messages[1]
