@@ -21,19 +21,19 @@ from .report import Reporter, set_reporter
 #: without importing the module.
 COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("ftpack.commands.build:build", "Run the whole pipeline: data to a model you can `ollama run`."),
-    "doctor": ("ftpack.commands.doctor:doctor", "Check Python, libraries, devices, llama.cpp and Ollama."),
     "data": ("ftpack.commands.data:data", "Validate a dataset, normalise it to messages JSONL, show stats."),
-    "templates": ("ftpack.commands.data:templates", "List the chat formats (training + Ollama templates)."),
     "train": ("ftpack.commands.train:train", "Fine-tune a base model on a dataset (qlora, lora, sft, full)."),
-    "modelfile": ("ftpack.commands.ollama:modelfile", "Write an Ollama Modelfile for a GGUF (TEMPLATE, stops, SYSTEM...)."),
-    "register": ("ftpack.commands.ollama:register", "Create a model in Ollama from a Modelfile (server or --offline store)."),
-    "list": ("ftpack.commands.ollama:list_cmd", "Show the Ollama models ftpack created (build, base, method, quant, size)."),
-    "remove": ("ftpack.commands.ollama:remove", "Delete an Ollama model ftpack created (shared blobs are kept)."),
-    "chat": ("ftpack.commands.ollama:chat", "Chat with a GGUF or build locally (llama.cpp, streaming), no Ollama needed."),
     "merge": ("ftpack.commands.gguf:merge", "Fold a LoRA/DoRA adapter into a 16-bit copy of its base (streaming)."),
     "convert": ("ftpack.commands.gguf:convert", "Convert a Hugging Face model (+ adapter) to GGUF, tensor by tensor."),
     "quantize": ("ftpack.commands.gguf:quantize", "Quantize a GGUF with llama.cpp (default Q4_K_M)."),
+    "modelfile": ("ftpack.commands.ollama:modelfile", "Write an Ollama Modelfile for a GGUF (TEMPLATE, stops, SYSTEM...)."),
+    "register": ("ftpack.commands.ollama:register", "Create a model in Ollama from a Modelfile (server or --offline store)."),
+    "chat": ("ftpack.commands.ollama:chat", "Chat with a GGUF or build locally (llama.cpp, streaming), no Ollama needed."),
+    "list": ("ftpack.commands.ollama:list_cmd", "Show the Ollama models ftpack created (build, base, method, quant, size)."),
+    "remove": ("ftpack.commands.ollama:remove", "Delete an Ollama model ftpack created (shared blobs are kept)."),
     "inspect": ("ftpack.commands.gguf:inspect", "Show a GGUF's metadata and tensor types, or a build's manifest."),
+    "templates": ("ftpack.commands.data:templates", "List the chat formats (training + Ollama templates)."),
+    "doctor": ("ftpack.commands.doctor:doctor", "Check Python, libraries, devices, llama.cpp and Ollama."),
 }
 
 
@@ -50,7 +50,7 @@ class LazyGroup(click.Group):
     """A group whose commands are imported on first use."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
+        return list(COMMANDS)  # pipeline order, then the helpers
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         entry = COMMANDS.get(name)

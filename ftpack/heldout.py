@@ -1,0 +1,73 @@
+"""Ask a model questions it was not trained on, and check the answers' keywords.
+
+Used by the README demo (the fine-tuned model next to its base) and by the end-to-end
+test on SmolLM2. A held-out file is JSONL with ``question`` and ``keywords`` (strings a
+correct answer must all contain, case-insensitively); ``answer`` is optional.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .errors import bad_input
+
+
+@dataclass
+class HeldoutResult:
+    question: str
+    keywords: list[str]
+    answer: str
+
+    @property
+    def correct(self) -> bool:
+        low = self.answer.lower()
+        return all(k.lower() in low for k in self.keywords)
+
+
+def read_heldout(path: Path) -> list[dict]:
+    """The records of a held-out JSONL file, checked."""
+    out = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError as exc:
+            raise bad_input(f"{path}:{n}: invalid JSON ({exc.msg}).") from None
+        if not isinstance(rec.get("question"), str) or not isinstance(rec.get("keywords"), list):
+            raise bad_input(f"{path}:{n}: needs a 'question' string and a 'keywords' list.")
+        out.append(rec)
+    return out
+
+
+def ask_all(gguf: Path, records: Sequence[dict], *, template_name: str, system: str | None = None,
+            max_tokens: int = 96, n_ctx: int = 1024) -> list[HeldoutResult]:
+    """Greedy answers of one GGUF to every question (one model load for all)."""
+    from .verify import load_llama, smoke_test
+
+    llm = load_llama(gguf, n_ctx=n_ctx)
+    try:
+        results = []
+        for rec in records:
+            messages = ([{"role": "system", "content": system}] if system else []) + \
+                       [{"role": "user", "content": rec["question"]}]
+            r = smoke_test(gguf, messages, template_name=template_name, max_tokens=max_tokens, llm=llm)
+            results.append(HeldoutResult(rec["question"], [str(k) for k in rec["keywords"]], r.answer.strip()))
+        return results
+    finally:
+        llm.close()
+
+
+def build_outputs(build_dir: Path) -> tuple[Path, str, str]:
+    """(quantized GGUF, template name, base) of a finished build, from its build.json."""
+    from .build import Manifest
+    from .errors import FtpackError
+
+    m = Manifest.load(Path(build_dir))
+    q, data = m.stages.get("quantize"), m.stages.get("data")
+    if q is None or q.status != "done" or data is None:
+        raise FtpackError(f"{build_dir} has no finished quantize stage.", "Run `ftpack build` first.")
+    return Path(build_dir) / q.main_output, data.metrics["template"], m.config.get("base", "")
