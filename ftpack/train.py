@@ -614,6 +614,13 @@ def _sft_config(output_dir: Path, *, device: str, world: int, bf16: bool, fp16: 
 
     names = {f.name for f in dataclasses.fields(SFTConfig)}
     prefix = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    # Batches of similar lengths: far less padding (about half the tokens of a mixed-length
+    # dataset are padding otherwise), the standard Trainer way (group_by_length before 5.x).
+    if not kw.get("packing"):
+        if "train_sampling_strategy" in names:
+            extra["train_sampling_strategy"] = "group_by_length"
+        elif "group_by_length" in names:  # pragma: no cover - transformers 4.x
+            extra["group_by_length"] = True
     # Always explicit: TRL's SFTConfig defaults gradient checkpointing to on.
     extra[prefix] = bool(gradient_checkpointing)
     if gradient_checkpointing:
