@@ -273,7 +273,7 @@ def run_stages(cfg: Any, stages: Sequence[Stage], build_dir: Path, *, force: str
     ``force`` names a stage: it and every later stage run again.
     """
     reporter = reporter or get_reporter()
-    build_dir = Path(build_dir)
+    build_dir = Path(build_dir).absolute()  # stages may chdir or hand back cwd-relative paths
     names = [s.name for s in stages]
     if force is not None and force not in names:
         raise bad_input(f"--force: unknown stage {force!r}.", f"Stages: {', '.join(names)}.")

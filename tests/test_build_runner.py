@@ -75,6 +75,16 @@ def test_rerun_skips_everything(tmp_path, data_file, capsys):
     assert (build / "convert/tiny.f16.gguf").stat().st_mtime_ns == before
 
 
+def test_relative_build_dir(tmp_path, data_file, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    m = runner_pipeline.run("builds/tiny", data_file)
+    assert m.stages["convert"].main_output == "convert/tiny.f16.gguf"
+    assert (tmp_path / "builds/tiny/convert/tiny.f16.gguf").is_file()
+    capsys.readouterr()
+    runner_pipeline.run("builds/tiny", data_file)
+    assert skipped(events(capsys)) == ["data", "train", "convert"]
+
+
 def test_changed_hyperparameter_reruns_only_dependents(tmp_path, data_file, capsys):
     build = tmp_path / "b"
     runner_pipeline.run(build, data_file)
