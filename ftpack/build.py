@@ -348,7 +348,7 @@ def summary_rows(manifest: Manifest) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
-def report_summary(manifest: Manifest, reporter: Reporter | None = None, ran: set[str] | None = None) -> None:
+def report_summary(manifest: Manifest, reporter: Reporter | None = None) -> None:
     """The final table: stage, status, seconds, main output, size."""
     reporter = reporter or get_reporter()
     reporter.table("Build summary", ("stage", "status", "seconds", "output", "size"), summary_rows(manifest))

@@ -19,7 +19,7 @@ from .atomic import human_bytes
 
 OK, WARN, MISSING = "ok", "warning", "missing"
 
-#: (distribution name, import name, minimum version we rely on, why)
+#: (distribution name, import name, minimum version ftpack relies on)
 DEPENDENCIES = (
     ("torch", "torch", "2.4"),
     ("transformers", "transformers", "4.56"),

@@ -29,55 +29,57 @@ def _token_windows(tokens: Sequence[int], n_ctx: int) -> list[list[int]]:
     return [list(tokens[i:i + n_ctx]) for i in range(0, len(tokens), n_ctx) if len(tokens[i:i + n_ctx]) > 1]
 
 
-def _score(path: Path, windows: list[list[int]], n_ctx: int, threads: int | None):
-    """(sum of next-token NLL, count, top-1 predictions) of one GGUF over the windows."""
+def _open(path: Path, n_ctx: int, threads: int | None):
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False,
+                 n_threads=threads, n_batch=min(n_ctx, 512))
+
+
+def _score(llm, windows: list[list[int]]):
+    """(sum of next-token NLL, count, top-1 predictions) of one model over the windows."""
     import numpy as np
-    from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False,
-                n_threads=threads, n_batch=min(n_ctx, 512))
-    try:
-        nll, count, top1 = 0.0, 0, []
-        for w in windows:
-            llm.reset()
-            llm.eval(w)
-            logits = np.asarray(llm.scores[:len(w) - 1], dtype=np.float64)
-            m = logits.max(axis=1, keepdims=True)
-            logz = (m[:, 0] + np.log(np.exp(logits - m).sum(axis=1)))
-            targets = np.asarray(w[1:])
-            nll += float((logz - logits[np.arange(len(targets)), targets]).sum())
-            count += len(targets)
-            top1.append(logits.argmax(axis=1))
-        return nll, count, np.concatenate(top1) if top1 else np.zeros(0, dtype=int)
-    finally:
-        llm.close()
+    nll, count, top1 = 0.0, 0, []
+    for w in windows:
+        llm.reset()
+        llm.eval(w)
+        logits = np.asarray(llm.scores[:len(w) - 1], dtype=np.float64)
+        m = logits.max(axis=1, keepdims=True)
+        logz = m[:, 0] + np.log(np.exp(logits - m).sum(axis=1))
+        targets = np.asarray(w[1:])
+        nll += float((logz - logits[np.arange(len(targets)), targets]).sum())
+        count += len(targets)
+        top1.append(logits.argmax(axis=1))
+    return nll, count, np.concatenate(top1) if top1 else np.zeros(0, dtype=int)
 
 
-def tokenize_texts(gguf: Path, texts: Iterable[str], max_tokens: int) -> list[int]:
+def tokenize_texts(llm, texts: Iterable[str], max_tokens: int) -> list[int]:
     """Token ids of the texts, each with BOS as the runtime adds it, up to ``max_tokens``."""
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=str(gguf), vocab_only=True, verbose=False)
-    try:
-        ids: list[int] = []
-        for t in texts:
-            ids += llm.tokenize(t.encode("utf-8"), add_bos=True, special=True)
-            if len(ids) >= max_tokens:
-                break
-        return ids[:max_tokens]
-    finally:
-        llm.close()
+    ids: list[int] = []
+    for t in texts:
+        ids += llm.tokenize(t.encode("utf-8"), add_bos=True, special=True)
+        if len(ids) >= max_tokens:
+            break
+    return ids[:max_tokens]
 
 
 def measure_fidelity(reference: Path, quantized: Path, texts: Sequence[str], *, max_tokens: int = 2048,
                      n_ctx: int = 512, threads: int | None = None) -> dict:
     """Perplexities, their ratio and top-1 agreement of ``quantized`` against ``reference``."""
-    tokens = tokenize_texts(reference, texts, max_tokens)
-    windows = _token_windows(tokens, n_ctx)
-    if not windows:
-        raise ValueError("no text to measure fidelity on")
-    nll_r, n, top_r = _score(reference, windows, n_ctx, threads)
-    nll_q, _, top_q = _score(quantized, windows, n_ctx, threads)
+    llm = _open(reference, n_ctx, threads)
+    try:  # the reference model tokenizes too: one load per model
+        windows = _token_windows(tokenize_texts(llm, texts, max_tokens), n_ctx)
+        if not windows:
+            raise ValueError("no text to measure fidelity on")
+        nll_r, n, top_r = _score(llm, windows)
+    finally:
+        llm.close()
+    llm = _open(quantized, n_ctx, threads)
+    try:
+        nll_q, _, top_q = _score(llm, windows)
+    finally:
+        llm.close()
     ppl_r, ppl_q = math.exp(nll_r / n), math.exp(nll_q / n)
     return {
         "tokens": n,

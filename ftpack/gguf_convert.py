@@ -482,6 +482,18 @@ def _gguf_source_license(folder: Path) -> str | None:
 
 # -- tokenizer ----------------------------------------------------------------------------
 
+
+def _write_llama_vocab(writer, tok_dir: Path, tokens: list, scores: list, types: list):
+    """SentencePiece-style vocabulary (llama.cpp's `llama` tokenizer model); its special tokens."""
+    import gguf
+
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    return gguf.SpecialVocab(tok_dir, load_merges=False, n_vocab=len(tokens))
+
 def write_tokenizer(writer, tok_dir: Path, config: dict[str, Any]) -> str | None:
     """tokenizer.ggml.* keys; returns the pre-tokenizer name (None for SentencePiece)."""
     import logging
@@ -495,13 +507,7 @@ def write_tokenizer(writer, tok_dir: Path, config: dict[str, Any]) -> str | None
     model = (hf or {}).get("model") or {}
     if (tok_dir / "tokenizer.model").is_file():
         tokens, scores, types = sentencepiece_vocab(tok_dir, vocab_size)
-        writer.add_tokenizer_model("llama")
-        writer.add_tokenizer_pre("default")
-        writer.add_token_list(tokens)
-        writer.add_token_scores(scores)
-        writer.add_token_types(types)
-        special = gguf.SpecialVocab(tok_dir, load_merges=False, n_vocab=len(tokens))
-        pre = None
+        special, pre = _write_llama_vocab(writer, tok_dir, tokens, scores, types), None
     elif model.get("type") == "BPE" and model.get("byte_fallback"):
         vocab = gguf.LlamaHfVocab(tok_dir)  # Llama/Mistral SentencePiece-style BPE in tokenizer.json
         tokens, scores, types = [], [], []
@@ -510,13 +516,7 @@ def write_tokenizer(writer, tok_dir: Path, config: dict[str, Any]) -> str | None
             scores.append(score)
             types.append(toktype)
         tokens, scores, types = _pad_vocab(tokens, scores, types, vocab_size)
-        writer.add_tokenizer_model("llama")
-        writer.add_tokenizer_pre("default")
-        writer.add_token_list(tokens)
-        writer.add_token_scores(scores)
-        writer.add_token_types(types)
-        special = gguf.SpecialVocab(tok_dir, load_merges=False, n_vocab=len(tokens))
-        pre = None
+        special, pre = _write_llama_vocab(writer, tok_dir, tokens, scores, types), None
     elif model.get("type") == "BPE":
         tokens, types = bpe_vocab(hf, vocab_size)
         pre = detect_pre_tokenizer(tok_json, hf)
