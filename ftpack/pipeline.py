@@ -23,7 +23,6 @@ def _lazy(target: str) -> Callable[[StageContext], StageResult]:
         return getattr(importlib.import_module(module), attr)(ctx)
 
     run.__name__ = attr
-    run.module = module  # type: ignore[attr-defined]
     return run
 
 
@@ -60,9 +59,9 @@ def resolve_register(mode: str, host: str | None) -> tuple[str, str]:
     """(mode, why): `auto` registers with the server when it answers, else offline."""
     if mode != "auto":
         return mode, "as asked"
-    from .doctor import check_ollama, ollama_host
+    from .doctor import check_ollama
 
-    check = check_ollama(host or ollama_host(), timeout=2.0)
+    check = check_ollama(host, timeout=2.0)
     if check.status == "ok":
         return "server", f"Ollama server {check.value}"
     return "offline", f"Ollama server {check.value}: writing Ollama's model store directly"

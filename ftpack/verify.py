@@ -133,9 +133,8 @@ def chat_via_server(name: str, messages: Sequence[dict[str, str]], *, host: str 
 
 def server_reachable(host: str | None) -> bool:
     from .doctor import check_ollama
-    from .ollama_api import resolve_host
 
-    return check_ollama(resolve_host(host), timeout=2.0).status == "ok"
+    return check_ollama(host, timeout=2.0).status == "ok"
 
 
 def run_verify_stage(ctx):

@@ -6,6 +6,7 @@ import json
 import socket
 
 from ftpack import doctor
+from ftpack.ollama_api import resolve_host
 
 
 def test_doctor_json_has_every_row(run_cli, monkeypatch):
@@ -62,7 +63,7 @@ def test_ollama_host_forms(monkeypatch):
                       ("https://ollama.example.com", "https://ollama.example.com:443"),
                       ("http://10.0.0.5:11434/", "http://10.0.0.5:11434")]:
         monkeypatch.setenv("OLLAMA_HOST", raw)
-        assert doctor.ollama_host() == want, raw
+        assert resolve_host() == want, raw
 
 
 def test_hf_offline_is_reported(monkeypatch):
