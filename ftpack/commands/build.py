@@ -54,7 +54,6 @@ def build(ctx: click.Context, name: str, config_file: Path | None, force: str | 
         raise bad_input("No dataset given.", "Pass --data FILE (JSON or JSONL), or `data = ...` in --config.")
     if not Path(cfg.data).is_file():
         raise bad_input(f"Dataset not found: {cfg.data}")
-    _check_stage_modules()
 
     cfg.method, why = resolve_method(cfg.method)
     reporter.info(f"method: {cfg.method} ({why})")
@@ -72,16 +71,3 @@ def build(ctx: click.Context, name: str, config_file: Path | None, force: str | 
     reporter.info(f"model card: {card}")
     reporter.final(f"Done. Try it: {cmd}", build_dir=str(build_dir), next=cmd)
 
-
-def _check_stage_modules() -> None:
-    """Fail with a clear message (not an ImportError) while a stage is still missing."""
-    import importlib.util
-
-    from ..errors import FtpackError
-    from ..pipeline import build_stages
-
-    missing = [stage.run.module for stage in build_stages()
-               if importlib.util.find_spec(stage.run.module) is None]
-    if missing:
-        raise FtpackError("`ftpack build` is not complete in this version: missing " + ", ".join(missing) + ".",
-                          "Run the stages that exist one by one (see `ftpack --help`).")
