@@ -624,16 +624,10 @@ def report_summary(s: DataSummary, reporter: Any) -> None:
 
 def load_tokenizer(base: str, *, trust_remote_code: bool = False, allow_pickle: bool = False):
     """(tokenizer, resolved base) for ``--base`` via :func:`ftpack.models.resolve_base`."""
-    from transformers import AutoTokenizer
-
-    from .models import resolve_base
+    from .models import load_tokenizer as load_base_tokenizer, resolve_base
 
     resolved = resolve_base(base, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise FtpackError(f"Cannot load the tokenizer of base model {base!r} from {resolved.path}: {exc}") from exc
-    return tokenizer, resolved
+    return load_base_tokenizer(resolved.path, trust_remote_code=trust_remote_code), resolved
 
 
 def run_data_stage(ctx: Any):

@@ -79,6 +79,17 @@ class ResolvedBase:
     trust_remote_code: bool = False
 
 
+def load_tokenizer(path: Path, *, trust_remote_code: bool = False):
+    """The tokenizer of a resolved base folder: the one place both the data stage (token
+    counts) and training load it, so they can never tokenize differently."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise FtpackError(f"Cannot load the tokenizer from {path}: {exc}") from exc
+
+
 def aliases_text() -> str:
     """The alias list for error messages and help."""
     return ", ".join(sorted(ALIASES))

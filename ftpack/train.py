@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from .atomic import atomic_dir, atomic_path, sha256_file, write_json, write_text
+from .atomic import atomic_dir, atomic_path, sha256_file, write_json
 from .errors import FtpackError, bad_input
 from .report import Reporter, get_reporter
 
@@ -149,10 +149,10 @@ def train(
     if gradient_checkpointing is None:
         gradient_checkpointing = device == "cuda" and method in ("full", "qlora")
 
-    from .models import resolve_base
+    from .models import load_tokenizer, resolve_base
 
     resolved = resolve_base(str(base), trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    tokenizer = load_tokenizer(resolved.path, trust_remote_code)
+    tokenizer = load_tokenizer(resolved.path, trust_remote_code=trust_remote_code)
     template_name, chat_template = choose_training_template(template or resolved.template, resolved.model_id,
                                                             tokenizer)
     tokenizer.chat_template = chat_template
@@ -424,12 +424,6 @@ def _precision(precision: str, device: str) -> tuple[bool, bool]:
     if device == "cuda":
         return (True, False) if torch.cuda.is_bf16_supported() else (False, True)
     return False, False
-
-
-def load_tokenizer(path: Path, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
 
 
 def load_model(path: Path, method: str, *, device: str, bf16: bool, trust_remote_code: bool = False):
