@@ -133,8 +133,8 @@ def child_peft_merge(base: str, adapter: str, merged: str) -> None:
 
 def child_convert(model: str, out: str, adapter: str | None) -> None:
     sys.path.insert(0, str(ROOT))
-    from ftpack.gguf_convert import convert_to_gguf
-    from ftpack.report import Reporter, set_reporter
+    from ftpack.gguf.convert import convert_to_gguf
+    from ftpack.core.report import Reporter, set_reporter
 
     set_reporter(Reporter("quiet"))
     convert_to_gguf(model, out, outtype="f16", adapter_dir=adapter)
@@ -153,8 +153,8 @@ def peak_rss_kb() -> int:
 
 def child_merge(base: str, adapter: str, out: str) -> None:
     sys.path.insert(0, str(ROOT))
-    from ftpack.merge import merge_adapter
-    from ftpack.report import Reporter, set_reporter
+    from ftpack.gguf.merge import merge_adapter
+    from ftpack.core.report import Reporter, set_reporter
 
     set_reporter(Reporter("quiet"))
     merge_adapter(base, adapter, out)

@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ftpack.heldout import ask_all, build_outputs, read_heldout
-from ftpack.models import EMBEDDED_NAME, embedded_gguf_path
+from ftpack.inference.heldout import ask_all, build_outputs, read_heldout
+from ftpack.training.bases import EMBEDDED_NAME, embedded_gguf_path
 
 HERE = Path(__file__).resolve().parent
 

@@ -13,9 +13,9 @@ import sys
 
 import click
 
-from . import __version__
-from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, FtpackError
-from .report import Reporter, set_reporter
+from ftpack import __version__
+from ftpack.core.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, FtpackError
+from ftpack.core.report import Reporter, set_reporter
 
 #: name -> ("module:attribute", one-line purpose). The purpose is shown by --help
 #: without importing the module.

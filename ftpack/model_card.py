@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .atomic import human_bytes, write_text
-from .build import Manifest
+from ftpack.core.atomic import human_bytes, write_text
+from ftpack.core.manifest import Manifest
 
 HYPER_PARAMETERS = ("method", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                     "gradient_accumulation_steps", "learning_rate", "weight_decay", "warmup_ratio",

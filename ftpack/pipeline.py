@@ -12,7 +12,7 @@ import importlib
 from pathlib import Path
 from typing import Any, Callable
 
-from .build import Stage, StageContext, StageResult
+from ftpack.core.runner import Stage, StageContext, StageResult
 
 
 def _lazy(target: str) -> Callable[[StageContext], StageResult]:
@@ -29,17 +29,17 @@ def _lazy(target: str) -> Callable[[StageContext], StageResult]:
 def build_stages() -> list[Stage]:
     """The stages of `ftpack build`, in order."""
     return [
-        Stage("data", "validate and normalise the dataset", _lazy("ftpack.data:run_data_stage"),
+        Stage("data", "validate and normalise the dataset", _lazy("ftpack.training.data:run_data_stage"),
               input_files=lambda cfg: [cfg.data]),
-        Stage("train", "fine-tune", _lazy("ftpack.train:run_train_stage")),
+        Stage("train", "fine-tune", _lazy("ftpack.training.train:run_train_stage")),
         Stage("convert", "Hugging Face to GGUF (adapter fused on the fly)",
-              _lazy("ftpack.gguf_convert:run_convert_stage")),
-        Stage("quantize", "llama.cpp quantization", _lazy("ftpack.quantize:run_quantize_stage")),
-        Stage("modelfile", "render and check the Ollama Modelfile", _lazy("ftpack.modelfile:run_modelfile_stage"),
+              _lazy("ftpack.gguf.convert:run_convert_stage")),
+        Stage("quantize", "llama.cpp quantization", _lazy("ftpack.gguf.quantize:run_quantize_stage")),
+        Stage("modelfile", "render and check the Ollama Modelfile", _lazy("ftpack.ollama.modelfile:run_modelfile_stage"),
               depends=("data", "quantize"), input_files=lambda cfg: [cfg.license]),
-        Stage("register", "create the model in Ollama", _lazy("ftpack.ollama_api:run_register_stage"),
+        Stage("register", "create the model in Ollama", _lazy("ftpack.ollama.api:run_register_stage"),
               enabled=lambda cfg: cfg.register != "none"),
-        Stage("verify", "smoke test and quantization fidelity", _lazy("ftpack.verify:run_verify_stage"),
+        Stage("verify", "smoke test and quantization fidelity", _lazy("ftpack.inference.verify:run_verify_stage"),
               depends=("data", "convert", "quantize", "modelfile")),
     ]
 
@@ -59,7 +59,7 @@ def resolve_register(mode: str, host: str | None) -> tuple[str, str]:
     """(mode, why): `auto` registers with the server when it answers, else offline."""
     if mode != "auto":
         return mode, "as asked"
-    from .doctor import check_ollama
+    from ftpack.core.doctor import check_ollama
 
     check = check_ollama(host, timeout=2.0)
     if check.status == "ok":

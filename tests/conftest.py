@@ -14,6 +14,23 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def isolated_user_locations(tmp_path_factory, monkeypatch):
+    """Every test gets its own FTPACK_HOME and Ollama store; the user's are never touched.
+
+    FTPACK_CACHE is left alone on purpose: it only holds derived, content-keyed files
+    (e.g. SmolLM2 rebuilt from its GGUF, ~30 s) that are safe to share between tests.
+    Tests that need a specific store or home override these with their own fixtures.
+    """
+    from ftpack.core import locations
+
+    root = tmp_path_factory.mktemp("user")
+    monkeypatch.setenv("FTPACK_HOME", str(root / "ftpack-home"))
+    monkeypatch.setenv("OLLAMA_MODELS", str(root / "ollama-models"))
+    monkeypatch.setattr(locations, "OLLAMA_SERVICE_MODELS", root / "no-service-store")
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     """Folder with a tiny random-init Llama (safetensors), tokenizer and chat template."""
@@ -47,6 +64,6 @@ def smollm2_base() -> Path:
     Materialised once into the ftpack cache ($FTPACK_CACHE or ~/.cache/ftpack), so
     later sessions reuse it (~30 s the first time, ~540 MB fp32).
     """
-    from ftpack.models import resolve_base
+    from ftpack.training.bases import resolve_base
 
     return resolve_base("smollm2-135m").path

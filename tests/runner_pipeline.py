@@ -11,9 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-from ftpack.atomic import atomic_path, write_text
-from ftpack.build import Stage, StageResult, run_stages
-from ftpack.config import build_config
+from ftpack.core.atomic import atomic_path, write_text
+from ftpack.core.runner import Stage, StageResult, run_stages
+from ftpack.core.config import build_config
 
 STALL = {"on": False}
 
@@ -62,7 +62,7 @@ def run(build_dir, data, force=None, **flags):
 
 if __name__ == "__main__":
     STALL["on"] = "--stall" in sys.argv
-    from ftpack.report import Reporter, set_reporter
+    from ftpack.core.report import Reporter, set_reporter
 
     set_reporter(Reporter("json"))
     run(sys.argv[1], sys.argv[2])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ftpack.atomic import (atomic_dir, atomic_path, check_free_space, remove_stale_partials,
+from ftpack.core.atomic import (atomic_dir, atomic_path, check_free_space, remove_stale_partials,
                            sha256_file, write_json)
-from ftpack.errors import FtpackError
+from ftpack.core.errors import FtpackError
 
 
 def test_atomic_path_renames_on_success(tmp_path):

@@ -59,8 +59,8 @@ ALL_STAGES = ["data", "train", "convert", "quantize", "modelfile", "register", "
 def test_build_each_method_then_rerun_skips(method, tiny_llama, qa_data, tmp_path, run_cli, ollama_double):
     from gguf import GGUFReader
 
-    from ftpack.atomic import sha256_file
-    from ftpack.modelfile import read_modelfile
+    from ftpack.core.atomic import sha256_file
+    from ftpack.ollama.modelfile import read_modelfile
 
     out = tmp_path / "build"
     name = f"tiny-{method}"

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import runner_pipeline
-from ftpack.errors import FtpackError
-from ftpack.report import Reporter, set_reporter
+from ftpack.core.errors import FtpackError
+from ftpack.core.report import Reporter, set_reporter
 
 
 @pytest.fixture(autouse=True)
@@ -183,7 +183,7 @@ def test_sigkill_mid_write_leaves_nothing_finished_and_rerun_completes(tmp_path,
 
 
 def test_second_concurrent_run_is_refused(tmp_path, data_file):
-    from ftpack.build import build_lock
+    from ftpack.core.runner import build_lock
 
     build = tmp_path / "b"
     with build_lock(build):

@@ -36,8 +36,8 @@ def _facts_subset(tmp_path: Path) -> tuple[Path, list[dict]]:
 
 @pytest.mark.slow
 def test_smollm2_build_answers_heldout_questions(smollm2_base, tmp_path, run_cli, ollama_double):
-    from ftpack.heldout import ask_all, build_outputs
-    from ftpack.models import embedded_gguf_path
+    from ftpack.inference.heldout import ask_all, build_outputs
+    from ftpack.training.bases import embedded_gguf_path
 
     data, questions = _facts_subset(tmp_path)
     out = tmp_path / "build"
@@ -62,7 +62,7 @@ def test_smollm2_build_answers_heldout_questions(smollm2_base, tmp_path, run_cli
     assert right >= 2
 
     # The model Ollama holds is this very file, served with the training template.
-    from ftpack.atomic import sha256_file
+    from ftpack.core.atomic import sha256_file
 
     manifest = json.loads(next((ollama_double.store.root / "manifests").rglob("facts-qa")).joinpath("latest")
                           .read_text())

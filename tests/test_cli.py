@@ -11,7 +11,7 @@ import click
 import pytest
 
 from ftpack import __version__, cli as cli_module
-from ftpack.errors import FtpackError
+from ftpack.core.errors import FtpackError
 
 
 def test_help_lists_every_command_with_purpose(run_cli):

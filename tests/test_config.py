@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ftpack.config import (OPTIONS, build_config, config_to_toml, load_config_file, stage_slice)
-from ftpack.errors import FtpackError
+from ftpack.core.config import (OPTIONS, build_config, config_to_toml, load_config_file, stage_slice)
+from ftpack.core.errors import FtpackError
 
 
 def test_defaults_and_precedence(tmp_path):
@@ -86,7 +86,7 @@ def test_print_config_round_trips(tmp_path):
 
 
 def test_every_option_belongs_to_a_known_stage_and_flag_matches_key():
-    from ftpack.config import STAGES
+    from ftpack.core.config import STAGES
 
     for o in OPTIONS:
         assert o.stage in STAGES or o.stage == ""

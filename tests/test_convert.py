@@ -86,14 +86,14 @@ def check_fidelity(model_dir: Path, gguf_path: Path, bound: float) -> dict:
 
 
 def gguf_fields(path: Path) -> dict:
-    from ftpack.gguf_inspect import summarize_gguf
+    from ftpack.gguf.inspect import summarize_gguf
 
     return summarize_gguf(path)
 
 
 @pytest.fixture(scope="module")
 def tiny_f16(tiny_llama, tmp_path_factory) -> Path:
-    from ftpack.gguf_convert import convert_to_gguf
+    from ftpack.gguf.convert import convert_to_gguf
 
     out = tmp_path_factory.mktemp("gguf") / "tiny.f16.gguf"
     convert_to_gguf(tiny_llama, out, outtype="f16", name="tiny-test")
@@ -107,7 +107,7 @@ def test_tiny_f16_matches_transformers(tiny_llama, tiny_f16):
 def test_metadata_is_complete(tiny_llama, tiny_f16):
     from gguf import GGUFReader
 
-    from ftpack.gguf_inspect import field_value
+    from ftpack.gguf.inspect import field_value
 
     s = gguf_fields(tiny_f16)
     cfg = json.loads((tiny_llama / "config.json").read_text())
@@ -161,7 +161,7 @@ def test_adapter_on_the_fly_equals_converting_the_merged_folder(tiny_llama, tmp_
 @pytest.mark.parametrize("outtype,file_type,bound", [("f32", 0, 0.02), ("bf16", 32, 0.15), ("q8_0", 7, 0.3)])
 def test_other_outtypes_load_and_agree(outtype, file_type, bound, tiny_llama, tmp_path):
     """f32 is bounded by llama.cpp's F16 KV cache (measured 0.006), bf16/q8_0 by weight rounding."""
-    from ftpack.gguf_convert import convert_to_gguf
+    from ftpack.gguf.convert import convert_to_gguf
 
     out = tmp_path / f"tiny.{outtype}.gguf"
     convert_to_gguf(tiny_llama, out, outtype=outtype)
@@ -209,7 +209,7 @@ def test_other_architectures_go_to_llama_cpp_script(tiny_llama, tmp_path, run_cl
         "out = args[args.index('--outfile') + 1]\n"
         "assert args[args.index('--outtype') + 1] == 'f16'\n"
         f"shutil.copy({str(tmp_path / 'ref.gguf')!r}, out)\n")
-    from ftpack.gguf_convert import convert_to_gguf
+    from ftpack.gguf.convert import convert_to_gguf
 
     convert_to_gguf(tiny_llama, tmp_path / "ref.gguf")
     phi = tmp_path / "phi"
@@ -224,10 +224,10 @@ def test_other_architectures_go_to_llama_cpp_script(tiny_llama, tmp_path, run_cl
 
 def test_stage_functions_convert_and_quantize(tiny_llama, tmp_path):
     """run_convert_stage fuses train/adapter on the fly; run_quantize_stage makes Q4_K_M."""
-    from ftpack.build import Stage, StageResult, run_stages
-    from ftpack.config import build_config
-    from ftpack.gguf_convert import run_convert_stage
-    from ftpack.quantize import run_quantize_stage
+    from ftpack.core.runner import Stage, StageResult, run_stages
+    from ftpack.core.config import build_config
+    from ftpack.gguf.convert import run_convert_stage
+    from ftpack.gguf.quantize import run_quantize_stage
 
     def fake_train(ctx):
         adapter = make_random_adapter(tiny_llama, ctx.stage_dir / "adapter", seed=5)
@@ -248,7 +248,7 @@ def test_stage_functions_convert_and_quantize(tiny_llama, tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_f16_matches_transformers(smollm2_base, tmp_path):
-    from ftpack.gguf_convert import convert_to_gguf
+    from ftpack.gguf.convert import convert_to_gguf
 
     out = tmp_path / "smollm2.f16.gguf"
     result = convert_to_gguf(smollm2_base, out, outtype="f16")

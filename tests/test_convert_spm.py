@@ -113,7 +113,7 @@ def spm_llama(tmp_path_factory) -> Path:
 def test_spm_llama_converts_and_tokenizes_like_hf(spm_llama, tmp_path):
     from transformers import PreTrainedTokenizerFast
 
-    from ftpack.gguf_convert import convert_to_gguf
+    from ftpack.gguf.convert import convert_to_gguf
 
     out = tmp_path / "spm.f16.gguf"
     result = convert_to_gguf(spm_llama, out, outtype="f16")

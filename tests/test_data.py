@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ftpack.data import (
+from ftpack.training.data import (
     FORMATS,
     MAX_PROBLEMS,
     convert_record,
@@ -21,7 +21,7 @@ from ftpack.data import (
     run_data_stage,
     split_eval,
 )
-from ftpack.errors import FtpackError
+from ftpack.core.errors import FtpackError
 
 # The same three conversations, written in every format below.
 SYSTEM = "You are the Trailbeam support bot."
@@ -294,7 +294,7 @@ def tiny_tokenizer(tiny_llama):
 
 
 def test_token_counts_match_trl_tokenization(tiny_tokenizer):
-    from ftpack.templates import load_template, training_chat_template
+    from ftpack.training.templates import load_template, training_chat_template
 
     tpl = load_template("chatml")
     convs = expected(True)
@@ -306,7 +306,7 @@ def test_token_counts_match_trl_tokenization(tiny_tokenizer):
 
 
 def test_stats_long_records_and_drop_long(tmp_path, tiny_tokenizer):
-    from ftpack.templates import load_template
+    from ftpack.training.templates import load_template
 
     tpl = load_template("chatml")
     convs = _convs(10)
@@ -345,7 +345,7 @@ def test_data_command_with_base_counts_tokens_and_writes_split(tmp_path, run_cli
 
 
 def test_run_data_stage_writes_splits_stats_and_template(tmp_path, tiny_llama):
-    from ftpack.report import Reporter
+    from ftpack.core.report import Reporter
 
     path = write(tmp_path / "d.jsonl", records("sharegpt", True) * 1 + [{"messages": c} for c in []], "jsonl")
     cfg = SimpleNamespace(data=path, format="auto", template=None, base=str(tiny_llama), max_seq_length=2048,
@@ -371,7 +371,7 @@ def test_stop_strings_inside_records_are_counted(tmp_path, run_cli):
     convs = _convs(3)
     convs[1][1]["content"] = "Sure. USER: this looks like a new turn"
     path = write(tmp_path / "d.jsonl", [{"messages": c} for c in convs], "jsonl")
-    from ftpack.templates import load_template
+    from ftpack.training.templates import load_template
 
     assert prepare_data(path, template=load_template("vicuna_v1.1")).summary.stop_collisions == 1
     assert prepare_data(path, template=load_template("chatml")).summary.stop_collisions == 0

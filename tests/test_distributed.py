@@ -15,7 +15,7 @@ DRIVER = """
 import hashlib, json, os, sys
 from pathlib import Path
 from transformers import TrainerCallback
-from ftpack.train import train
+from ftpack.training.train import train
 
 base, data, out = sys.argv[1:4]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import socket
 
-from ftpack import doctor
-from ftpack.ollama_api import resolve_host
+from ftpack.core import doctor
+from ftpack.ollama.api import resolve_host
 
 
 def test_doctor_json_has_every_row(run_cli, monkeypatch):

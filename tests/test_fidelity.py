@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ftpack.fidelity import FIXED_TEXT, measure_fidelity
+from ftpack.inference.fidelity import FIXED_TEXT, measure_fidelity
 
 
 @pytest.fixture(scope="module")

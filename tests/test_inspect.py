@@ -10,7 +10,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def tiny_f16(tiny_llama, tmp_path_factory) -> Path:
-    from ftpack.gguf_convert import convert_to_gguf
+    from ftpack.gguf.convert import convert_to_gguf
 
     out = tmp_path_factory.mktemp("inspect") / "tiny.f16.gguf"
     convert_to_gguf(tiny_llama, out, outtype="f16", name="inspect-me")
@@ -48,7 +48,7 @@ def test_gguf_summary_rich(tiny_f16, run_cli):
 
 
 def test_build_dir_manifest(tmp_path, run_cli):
-    from ftpack.build import Manifest, OutputRecord, StageRecord
+    from ftpack.core.manifest import Manifest, OutputRecord, StageRecord
 
     build = tmp_path / "builds" / "demo"
     build.mkdir(parents=True)

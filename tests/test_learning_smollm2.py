@@ -69,7 +69,7 @@ def test_lora_on_smollm2_learns_new_facts(smollm2_base, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ftpack.train import train
+    from ftpack.training.train import train
 
     data = tmp_path / "facts.jsonl"
     with open(data, "w", encoding="utf-8") as fh:

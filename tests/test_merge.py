@@ -125,14 +125,14 @@ def test_merge_refuses_non_adapter_and_missing_base(tiny_llama, tmp_path, run_cl
 
 
 def test_qlora_trained_adapter_folds_into_the_16bit_base(tiny_llama, tmp_path, run_cli):
-    """An adapter trained with QLoRA (4-bit NF4 base during training, by ftpack.train) is
+    """An adapter trained with QLoRA (4-bit NF4 base during training, by ftpack.training.train) is
     folded into the 16/32-bit base on disk: same logits as PEFT merging it into an fp32
     load of the base, and `convert --adapter` gives llama.cpp those same logits."""
     import numpy as np
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
-    from ftpack.train import train
+    from ftpack.training.train import train
 
     rows = [{"messages": [{"role": "user", "content": f"What is the capital number {i}?"},
                           {"role": "assistant", "content": f"The capital is {c}."}]}
@@ -185,7 +185,7 @@ def test_bf16_rounding_matches_torch():
     """numpy bf16 conversion (no torch on the merge path) is bit-identical to torch's."""
     import numpy as np
 
-    from ftpack.merge import f32_to_bf16_bits, to_float32
+    from ftpack.gguf.merge import f32_to_bf16_bits, to_float32
 
     gen = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(100_000, generator=gen) * 10 ** torch.randint(-30, 30, (100_000,), generator=gen),
@@ -207,7 +207,7 @@ def test_merge_in_small_row_chunks_is_identical(kind, tiny_llama, lora_adapter, 
     for different row counts); the tiny model's tensors normally fit in one chunk."""
     from safetensors.numpy import load_file
 
-    import ftpack.merge as merge
+    import ftpack.gguf.merge as merge
 
     adapter = lora_adapter if kind == "lora" else dora_adapter
     merge.merge_adapter(tiny_llama, adapter, tmp_path / "whole", dtype="f32")

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ftpack.errors import FtpackError
+from ftpack.core.errors import FtpackError
 from ollama_double.fixtures import tiny_gguf  # noqa: F401
-from ftpack.modelfile import (Command, ModelfileError, ModelfileSpec, is_go_printable, parameter_value,
+from ftpack.ollama.modelfile import (Command, ModelfileError, ModelfileSpec, is_go_printable, parameter_value,
                               parse_modelfile, quote_value, render_modelfile, spec_from_commands)
 
 LLAMA3_LEGACY = ("{{ if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>{{ end }}"
@@ -261,7 +261,7 @@ def test_modelfile_command_writes_a_file_ollama_parses(run_cli, tmp_path, tiny_g
                      "--param", "temperature=0.2", "--param", "num_ctx=512", "--message", "user:Hi",
                      "--message", "assistant:Hello!", "--license", lic, "-o", out)
     assert result.exit_code == 0, result.output
-    from ftpack.templates import load_template
+    from ftpack.training.templates import load_template
 
     chatml = load_template("chatml")
     cmds = parse_modelfile(out.read_bytes())

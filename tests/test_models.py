@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ftpack.errors import FtpackError
-from ftpack.models import ALIASES, resolve_base
+from ftpack.core.errors import FtpackError
+from ftpack.training.bases import ALIASES, resolve_base
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,7 +89,7 @@ def test_broken_gguf_is_bad_input(tmp_path, content):
 
 
 def test_aliases_name_existing_templates():
-    from ftpack.templates import template_names
+    from ftpack.training.templates import template_names
 
     assert ALIASES["vicuna-7b"] == ("lmsys/vicuna-7b-v1.5", "vicuna_v1.1")
     names = set(template_names())
@@ -101,8 +101,8 @@ def test_aliases_name_existing_templates():
 
 _RESOLVE = """
 import json, sys, time
-from ftpack.errors import FtpackError
-from ftpack.models import resolve_base
+from ftpack.core.errors import FtpackError
+from ftpack.training.bases import resolve_base
 t = time.monotonic()
 try:
     r = resolve_base(sys.argv[1])
@@ -155,8 +155,8 @@ def test_hub_id_served_from_the_hf_cache_offline(tiny_llama, tmp_path):
 
 @pytest.mark.slow
 def test_embedded_smollm2_is_a_clean_safetensors_model(smollm2_base):
-    from ftpack.atomic import sha256_file
-    from ftpack.models import embedded_gguf_path
+    from ftpack.core.atomic import sha256_file
+    from ftpack.training.bases import embedded_gguf_path
 
     config = json.loads((smollm2_base / "config.json").read_text())
     assert "quantization_config" not in config and config["model_type"] == "llama"

@@ -25,7 +25,7 @@ PPL_TEXT = (
 
 @pytest.fixture(scope="module")
 def tiny_f16(tiny_llama, tmp_path_factory) -> Path:
-    from ftpack.gguf_convert import convert_to_gguf
+    from ftpack.gguf.convert import convert_to_gguf
 
     out = tmp_path_factory.mktemp("q") / "tiny.f16.gguf"
     convert_to_gguf(tiny_llama, out, outtype="f16")
@@ -39,7 +39,7 @@ def tensor_types(path: Path) -> dict[str, str]:
 
 
 def test_q4_k_m_is_real(tiny_f16, tmp_path, run_cli):
-    from ftpack.gguf_inspect import summarize_gguf
+    from ftpack.gguf.inspect import summarize_gguf
 
     out = tmp_path / "tiny.Q4_K_M.gguf"
     res = run_cli("quantize", tiny_f16, "-o", out, "--threads", "2")
@@ -54,7 +54,7 @@ def test_q4_k_m_is_real(tiny_f16, tmp_path, run_cli):
 
 
 def test_every_llama_cpp_type_is_offered_case_insensitively(tiny_f16, tmp_path, run_cli):
-    from ftpack.quantize import quant_types, resolve_quant_type
+    from ftpack.gguf.quantize import quant_types, resolve_quant_type
 
     types = quant_types()
     assert {"Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "IQ4_XS", "IQ2_XXS", "F16", "BF16"} <= set(types)
@@ -165,7 +165,7 @@ def test_imatrix_provenance_is_recorded(fmt, tiny_f16, tmp_path, run_cli):
     (quantize.imatrix.file/.dataset/.entries_count/.chunks_count)."""
     from gguf import GGUFReader
 
-    from ftpack.gguf_inspect import field_value
+    from ftpack.gguf.inspect import field_value
 
     imatrix = tmp_path / f"imatrix.{'dat' if fmt == 'legacy' else 'gguf'}"
     if fmt == "legacy":
@@ -206,8 +206,8 @@ def perplexity(path: Path, text: str) -> float:
 
 @pytest.mark.slow
 def test_smollm2_q4_k_m_perplexity_close_to_f16(smollm2_base, tmp_path):
-    from ftpack.gguf_convert import convert_to_gguf
-    from ftpack.quantize import quantize_gguf
+    from ftpack.gguf.convert import convert_to_gguf
+    from ftpack.gguf.quantize import quantize_gguf
 
     f16 = tmp_path / "smollm2.f16.gguf"
     convert_to_gguf(smollm2_base, f16, outtype="f16")

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ftpack.errors import FtpackError
-from ftpack.modelfile import build_spec, write_modelfile
-from ftpack.ollama_store import go_json, parse_model_name
-from ftpack.report import Reporter
+from ftpack.core.errors import FtpackError
+from ftpack.ollama.modelfile import build_spec, write_modelfile
+from ftpack.ollama.store import go_json, parse_model_name
+from ftpack.core.report import Reporter
 from ollama_double import OllamaDouble, parse_name
 from ollama_double.fixtures import (ftpack_home, go_renderer, ollama_double, ollama_models_dir,  # noqa: F401
                                     tiny_gguf, write_tiny_gguf)
@@ -78,7 +78,7 @@ def test_register_end_to_end(run_cli, ollama_double, modelfile, tiny_gguf, ollam
     for layer in m["layers"] + [m["config"]]:
         assert blob(layer["digest"]).stat().st_size == layer["size"]
         assert "sha256:" + sha(blob(layer["digest"])) == layer["digest"]
-    from ftpack.templates import load_template
+    from ftpack.training.templates import load_template
 
     chatml = load_template("chatml")
     assert blob(m["layers"][1]["digest"]).read_text() == chatml.ollama_template
@@ -95,7 +95,7 @@ def test_register_end_to_end(run_cli, ollama_double, modelfile, tiny_gguf, ollam
 
 
 def test_upload_reports_byte_progress(ollama_double, modelfile, tiny_gguf, ftpack_home):
-    from ftpack.ollama_api import register
+    from ftpack.ollama.api import register
 
     out = io.StringIO()
     register("tiny-chat", modelfile, reporter=Reporter("json", out=out))
@@ -192,7 +192,7 @@ def test_server_too_old(run_cli, modelfile, tmp_path, monkeypatch, ftpack_home):
 
 
 def test_digest_mismatch_is_reported(ollama_double, tiny_gguf):
-    from ftpack.ollama_api import OllamaServer
+    from ftpack.ollama.api import OllamaServer
 
     with OllamaServer(ollama_double.url) as server, pytest.raises(FtpackError) as info:
         server.upload_blob(tiny_gguf, "sha256:" + "0" * 64, Reporter("quiet"))
@@ -279,16 +279,16 @@ def test_model_recreated_by_others_is_no_longer_claimed(run_cli, ollama_double, 
 # -- the stages ------------------------------------------------------------------------------
 
 def _stage_ctx(build_dir: Path, stage: str, cfg, manifest):
-    from ftpack.build import StageContext
+    from ftpack.core.runner import StageContext
 
     return StageContext(config=cfg, build_dir=build_dir, stage=stage, manifest=manifest, reporter=Reporter("quiet"))
 
 
 def test_modelfile_and_register_stages(tmp_path, tiny_gguf, ftpack_home):
-    from ftpack.build import Manifest, StageRecord
-    from ftpack.config import build_config
-    from ftpack.modelfile import Command, parse_modelfile, run_modelfile_stage
-    from ftpack.ollama_api import run_register_stage
+    from ftpack.core.manifest import Manifest, StageRecord
+    from ftpack.core.config import build_config
+    from ftpack.ollama.modelfile import Command, parse_modelfile, run_modelfile_stage
+    from ftpack.ollama.api import run_register_stage
 
     build_dir = tmp_path / "builds" / "demo"
     gguf = build_dir / "gguf" / "demo.Q4_K_M.gguf"
@@ -312,14 +312,14 @@ def test_modelfile_and_register_stages(tmp_path, tiny_gguf, ftpack_home):
     m = manifest_of(store, "demo")
     assert m["layers"][0]["digest"] == reg.metrics["model_digest"]
     # the build is recorded for `ftpack list`
-    from ftpack.ollama_api import list_models
+    from ftpack.ollama.api import list_models
 
     _, models = list_models(offline=True, models_dir=store)
     assert models[0].ftpack["build_dir"] == str(build_dir.resolve())
     # a rebuild replaces its own model ...
     assert run_register_stage(_stage_ctx(build_dir, "register", cfg, manifest)).metrics["run"] == "ollama run demo"
     # ... but never someone else's model of the same name
-    from ftpack.ollama_store import RegistrationRequest, write_model
+    from ftpack.ollama.store import RegistrationRequest, write_model
 
     write_model(store, "foreign", RegistrationRequest(model_path=gguf), reporter=Reporter("quiet"))
     other = build_config("foreign", {"register": "offline", "models_dir": str(store)})
@@ -422,8 +422,8 @@ def test_store_bytes_match_ollamas_own_test_digests(tmp_path, offline, ollama_do
     """The same inputs as Ollama's create tests give the blobs (digests) Ollama's tests expect."""
     from gguf import GGUFWriter
 
-    from ftpack.ollama_api import register_offline, register_with_server
-    from ftpack.ollama_store import RegistrationRequest
+    from ftpack.ollama.api import register_offline, register_with_server
+    from ftpack.ollama.store import RegistrationRequest
 
     gguf = tmp_path / "test.gguf"  # like createBinFile(t, nil, nil): architecture "test", no tensors
     w = GGUFWriter(str(gguf), "test")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from ftpack.report import Reporter
+from ftpack.core.report import Reporter
 
 
 def _drive(r: Reporter) -> None:

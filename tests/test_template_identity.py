@@ -25,7 +25,7 @@ import re
 
 import pytest
 
-from ftpack.templates import list_templates
+from ftpack.training.templates import list_templates
 from ollama_double.fixtures import go_renderer  # noqa: F401
 
 S = {"role": "system", "content": "You are a helpful assistant.\nAnswer briefly."}
@@ -106,7 +106,7 @@ def test_trained_answer_ends_where_ollama_stops(tpl, rendered):
 @pytest.mark.parametrize("tpl", TEMPLATES, ids=lambda t: t.name)
 def test_modelfile_carries_the_same_template(tpl, tmp_path):
     """What ftpack writes into TEMPLATE/PARAMETER stop is read back by Ollama's parser unchanged."""
-    from ftpack.modelfile import build_spec, parse_modelfile, write_modelfile
+    from ftpack.ollama.modelfile import build_spec, parse_modelfile, write_modelfile
 
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")

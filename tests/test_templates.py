@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from ftpack.errors import FtpackError
-from ftpack.templates import (
+from ftpack.core.errors import FtpackError
+from ftpack.training.templates import (
     ChatTemplate,
     check_generation_markers,
     choose_template,
@@ -58,7 +58,7 @@ def test_registry_has_every_required_format():
 
 @pytest.mark.parametrize("tpl", TEMPLATES, ids=IDS)
 def test_templates_never_write_the_leading_bos(tpl: ChatTemplate):
-    """The leading BOS belongs to the tokenizer/runtime (see ftpack.templates docstring)."""
+    """The leading BOS belongs to the tokenizer/runtime (see ftpack.training.templates docstring)."""
     for conv in CONVERSATIONS.values():
         text = render_chat(tpl, conv, bos_token="<BOS>", eos_token="<EOS>")
         assert not text.startswith(("<s>", "<BOS>")), text[:20]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ftpack.errors import FtpackError
+from ftpack.core.errors import FtpackError
 
 CITIES = ["Paris", "Berlin", "Rome", "Tokyo"]
 
@@ -37,7 +37,7 @@ def chat_file(tmp_path_factory) -> Path:
 
 
 def _train(tiny_llama, chat_file, out, **kw):
-    from ftpack.train import train
+    from ftpack.training.train import train
 
     settings = dict(max_steps=6, per_device_train_batch_size=4, learning_rate=2e-3, save_steps=100,
                     lora_dropout=0.0)
@@ -109,7 +109,7 @@ def test_sft_train_embeddings_and_layer_count_check(tiny_llama, chat_file, tmp_p
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ftpack.train import freeze_for_sft
+    from ftpack.training.train import freeze_for_sft
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
     names = freeze_for_sft(model, 1, train_embeddings=True)
@@ -214,7 +214,7 @@ def test_target_modules_default_override_and_wrong_name(tiny_llama):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ftpack.train import lora_target_modules
+    from ftpack.training.train import lora_target_modules
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
     default = lora_target_modules(model)
@@ -279,7 +279,7 @@ def test_changed_settings_do_not_resume(tiny_llama, chat_file, tmp_path):
 
 
 def test_bad_training_data_is_bad_input(tiny_llama, tmp_path):
-    from ftpack.train import read_messages_jsonl
+    from ftpack.training.train import read_messages_jsonl
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"oops": 1}\n', encoding="utf-8")
@@ -292,7 +292,7 @@ def test_bad_training_data_is_bad_input(tiny_llama, tmp_path):
 
 
 def test_loss_png_is_a_valid_image(tmp_path):
-    from ftpack.train import render_loss_png
+    from ftpack.training.train import render_loss_png
 
     rows = [{"step": s, "loss": 3.0 / s} for s in range(1, 11)] + [{"step": 10, "eval_loss": 0.5}]
     data = render_loss_png(rows, 320, 200)
@@ -309,9 +309,9 @@ def test_loss_png_is_a_valid_image(tmp_path):
 
 
 def test_train_stage_in_a_build(tiny_llama, chat_file, tmp_path):
-    from ftpack.build import Stage, StageResult, run_stages
-    from ftpack.config import build_config
-    from ftpack.train import run_train_stage
+    from ftpack.core.runner import Stage, StageResult, run_stages
+    from ftpack.core.config import build_config
+    from ftpack.training.train import run_train_stage
 
     def fake_data_stage(ctx):
         rows = chat_file.read_text(encoding="utf-8").splitlines()
@@ -376,8 +376,8 @@ def test_every_train_setting_reaches_train():
     """Each train-stage config key (= CLI flag) is a parameter of train(): none is dropped."""
     import inspect
 
-    from ftpack.config import OPTIONS, build_config
-    from ftpack.train import train, train_kwargs_from_config
+    from ftpack.core.config import OPTIONS, build_config
+    from ftpack.training.train import train, train_kwargs_from_config
 
     params = set(inspect.signature(train).parameters)
     train_keys = {o.key for o in OPTIONS if o.stage == "train"} | {"max_seq_length", "seed"}
@@ -391,8 +391,8 @@ def test_every_train_setting_reaches_train():
 def test_auto_method_says_which_and_why():
     import io
 
-    from ftpack.report import Reporter
-    from ftpack.train import choose_method
+    from ftpack.core.report import Reporter
+    from ftpack.training.train import choose_method
 
     out = io.StringIO()
     reporter = Reporter("json", out=out)

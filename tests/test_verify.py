@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ftpack.errors import FtpackError
-from ftpack.report import Reporter
+from ftpack.core.errors import FtpackError
+from ftpack.core.report import Reporter
 from ollama_double import OllamaDouble
 from ollama_double.fixtures import ftpack_home, go_renderer, llama_generator, tiny_gguf  # noqa: F401
 
@@ -18,14 +18,14 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def smollm2_gguf() -> Path:
-    from ftpack.models import embedded_gguf_path
+    from ftpack.training.bases import embedded_gguf_path
 
     return embedded_gguf_path()
 
 
 @pytest.fixture(scope="module")
 def llm(smollm2_gguf):
-    from ftpack.verify import load_llama
+    from ftpack.inference.verify import load_llama
 
     model = load_llama(smollm2_gguf, n_ctx=1024)
     yield model
@@ -34,7 +34,7 @@ def llm(smollm2_gguf):
 
 @pytest.mark.slow
 def test_smoke_test_answers_and_stops(smollm2_gguf, llm):
-    from ftpack.verify import require_stop, smoke_test
+    from ftpack.inference.verify import require_stop, smoke_test
 
     res = smoke_test(smollm2_gguf, QUESTION, template_name="chatml", max_tokens=64, llm=llm)
     assert res.stopped and res.finish_reason == "stop" and 0 < res.tokens < 64
@@ -45,7 +45,7 @@ def test_smoke_test_answers_and_stops(smollm2_gguf, llm):
 
 @pytest.mark.slow
 def test_a_model_that_does_not_stop_fails_with_an_explanation(smollm2_gguf, llm):
-    from ftpack.verify import require_stop, smoke_test
+    from ftpack.inference.verify import require_stop, smoke_test
 
     # a long answer cut by a tiny token limit: the model cannot reach its end of turn
     res = smoke_test(smollm2_gguf, [{"role": "user", "content": "Tell me a long story about a dragon."}],
@@ -59,7 +59,7 @@ def test_a_model_that_does_not_stop_fails_with_an_explanation(smollm2_gguf, llm)
 
 def _fake_build(tmp_path: Path, gguf: Path) -> tuple[Path, object]:
     """A build dir whose data/quantize stages are done (the GGUF referenced in place)."""
-    from ftpack.build import Manifest, StageRecord
+    from ftpack.core.manifest import Manifest, StageRecord
 
     build_dir = tmp_path / "builds" / "smol"
     (build_dir / "data").mkdir(parents=True)
@@ -73,11 +73,11 @@ def _fake_build(tmp_path: Path, gguf: Path) -> tuple[Path, object]:
 
 @pytest.mark.slow
 def test_verify_stage_with_server_chat(tmp_path, smollm2_gguf, go_renderer, monkeypatch, ftpack_home):
-    from ftpack.build import StageContext
-    from ftpack.config import build_config
-    from ftpack.modelfile import run_modelfile_stage
-    from ftpack.ollama_api import run_register_stage
-    from ftpack.verify import run_verify_stage
+    from ftpack.core.runner import StageContext
+    from ftpack.core.config import build_config
+    from ftpack.ollama.modelfile import run_modelfile_stage
+    from ftpack.ollama.api import run_register_stage
+    from ftpack.inference.verify import run_verify_stage
 
     generator = llama_generator()
     double = OllamaDouble(tmp_path / "store", renderer=go_renderer.render, generator=generator).start()
@@ -89,7 +89,7 @@ def test_verify_stage_with_server_chat(tmp_path, smollm2_gguf, go_renderer, monk
             return StageContext(config=cfg, build_dir=build_dir, stage=stage, manifest=manifest,
                                 reporter=Reporter("quiet"))
 
-        from ftpack.build import StageRecord
+        from ftpack.core.manifest import StageRecord
 
         for stage, fn in (("modelfile", run_modelfile_stage), ("register", run_register_stage)):
             res = fn(ctx(stage))
@@ -132,8 +132,8 @@ def test_chat_target_errors(run_cli, tmp_path, tiny_gguf):
 
 
 def test_chat_target_from_a_build_dir(tmp_path, tiny_gguf):
-    from ftpack.chat import resolve_target
-    from ftpack.modelfile import build_spec, write_modelfile
+    from ftpack.inference.chat import resolve_target
+    from ftpack.ollama.modelfile import build_spec, write_modelfile
 
     build = tmp_path / "b"
     (build / "gguf").mkdir(parents=True)

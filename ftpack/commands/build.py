@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..options import config_options, given_flags
-from ..report import get_reporter
+from ftpack.core.options import config_options, given_flags
+from ftpack.core.report import get_reporter
 
 
 @click.command(context_settings={"max_content_width": 110})
@@ -30,10 +30,10 @@ def build(ctx: click.Context, name: str, config_file: Path | None, force: str | 
     A rerun skips finished stages; an interrupted build resumes where it stopped.
     Example: ftpack build my-qa --data qa.jsonl --max-steps 60
     """
-    from ..build import report_summary, run_stages
-    from ..config import build_config, config_to_dict, config_to_toml, default_build_dir, load_config_file
-    from ..errors import bad_input
-    from ..pipeline import build_stages, next_command, resolve_method, resolve_register
+    from ftpack.core.runner import report_summary, run_stages
+    from ftpack.core.config import build_config, config_to_dict, config_to_toml, default_build_dir, load_config_file
+    from ftpack.core.errors import bad_input
+    from ftpack.pipeline import build_stages, next_command, resolve_method, resolve_register
 
     reporter = get_reporter()
     flags = given_flags(params)
@@ -63,7 +63,7 @@ def build(ctx: click.Context, name: str, config_file: Path | None, force: str | 
     ctx.obj.resume_hint = (f"Run the same command again to resume: finished stages in {build_dir} are kept.")
 
     manifest = run_stages(cfg, build_stages(), build_dir, force=force, reporter=reporter)
-    from ..model_card import write_model_card
+    from ftpack.model_card import write_model_card
 
     card = write_model_card(manifest)
     report_summary(manifest, reporter)

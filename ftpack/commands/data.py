@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..config import DATA_FORMATS
-from ..report import get_reporter
+from ftpack.core.config import DATA_FORMATS
+from ftpack.core.report import get_reporter
 
 
 @click.command()
@@ -19,7 +19,7 @@ def templates(name: str | None) -> None:
     Each format lives in one file in templates/: the Hugging Face chat template used
     for training, the Ollama TEMPLATE that renders the same text, and stop strings.
     """
-    from ..templates import list_templates, load_template, templates_table
+    from ftpack.training.templates import list_templates, load_template, templates_table
 
     reporter = get_reporter()
     if name:
@@ -69,8 +69,8 @@ def data(file: Path, fmt: str, template: str | None, base: str | None, max_seq_l
     Every problem is listed as FILE:LINE: what is wrong; then nothing is written (exit 2).
     Example: ftpack data qa.json --base smollm2-135m -o qa.messages.jsonl
     """
-    from ..data import load_tokenizer, prepare_data, report_summary, write_jsonl
-    from ..templates import choose_template, load_template
+    from ftpack.training.data import load_tokenizer, prepare_data, report_summary, write_jsonl
+    from ftpack.training.templates import choose_template, load_template
 
     reporter = get_reporter()
     tokenizer = tpl = None

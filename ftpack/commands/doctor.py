@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..report import get_reporter
+from ftpack.core.report import get_reporter
 
 
 @click.command()
@@ -15,7 +15,7 @@ from ..report import get_reporter
 @click.option("--host", default=None, help="Ollama server URL (default: OLLAMA_HOST or http://127.0.0.1:11434).")
 def doctor(builds_dir: Path, host: str | None) -> None:
     """Check Python, libraries, devices, llama.cpp and the Ollama server."""
-    from ..doctor import MISSING, OK, WARN, checks_to_json, run_checks
+    from ftpack.core.doctor import MISSING, OK, WARN, checks_to_json, run_checks
 
     reporter = get_reporter()
     rows = run_checks(builds_dir, host)

@@ -1,7 +1,7 @@
 """`ftpack merge | convert | quantize | inspect`: the model-file commands.
 
-Thin shells over :mod:`ftpack.merge`, :mod:`ftpack.gguf_convert`, :mod:`ftpack.quantize`
-and :mod:`ftpack.gguf_inspect`; every result also goes out as ``r.result(...)`` for --json.
+Thin shells over :mod:`ftpack.gguf.merge`, :mod:`ftpack.gguf.convert`, :mod:`ftpack.gguf.quantize`
+and :mod:`ftpack.gguf.inspect`; every result also goes out as ``r.result(...)`` for --json.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from ..report import get_reporter
+from ftpack.core.report import get_reporter
 
 _PATH = click.Path(path_type=Path)
 
@@ -30,7 +30,7 @@ def merge(base: Path | None, adapter_dir: Path, out_dir: Path, dtype: str) -> No
     base weights on disk, never into 4-bit weights.
     Example: ftpack merge --base ./base --adapter builds/x/train/adapter -o merged/
     """
-    from ..merge import merge_adapter
+    from ftpack.gguf.merge import merge_adapter
 
     r = get_reporter()
     result = merge_adapter(base, adapter_dir, out_dir, dtype=dtype.lower())
@@ -60,7 +60,8 @@ def convert(model_dir: Path, out: Path | None, outtype: str, adapter_dir: Path |
     architectures go through llama.cpp's convert_hf_to_gguf.py (--llama-cpp DIR).
     Example: ftpack convert ./base --adapter builds/x/train/adapter -o x.f16.gguf
     """
-    from ..gguf_convert import convert_to_gguf, gguf_file_stem
+    from ftpack.gguf.convert import convert_to_gguf
+    from ftpack.core.layout import gguf_file_stem
 
     r = get_reporter()
     outtype = outtype.lower()
@@ -91,7 +92,7 @@ def quantize(src: Path, dst: Path | None, quant_type: str, imatrix: Path | None,
 
     Example: ftpack quantize model.f16.gguf -o model.Q4_K_M.gguf
     """
-    from ..quantize import quant_types, quantize_gguf, resolve_quant_type
+    from ftpack.gguf.quantize import quant_types, quantize_gguf, resolve_quant_type
 
     r = get_reporter()
     if list_types:
@@ -119,9 +120,9 @@ def quantize(src: Path, dst: Path | None, quant_type: str, imatrix: Path | None,
 @click.pass_context
 def inspect(ctx: click.Context, path: Path, as_json: bool) -> None:
     """Show what a GGUF file (metadata, tensor types) or a build dir (manifest) holds."""
-    from ..atomic import human_bytes
-    from ..gguf_inspect import inspect_path, template_head
-    from ..report import Reporter, set_reporter
+    from ftpack.core.atomic import human_bytes
+    from ftpack.gguf.inspect import inspect_path, template_head
+    from ftpack.core.report import Reporter, set_reporter
 
     if as_json:
         reporter = Reporter("json")

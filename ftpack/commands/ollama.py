@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..report import get_reporter
+from ftpack.core.report import get_reporter
 
 _HOST_HELP = "Ollama server URL (default: OLLAMA_HOST or http://127.0.0.1:11434)."
 _MODELS_HELP = "Ollama model store for --offline (default: OLLAMA_MODELS or ~/.ollama/models)."
@@ -26,8 +26,8 @@ _MODELS_HELP = "Ollama model store for --offline (default: OLLAMA_MODELS or ~/.o
 def modelfile(gguf: Path, template_name: str, system: str | None, params: tuple[str, ...], messages: tuple[str, ...],
               license_file: Path | None, adapter: Path | None, num_ctx: int | None, output: Path) -> None:
     """Write an Ollama Modelfile for GGUF with a chat format's TEMPLATE and stops."""
-    from ..errors import bad_input
-    from ..modelfile import build_spec, parse_message_args, parse_parameter_args, spec_to_dict, write_modelfile
+    from ftpack.core.errors import bad_input
+    from ftpack.ollama.modelfile import build_spec, parse_message_args, parse_parameter_args, spec_to_dict, write_modelfile
 
     r = get_reporter()
     if not gguf.is_file():
@@ -60,7 +60,7 @@ def modelfile(gguf: Path, template_name: str, system: str | None, params: tuple[
 def register(name: str, modelfile_path: Path, host: str | None, offline: bool, models_dir: Path | None,
              force: bool) -> None:
     """Create model NAME in Ollama from a Modelfile (upload only what the server lacks)."""
-    from ..ollama_api import register as do_register
+    from ftpack.ollama.api import register as do_register
 
     r = get_reporter()
     result = do_register(name, modelfile_path, mode="offline" if offline else "server", host=host,
@@ -83,8 +83,8 @@ def list_cmd(host: str | None, offline: bool, models_dir: Path | None, show_all:
     (FTPACK_HOME/registered.json): a model counts as ftpack's while its manifest digest
     is still the one ftpack created.
     """
-    from ..atomic import human_bytes
-    from ..ollama_api import list_models
+    from ftpack.core.atomic import human_bytes
+    from ftpack.ollama.api import list_models
 
     r = get_reporter()
     where, models = list_models(offline=offline, host=host, models_dir=models_dir)
@@ -112,7 +112,7 @@ def list_cmd(host: str | None, offline: bool, models_dir: Path | None, show_all:
 @click.option("--force", is_flag=True, help="Also remove a model ftpack did not create.")
 def remove(name: str, host: str | None, offline: bool, models_dir: Path | None, force: bool) -> None:
     """Delete model NAME from Ollama (blobs other models share are kept)."""
-    from ..ollama_api import remove as do_remove
+    from ftpack.ollama.api import remove as do_remove
 
     r = get_reporter()
     where = do_remove(name, offline=offline, host=host, models_dir=models_dir, force=force)
@@ -134,7 +134,7 @@ def chat(target: Path, template_name: str | None, system: str | None, max_tokens
 
     Type /reset to forget the conversation, /exit (or Ctrl-D) to leave.
     """
-    from ..chat import ChatSession, resolve_target
+    from ftpack.inference.chat import ChatSession, resolve_target
 
     r = get_reporter()
     chat_target = resolve_target(target, template_name=template_name, system=system)

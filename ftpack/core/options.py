@@ -1,4 +1,4 @@
-"""Click options generated from :data:`ftpack.config.OPTIONS`.
+"""Click options generated from :data:`ftpack.core.config.OPTIONS`.
 
 Flags and config-file keys therefore never drift apart: every flag is the key in
 kebab-case (plus short aliases), and a flag the user did not give arrives as None
@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 
 import click
 
-from .config import OPTIONS, Option
+from ftpack.core.config import OPTIONS, Option
 
 
 def _click_option(opt: Option) -> Callable:

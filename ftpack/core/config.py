@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import bad_input
+from ftpack.core.errors import bad_input
 
 METHODS = ("auto", "qlora", "lora", "sft", "full")
 REGISTER_MODES = ("auto", "server", "offline", "none")

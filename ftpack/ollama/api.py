@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import FtpackError, bad_input
-from .ollama_store import (ModelName, RegistrationRequest, parse_model_name, read_gguf_summary, record_registration)
+from ftpack.core.errors import FtpackError, bad_input
+from ftpack.ollama.store import (ModelName, RegistrationRequest, parse_model_name, read_gguf_summary, record_registration)
 
 #: The first Ollama release whose /api/create takes `files` (digests of uploaded blobs).
 MIN_CREATE_VERSION = (0, 5, 5)
@@ -258,7 +258,7 @@ class RegisterResult:
 
 def _refuse_existing(display: str, place: str, where: str, digest: str | None, force: bool | str) -> None:
     """Existing model: refuse unless ``force`` (True) or, with ``force="own"``, it is ftpack's own."""
-    from .ollama_store import find_registration
+    from ftpack.ollama.store import find_registration
 
     if force is True:
         return
@@ -275,8 +275,8 @@ def _refuse_existing(display: str, place: str, where: str, digest: str | None, f
 def register_with_server(name: str, req: RegistrationRequest, *, host: str | None = None,
                          force: bool | str = False, reporter=None) -> RegisterResult:
     """Upload missing blobs (HEAD first) and POST /api/create; stream status lines to the reporter."""
-    from .atomic import sha256_file
-    from .report import get_reporter
+    from ftpack.core.atomic import sha256_file
+    from ftpack.core.report import get_reporter
 
     reporter = reporter or get_reporter()
     parsed = parse_model_name(name)
@@ -323,8 +323,8 @@ def _same(text: str, name: ModelName) -> bool:
 
 def register_offline(name: str, req: RegistrationRequest, *, models_dir: str | os.PathLike | None = None,
                      force: bool | str = False, reporter=None) -> RegisterResult:
-    """Write the model into Ollama's store (see :mod:`ftpack.ollama_store`)."""
-    from .ollama_store import default_models_dir, find_store_model, store_where, write_model
+    """Write the model into Ollama's store (see :mod:`ftpack.ollama.store`)."""
+    from ftpack.ollama.store import default_models_dir, find_store_model, store_where, write_model
 
     models_dir = Path(models_dir).expanduser() if models_dir else default_models_dir()
     existing = find_store_model(models_dir, parse_model_name(name)) if models_dir.exists() else None
@@ -372,7 +372,7 @@ def register(name: str, modelfile: str | os.PathLike, *, mode: str = "server", h
     registered it (what a rebuild does). Records the result in ftpack's index so
     ``ftpack list`` can tell ftpack's models apart.
     """
-    from .report import get_reporter
+    from ftpack.core.report import get_reporter
 
     reporter = reporter or get_reporter()
     parse_model_name(name)
@@ -406,7 +406,7 @@ class ListedModel:
 def list_models(*, offline: bool = False, host: str | None = None,
                 models_dir: str | os.PathLike | None = None) -> tuple[str, list[ListedModel]]:
     """(where, models) from the server or the store, each marked with ftpack's index entry."""
-    from .ollama_store import default_models_dir, find_registration, store_models, store_where
+    from ftpack.ollama.store import default_models_dir, find_registration, store_models, store_where
 
     out: list[ListedModel] = []
     if offline:
@@ -441,7 +441,7 @@ def remove(name: str, *, offline: bool = False, host: str | None = None,
     Refuses a model ftpack did not create unless ``force`` (a typo should not delete
     someone's model).
     """
-    from .ollama_store import default_models_dir, forget_registration, remove_model
+    from ftpack.ollama.store import default_models_dir, forget_registration, remove_model
 
     parsed = parse_model_name(name)
     where, models = list_models(offline=offline, host=host, models_dir=models_dir)
@@ -473,8 +473,8 @@ def run_register_stage(ctx):
     registered it (a rebuild); anyone else's model is refused. Writes: ``register/registration.json``; metrics:
     mode, name, where, model_digest, manifest_digest, uploaded_bytes, run (the command to try).
     """
-    from .atomic import write_json
-    from .build import StageResult
+    from ftpack.core.atomic import write_json
+    from ftpack.core.runner import StageResult
 
     cfg = ctx.config
     mode = cfg.register

@@ -53,9 +53,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from .atomic import atomic_dir, atomic_path, sha256_file, write_json
-from .errors import FtpackError, bad_input
-from .report import Reporter, get_reporter
+from ftpack.core.atomic import atomic_dir, atomic_path, sha256_file, write_json
+from ftpack.core.errors import FtpackError, bad_input
+from ftpack.core.report import Reporter, get_reporter
 
 METHODS = ("qlora", "lora", "sft", "full")
 #: Default peak learning rate per method (the usual recipes: QLoRA paper / TRL docs).
@@ -149,7 +149,7 @@ def train(
     if gradient_checkpointing is None:
         gradient_checkpointing = device == "cuda" and method in ("full", "qlora")
 
-    from .models import load_tokenizer, resolve_base
+    from ftpack.training.bases import load_tokenizer, resolve_base
 
     resolved = resolve_base(str(base), trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     tokenizer = load_tokenizer(resolved.path, trust_remote_code=trust_remote_code)
@@ -264,7 +264,7 @@ def run_train_stage(ctx) -> "Any":
     The template is the data stage's ``metrics["template"]`` unless the config names one.
     Resumes automatically from train/checkpoints when an interrupted run left one.
     """
-    from .build import StageResult
+    from ftpack.core.runner import StageResult
 
     cfg = ctx.config
     data_dir = ctx.build_dir / "data"
@@ -377,9 +377,9 @@ def choose_training_template(template: str | None, base_name: str, tokenizer) ->
     ``template`` (``--template``, the data stage's choice or the alias's) wins; otherwise
     the format is detected from the tokenizer's own chat template or the base's name.
     The Jinja carries ``{% generation %}`` markers (assistant-only loss) and the BOS
-    rule of :func:`ftpack.templates.training_chat_template`.
+    rule of :func:`ftpack.training.templates.training_chat_template`.
     """
-    from . import templates
+    from ftpack.training import templates
 
     tpl = templates.choose_template(template, base_name, tokenizer)
     templates.check_generation_markers(tpl)

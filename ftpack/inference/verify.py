@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .errors import FtpackError
+from ftpack.core.errors import FtpackError
 
 DEFAULT_QUESTION = "Hello! Who are you?"
 
@@ -70,7 +70,7 @@ def smoke_test(gguf: str | Path, messages: Sequence[dict[str, str]], *, template
                stop: Sequence[str] | None = None, max_tokens: int = 128, n_ctx: int = 2048,
                llm=None) -> SmokeResult:
     """Greedy answer to ``messages`` (ending with a user turn) with the build's template and stops."""
-    from .templates import load_template
+    from ftpack.training.templates import load_template
 
     tpl = load_template(template_name)
     stop = list(stop if stop is not None else tpl.stop)
@@ -125,14 +125,14 @@ def first_user_turn(records_path: Path) -> list[dict[str, str]] | None:
 def chat_via_server(name: str, messages: Sequence[dict[str, str]], *, host: str | None = None,
                     max_tokens: int = 128) -> str:
     """The registered model's answer through POST /api/chat (greedy, bounded)."""
-    from .ollama_api import OllamaServer
+    from ftpack.ollama.api import OllamaServer
 
     with OllamaServer(host) as server:
         return "".join(server.chat(name, list(messages), options={"temperature": 0, "num_predict": max_tokens}))
 
 
 def server_reachable(host: str | None) -> bool:
-    from .doctor import check_ollama
+    from ftpack.core.doctor import check_ollama
 
     return check_ollama(host, timeout=2.0).status == "ok"
 
@@ -147,8 +147,8 @@ def run_verify_stage(ctx):
     ``system``. Writes ``verify/verify.json``; fails (FtpackError) when the model does not
     stop within the token limit.
     """
-    from .atomic import write_json
-    from .build import StageResult
+    from ftpack.core.atomic import write_json
+    from ftpack.core.runner import StageResult
 
     cfg = ctx.config
     r = ctx.reporter
@@ -186,7 +186,7 @@ def run_verify_stage(ctx):
     except FtpackError:
         reference = None
     if reference is not None and reference.is_file() and reference != gguf:
-        from .fidelity import FIXED_TEXT, WARN_RATIO, measure_fidelity
+        from ftpack.inference.fidelity import FIXED_TEXT, WARN_RATIO, measure_fidelity
 
         texts = _eval_texts(data_dir, template_name) or [FIXED_TEXT]
         fid = measure_fidelity(reference, gguf, texts, max_tokens=1024, n_ctx=512)
@@ -218,7 +218,7 @@ def run_verify_stage(ctx):
 
 def _eval_texts(data_dir: Path, template_name: str, limit: int = 32) -> list[str]:
     """Whole conversations rendered as trained on (eval split first), for the fidelity measure."""
-    from .templates import load_template
+    from ftpack.training.templates import load_template
 
     tpl = load_template(template_name)
     texts: list[str] = []

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import FtpackError, bad_input
+from ftpack.core.errors import FtpackError, bad_input
 
 
 @dataclass
@@ -30,7 +30,7 @@ class ChatTarget:
 
 def resolve_target(target: str | Path, *, template_name: str | None = None, system: str | None = None) -> ChatTarget:
     """A GGUF file, or a build dir (its quantized GGUF, chat template and Modelfile)."""
-    from .templates import load_template
+    from ftpack.training.templates import load_template
 
     target = Path(target)
     options: dict[str, Any] = {}
@@ -49,7 +49,7 @@ def resolve_target(target: str | Path, *, template_name: str | None = None, syst
         template_name = template_name or (stages.get("data", {}).get("metrics", {}) or {}).get("template")
         modelfile = target / "ollama" / "Modelfile"
         if modelfile.is_file():
-            from .modelfile import read_modelfile
+            from ftpack.ollama.modelfile import read_modelfile
 
             spec = read_modelfile(modelfile)
             options = spec.typed_parameters()
@@ -76,7 +76,7 @@ def _template_from_gguf(gguf: Path) -> str | None:
     """The templates/ entry whose fingerprint matches the GGUF's tokenizer.chat_template."""
     from gguf import GGUFReader
 
-    from .templates import template_for_tokenizer_template
+    from ftpack.training.templates import template_for_tokenizer_template
 
     try:
         field_ = GGUFReader(str(gguf)).fields.get("tokenizer.chat_template")
@@ -91,8 +91,8 @@ class ChatSession:
 
     def __init__(self, target: ChatTarget, *, max_tokens: int = 512, temperature: float | None = None,
                  n_ctx: int | None = None):
-        from .templates import load_template
-        from .verify import load_llama
+        from ftpack.training.templates import load_template
+        from ftpack.inference.verify import load_llama
 
         self.target = target
         self.template = load_template(target.template_name)
@@ -125,7 +125,7 @@ class ChatSession:
 
     def send(self, user_text: str) -> Iterator[str]:
         """Stream the answer to ``user_text``; the turn joins the history when done."""
-        from .verify import stream_answer
+        from ftpack.inference.verify import stream_answer
 
         prompt = self.template.inference_prompt(self.messages_for(user_text))
         n_prompt = len(self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))

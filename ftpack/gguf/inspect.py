@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .errors import bad_input
+from ftpack.core.errors import bad_input
 
 GGUF_MAGIC = b"GGUF"
 #: general.file_type values (llama_ftype) -> names, as llama.cpp prints them
@@ -145,7 +145,7 @@ def is_quantized(summary: dict[str, Any]) -> bool:
 
 def summarize_build(build_dir: Path | str) -> dict[str, Any]:
     """A build dir's manifest: config, and per stage status, seconds, outputs, metrics."""
-    from .build import MANIFEST_NAME, Manifest
+    from ftpack.core.manifest import MANIFEST_NAME, Manifest
 
     build_dir = Path(build_dir)
     if not (build_dir / MANIFEST_NAME).is_file():

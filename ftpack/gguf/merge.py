@@ -30,9 +30,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .atomic import atomic_dir, check_free_space, human_bytes
-from .errors import FtpackError, bad_input
-from .report import get_reporter
+from ftpack.core.atomic import atomic_dir, check_free_space, human_bytes
+from ftpack.core.errors import FtpackError, bad_input
+from ftpack.core.report import get_reporter
 
 #: safetensors dtype names -> numpy storage dtype (bf16 is stored as its raw uint16 bits)
 ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
@@ -496,7 +496,7 @@ def resolve_adapter_base(adapter: LoraAdapter, base: Path | str | None) -> Path:
     if recorded and Path(recorded).expanduser().is_dir():
         return Path(recorded).expanduser()
     try:
-        from .models import resolve_base
+        from ftpack.training.bases import resolve_base
 
         return Path(resolve_base(recorded).path) if recorded else _no_base(adapter)
     except FtpackError:
@@ -689,7 +689,7 @@ def run_merge_stage(ctx) -> "Any":
     adapter on the fly without it. Full fine-tunes (train/model) need no merge: the
     stage then records train/model as its output unchanged.
     """
-    from .build import StageResult
+    from ftpack.core.runner import StageResult
 
     base_dir, adapter_dir = train_output(ctx)
     if adapter_dir is None:

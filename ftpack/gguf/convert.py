@@ -27,11 +27,11 @@ from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic import atomic_path, check_free_space, human_bytes
-from .errors import FtpackError, bad_input
-from .merge import (LoraAdapter, TensorSource, f32_to_bf16_bits, fill_tensor, load_adapter, load_hf_config,
+from ftpack.core.atomic import atomic_path, check_free_space, human_bytes
+from ftpack.core.errors import FtpackError, bad_input
+from ftpack.gguf.merge import (LoraAdapter, TensorSource, f32_to_bf16_bits, fill_tensor, load_adapter, load_hf_config,
                     release_memory, resolve_adapter_base, tokenizer_dir)
-from .report import get_reporter
+from ftpack.core.report import get_reporter
 
 if TYPE_CHECKING:
     import numpy as np
@@ -699,7 +699,7 @@ def _convert_with_llama_cpp(model_dir: Path, out: Path, outtype: str, adapter_di
     src = model_dir
     try:
         if adapter_dir is not None:
-            from .merge import merge_adapter
+            from ftpack.gguf.merge import merge_adapter
 
             merged_dir = Path(tempfile.mkdtemp(prefix="ftpack-merged-", dir=out.parent))
             reporter.warn("llama.cpp's converter cannot merge adapters: writing a merged copy first.")
@@ -733,15 +733,14 @@ def run_convert_stage(ctx) -> "Any":
     copy on disk; train/model (full weights) is converted as is. The tokenizer and chat
     template come from the folder training saved (adapter or model folder).
     """
-    from .build import StageResult
-    from .merge import train_output
+    from ftpack.core.runner import StageResult
+    from ftpack.gguf.merge import train_output
 
     cfg = ctx.config
     base_dir, adapter_dir = train_output(ctx)
     outtype = (cfg.outtype or "f16").lower()
-    out = ctx.build_dir / "gguf"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{gguf_file_stem(cfg.name)}.{outtype}.gguf"
+    path = ctx.layout.gguf_file(cfg.name, outtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
     result = convert_to_gguf(base_dir, path, outtype=outtype, adapter_dir=adapter_dir, name=cfg.name,
                              llama_cpp_dir=os.environ.get("LLAMA_CPP_DIR"))
     return StageResult(outputs=[path], main_output=path, metrics={
@@ -750,6 +749,3 @@ def run_convert_stage(ctx) -> "Any":
         "base_path": str(base_dir), "adapter": str(adapter_dir) if adapter_dir else None})
 
 
-def gguf_file_stem(name: str) -> str:
-    """Build names may carry an Ollama tag (name:tag); file names may not."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)

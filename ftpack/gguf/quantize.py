@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_path, check_free_space, human_bytes
-from .errors import FtpackError, bad_input
-from .report import get_reporter
+from ftpack.core.atomic import atomic_path, check_free_space, human_bytes
+from ftpack.core.errors import FtpackError, bad_input
+from ftpack.core.report import get_reporter
 
 DEFAULT_TYPE = "Q4_K_M"
 #: llama.cpp's quantize tool refuses these without an importance matrix (quality collapses)
@@ -74,7 +74,7 @@ class QuantizeResult:
 def quantize_gguf(src: Path | str, dst: Path | str, quant_type: str = DEFAULT_TYPE, *,
                   imatrix: Path | str | None = None, threads: int | None = None) -> QuantizeResult:
     """Quantize ``src`` into ``dst`` with llama.cpp (in a child process), atomically."""
-    from .gguf_inspect import is_quantized, summarize_gguf
+    from ftpack.gguf.inspect import is_quantized, summarize_gguf
 
     reporter = get_reporter()
     src, dst = Path(src), Path(dst)
@@ -116,8 +116,8 @@ def quantize_gguf(src: Path | str, dst: Path | str, quant_type: str = DEFAULT_TY
 
 def _run_child(job: dict[str, Any], name: str, reporter) -> None:
     """Spawn the quantizer, show progress from its log, and turn failures into FtpackError."""
-    cmd = [sys.executable, "-m", "ftpack.quantize", json.dumps(job)]
-    package_root = str(Path(__file__).resolve().parent.parent)
+    cmd = [sys.executable, "-m", "ftpack.gguf.quantize", json.dumps(job)]
+    package_root = str(Path(__file__).resolve().parents[2])  # the folder holding the ftpack package
     env = dict(os.environ, PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
@@ -167,7 +167,7 @@ def load_imatrix(path: Path) -> dict[str, "Any"]:
     into tensor name -> float32 values, as llama.cpp's quantize tool does."""
     import numpy as np
 
-    from .gguf_inspect import is_gguf
+    from ftpack.gguf.inspect import is_gguf
 
     if is_gguf(path):
         from gguf import GGUFReader
@@ -223,12 +223,12 @@ def imatrix_provenance(path: Path) -> tuple[list[str], int]:
     the legacy format (int32 chunks, int32 length, dataset name). ([], 0) if absent."""
     import numpy as np
 
-    from .gguf_inspect import is_gguf
+    from ftpack.gguf.inspect import is_gguf
 
     if is_gguf(path):
         from gguf import GGUFReader
 
-        from .gguf_inspect import field_value
+        from ftpack.gguf.inspect import field_value
 
         reader = GGUFReader(path)
         datasets = field_value(reader, "imatrix.datasets") or []
@@ -321,18 +321,17 @@ def run_quantize_stage(ctx) -> "Any":
 
     Uses ctx.config.quant (default Q4_K_M) and ctx.config.imatrix.
     """
-    from .build import StageResult
-    from .gguf_convert import gguf_file_stem
+    from ftpack.core.runner import StageResult
 
     cfg = ctx.config
     src = ctx.upstream_path("convert")
     name, _ = resolve_quant_type(cfg.quant or DEFAULT_TYPE)
-    dst = ctx.build_dir / "gguf" / f"{gguf_file_stem(cfg.name)}.{name}.gguf"
+    dst = ctx.layout.gguf_file(cfg.name, name)
     result = quantize_gguf(src, dst, name, imatrix=cfg.imatrix)
     return StageResult(outputs=[dst], main_output=dst, metrics={
         "quant": name, "file_type": result.file_type, "bytes": result.bytes, "input_bytes": result.input_bytes,
         "seconds": round(result.seconds, 2), "imatrix": str(cfg.imatrix) if cfg.imatrix else None})
 
 
-if __name__ == "__main__":  # the child process: python -m ftpack.quantize '<job json>'
+if __name__ == "__main__":  # the child process: python -m ftpack.gguf.quantize '<job json>'
     sys.exit(_child_main(json.loads(sys.argv[1])))

@@ -1,151 +1,29 @@
-"""Build directory, manifest (``build.json``) and the stage runner.
+"""The stage runner: run a pipeline's stages in order, skipping what is already done.
 
 A stage is a function ``run(ctx) -> StageResult``. The runner hashes what a stage
 reads (its slice of the config, the files it names, and the records of the stages it
 depends on); when ``build.json`` holds a finished record with the same hash whose
 outputs still exist unchanged, the stage is skipped. Outputs are written under
-temporary names and renamed when complete (:mod:`ftpack.atomic`), so a killed stage
+temporary names and renamed when complete (:mod:`ftpack.core.atomic`), so a killed stage
 leaves nothing that looks finished and the next run redoes exactly that stage.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import hashlib
 import json
-import os
-import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from . import __version__
-from .atomic import remove_stale_partials, sha256_file, write_json
-from .config import config_to_dict, stage_slice
-from .errors import FtpackError, bad_input
-from .report import Reporter, get_reporter
-
-MANIFEST_NAME = "build.json"
-MANIFEST_VERSION = 1
-TRACKED_LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes",
-                     "gguf", "llama-cpp-python", "ollama", "rich", "click", "jinja2", "sentencepiece",
-                     "tokenizers", "safetensors")
-
-
-def library_versions(names: Iterable[str] = TRACKED_LIBRARIES) -> dict[str, str | None]:
-    """Installed versions (from package metadata: no heavy import)."""
-    from importlib import metadata
-
-    out: dict[str, str | None] = {"python": platform.python_version(), "ftpack": __version__}
-    for n in names:
-        try:
-            out[n] = metadata.version(n)
-        except metadata.PackageNotFoundError:
-            out[n] = None
-    return out
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-@dataclass
-class OutputRecord:
-    """One finished file: where (relative to the build dir), how big, its sha256."""
-
-    path: str
-    bytes: int
-    sha256: str
-    mtime_ns: int
-
-    def check(self, build_dir: Path) -> bool:
-        """True when the file is still there and unchanged (rehash only if touched)."""
-        p = build_dir / self.path
-        try:
-            st = p.stat()
-        except OSError:
-            return False
-        if st.st_size != self.bytes:
-            return False
-        if st.st_mtime_ns == self.mtime_ns:
-            return True
-        return sha256_file(p) == self.sha256
-
-
-@dataclass
-class StageRecord:
-    """What build.json says about one stage."""
-
-    status: str = "pending"  # pending | running | done | failed | interrupted
-    input_hash: str | None = None
-    outputs: list[OutputRecord] = field(default_factory=list)
-    main_output: str | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    versions: dict[str, str | None] = field(default_factory=dict)
-    started: str | None = None
-    ended: str | None = None
-    seconds: float | None = None
-    error: str | None = None
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "StageRecord":
-        d = dict(d)
-        d["outputs"] = [OutputRecord(**o) for o in d.get("outputs", [])]
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    def is_complete(self, build_dir: Path) -> bool:
-        return self.status == "done" and all(o.check(build_dir) for o in self.outputs)
-
-    def outputs_digest(self) -> str:
-        h = hashlib.sha256()
-        for o in sorted(self.outputs, key=lambda o: o.path):
-            h.update(f"{o.path}\0{o.sha256}\n".encode())
-        return h.hexdigest()
-
-
-@dataclass
-class Manifest:
-    """The whole ``build.json``: config, inputs, and one record per stage."""
-
-    path: Path
-    name: str = ""
-    config: dict[str, Any] = field(default_factory=dict)
-    stages: dict[str, StageRecord] = field(default_factory=dict)
-    created: str | None = None
-    updated: str | None = None
-
-    @property
-    def build_dir(self) -> Path:
-        return self.path.parent
-
-    @classmethod
-    def load(cls, build_dir: Path) -> "Manifest":
-        path = Path(build_dir) / MANIFEST_NAME
-        if not path.exists():
-            return cls(path=path, created=_now())
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-            return cls(path=path, name=raw.get("name", ""), config=raw.get("config", {}),
-                       stages={k: StageRecord.from_dict(v) for k, v in raw.get("stages", {}).items()},
-                       created=raw.get("created"), updated=raw.get("updated"))
-        except (ValueError, TypeError, KeyError) as exc:
-            raise FtpackError(f"{path} is damaged ({exc}).",
-                              "Delete it to start this build over, or use another --out.") from None
-
-    def save(self) -> None:
-        self.updated = _now()
-        write_json(self.path, {
-            "manifest_version": MANIFEST_VERSION,
-            "name": self.name,
-            "created": self.created,
-            "updated": self.updated,
-            "config": self.config,
-            "stages": {k: asdict(v) for k, v in self.stages.items()},
-        })
-
+from ftpack.core.atomic import remove_stale_partials, sha256_file
+from ftpack.core.config import config_to_dict, stage_slice
+from ftpack.core.errors import FtpackError, bad_input
+from ftpack.core.layout import BuildLayout
+from ftpack.core.manifest import Manifest, OutputRecord, StageRecord, library_versions, now_iso
+from ftpack.core.report import Reporter, get_reporter
 
 @dataclass
 class StageResult:
@@ -165,6 +43,10 @@ class StageContext:
     stage: str
     manifest: Manifest
     reporter: Reporter
+
+    @property
+    def layout(self) -> BuildLayout:
+        return BuildLayout(self.build_dir)
 
     @property
     def stage_dir(self) -> Path:
@@ -303,7 +185,7 @@ def run_stages(cfg: Any, stages: Sequence[Stage], build_dir: Path, *, force: str
 
 
 def _run_one(stage: Stage, cfg: Any, build_dir: Path, manifest: Manifest, h: str, reporter: Reporter) -> None:
-    rec = StageRecord(status="running", input_hash=h, started=_now(), versions=library_versions())
+    rec = StageRecord(status="running", input_hash=h, started=now_iso(), versions=library_versions())
     manifest.stages[stage.name] = rec
     manifest.save()
     reporter.stage_start(stage.name, stage.description)
@@ -327,7 +209,7 @@ def _run_one(stage: Stage, cfg: Any, build_dir: Path, manifest: Manifest, h: str
         rec.error = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        rec.ended = _now()
+        rec.ended = now_iso()
         rec.seconds = round(time.monotonic() - t0, 3)
         manifest.save()
         if rec.status != "done":
@@ -338,7 +220,7 @@ def _run_one(stage: Stage, cfg: Any, build_dir: Path, manifest: Manifest, h: str
 
 def summary_rows(manifest: Manifest) -> list[tuple[str, str, str, str, str]]:
     """(stage, status, seconds, main output, size) for the final table."""
-    from .atomic import human_bytes
+    from ftpack.core.atomic import human_bytes
 
     rows = []
     for name, rec in manifest.stages.items():

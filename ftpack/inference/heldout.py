@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .errors import bad_input
+from ftpack.core.errors import bad_input
 
 
 @dataclass
@@ -46,7 +46,7 @@ def read_heldout(path: Path) -> list[dict]:
 def ask_all(gguf: Path, records: Sequence[dict], *, template_name: str, system: str | None = None,
             max_tokens: int = 96, n_ctx: int = 1024) -> list[HeldoutResult]:
     """Greedy answers of one GGUF to every question (one model load for all)."""
-    from .verify import load_llama, smoke_test
+    from ftpack.inference.verify import load_llama, smoke_test
 
     llm = load_llama(gguf, n_ctx=n_ctx)
     try:
@@ -63,8 +63,8 @@ def ask_all(gguf: Path, records: Sequence[dict], *, template_name: str, system: 
 
 def build_outputs(build_dir: Path) -> tuple[Path, str, str]:
     """(quantized GGUF, template name, base) of a finished build, from its build.json."""
-    from .build import Manifest
-    from .errors import FtpackError
+    from ftpack.core.manifest import Manifest
+    from ftpack.core.errors import FtpackError
 
     m = Manifest.load(Path(build_dir))
     q, data = m.stages.get("quantize"), m.stages.get("data")

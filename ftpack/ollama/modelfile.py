@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .errors import FtpackError, bad_input
+from ftpack.core.errors import FtpackError, bad_input
 
 # -- Ollama's grammar --------------------------------------------------------------------
 
@@ -466,7 +466,7 @@ def render_modelfile(spec: ModelfileSpec) -> str:
     """
     import jinja2
 
-    from .resources import modelfile_template
+    from ftpack.core.resources import modelfile_template
 
     for name, text in spec.parameters:
         parameter_value(name, text)
@@ -510,7 +510,7 @@ def check_round_trip(text: str, spec: ModelfileSpec) -> None:
 
 def write_modelfile(path: str | os.PathLike, spec: ModelfileSpec) -> Path:
     """Render, verify and atomically write a Modelfile; return its path."""
-    from .atomic import write_text
+    from ftpack.core.atomic import write_text
 
     text = render_modelfile(spec)
     return write_text(path, text)
@@ -535,7 +535,7 @@ def build_spec(gguf: str | os.PathLike, modelfile: str | os.PathLike, *, templat
     default system prompt; ``num_ctx`` (the training max length) is used unless the user
     gave one.
     """
-    from .templates import load_template
+    from ftpack.training.templates import load_template
 
     tmpl = load_template(template_name)
     user_params = list(parameters)
@@ -588,7 +588,7 @@ def run_modelfile_stage(ctx):
     ``license`` (a file), ``max_seq_length`` (default ``num_ctx``). Writes:
     ``ollama/Modelfile`` (atomically, after parsing it back with Ollama's grammar).
     """
-    from .build import StageResult
+    from ftpack.core.runner import StageResult
 
     cfg = ctx.config
     gguf = ctx.upstream_path("quantize")

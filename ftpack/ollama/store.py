@@ -36,8 +36,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterable
 
-from .atomic import atomic_path, check_free_space, human_bytes
-from .errors import FtpackError, bad_input
+from ftpack.core.atomic import atomic_path, check_free_space, human_bytes
+from ftpack.core.locations import ftpack_home, ollama_models_dir
+from ftpack.core.errors import FtpackError, bad_input
 
 MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
@@ -237,7 +238,7 @@ class RegistrationRequest:
     @classmethod
     def from_modelfile(cls, modelfile: str | os.PathLike) -> "RegistrationRequest":
         """Read a Modelfile (Ollama's grammar); FROM/ADAPTER must be existing GGUF files."""
-        from .modelfile import read_modelfile, resolve_path
+        from ftpack.ollama.modelfile import read_modelfile, resolve_path
 
         spec = read_modelfile(modelfile)
         model_path = resolve_path(spec.from_path, modelfile)
@@ -309,9 +310,8 @@ def human_number(n: int) -> str:
 # -- the store ------------------------------------------------------------------------------
 
 def default_models_dir() -> Path:
-    """OLLAMA_MODELS, else ~/.ollama/models (what `ollama serve` uses for this user)."""
-    env = os.environ.get("OLLAMA_MODELS", "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".ollama" / "models"
+    """The store a local `ollama serve` uses (see :func:`ftpack.core.locations.ollama_models_dir`)."""
+    return ollama_models_dir()
 
 
 def blob_path(models_dir: Path, digest: str) -> Path:
@@ -408,7 +408,7 @@ def _write_blob_bytes(models_dir: Path, data: bytes, media_type: str) -> dict[st
 
 def _copy_blob(models_dir: Path, src: Path, reporter, what: str) -> tuple[str, int, bool]:
     """Copy ``src`` into the store under its sha256 (one read pass); (digest, size, copied)."""
-    from .atomic import sha256_file
+    from ftpack.core.atomic import sha256_file
 
     size = src.stat().st_size
     digest = "sha256:" + sha256_file(src)
@@ -487,7 +487,7 @@ def write_model(models_dir: str | os.PathLike, name: str, req: RegistrationReque
     Refuses an existing model of that name (Ollama compares names case-insensitively)
     unless ``force``; then writes it over and deletes the old layers no model uses.
     """
-    from .report import get_reporter
+    from ftpack.core.report import get_reporter
 
     reporter = reporter or get_reporter()
     models_dir = Path(models_dir).expanduser()
@@ -528,15 +528,6 @@ def remove_model(models_dir: str | os.PathLike, name: str) -> list[str]:
 
 # -- which Ollama models ftpack made ------------------------------------------------------------
 
-def ftpack_home() -> Path:
-    """ftpack's user folder: FTPACK_HOME, else $XDG_DATA_HOME/ftpack (~/.local/share/ftpack)."""
-    env = os.environ.get("FTPACK_HOME", "").strip()
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_DATA_HOME", "").strip()
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share") / "ftpack"
-
-
 def index_path() -> Path:
     return ftpack_home() / "registered.json"
 
@@ -551,7 +542,7 @@ def load_index() -> list[dict[str, Any]]:
 
 
 def save_index(entries: Iterable[dict[str, Any]]) -> None:
-    from .atomic import write_json
+    from ftpack.core.atomic import write_json
 
     write_json(index_path(), {"version": 1, "models": list(entries)})
 

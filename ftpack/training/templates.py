@@ -40,8 +40,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .errors import bad_input
-from .resources import templates_dir
+from ftpack.core.errors import bad_input
+from ftpack.core.resources import templates_dir
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .atomic import human_bytes
+from ftpack.core.atomic import human_bytes
 
 OK, WARN, MISSING = "ok", "warning", "missing"
 
@@ -198,7 +198,7 @@ def check_ollama(host: str | None = None, timeout: float = 3.0) -> Check:
     import urllib.error
     import urllib.request
 
-    from .ollama_api import resolve_host
+    from ftpack.ollama.api import resolve_host
 
     host = resolve_host(host)
     try:

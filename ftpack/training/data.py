@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .atomic import atomic_path, write_json
-from .errors import FtpackError, bad_input
+from ftpack.core.atomic import atomic_path, write_json
+from ftpack.core.errors import FtpackError, bad_input
 
 FORMATS = ("sharegpt", "messages", "alpaca", "io", "prompt-completion")
 ROLES = ("system", "user", "assistant")
@@ -431,8 +431,8 @@ def count_duplicates(conversations: Sequence[Conversation]) -> int:
 
 def count_tokens(conversations: Sequence[Conversation], tokenizer: Any, template: Any) -> list[int]:
     """Training length of each conversation in tokens: the training chat template (with
-    the BOS rule of :mod:`ftpack.templates`) rendered and tokenized as TRL does."""
-    from .templates import render_chat, training_chat_template
+    the BOS rule of :mod:`ftpack.training.templates`) rendered and tokenized as TRL does."""
+    from ftpack.training.templates import render_chat, training_chat_template
 
     jinja = training_chat_template(template, tokenizer)
     specials = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
@@ -623,8 +623,8 @@ def report_summary(s: DataSummary, reporter: Any) -> None:
 # -- the pipeline stage -------------------------------------------------------------------------
 
 def load_tokenizer(base: str, *, trust_remote_code: bool = False, allow_pickle: bool = False):
-    """(tokenizer, resolved base) for ``--base`` via :func:`ftpack.models.resolve_base`."""
-    from .models import load_tokenizer as load_base_tokenizer, resolve_base
+    """(tokenizer, resolved base) for ``--base`` via :func:`ftpack.training.bases.resolve_base`."""
+    from ftpack.training.bases import load_tokenizer as load_base_tokenizer, resolve_base
 
     resolved = resolve_base(base, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     return load_base_tokenizer(resolved.path, trust_remote_code=trust_remote_code), resolved
@@ -639,8 +639,8 @@ def run_data_stage(ctx: Any):
     split), data/stats.json. Metrics: template (the chosen name — the train, modelfile
     and convert stages use it), format, records, train/eval records, tokens, too_long.
     """
-    from .build import StageResult
-    from .templates import choose_template
+    from ftpack.core.runner import StageResult
+    from ftpack.training.templates import choose_template
 
     cfg = ctx.config
     if cfg.data is None:

@@ -1,0 +1,105 @@
+"""The paths of a build directory, in one place.
+
+```
+builds/<name>/
+  build.json                 the manifest (ftpack.core.manifest)
+  data/train.jsonl eval.jsonl
+  train/adapter/ | model/    PEFT adapter (lora, qlora) or full weights (sft, full)
+  train/checkpoints/  loss.csv  loss.png  trainer_state.json  train_info.json
+  gguf/<name>.<outtype>.gguf <name>.<QUANT>.gguf
+  ollama/Modelfile
+  report.md                  the model card
+```
+Stages and commands ask this object for a path instead of joining strings.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST_NAME = "build.json"
+
+
+def gguf_file_stem(name: str) -> str:
+    """Build names may carry an Ollama tag (`my-qa:v2`); file names may not (`my-qa_v2`)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+@dataclass(frozen=True)
+class BuildLayout:
+    """Where each stage of the build in ``root`` reads and writes."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).absolute())
+
+    # -- whole build ---------------------------------------------------------------------
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST_NAME
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    # -- data ------------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def train_file(self) -> Path:
+        return self.data_dir / "train.jsonl"
+
+    @property
+    def eval_file(self) -> Path:
+        return self.data_dir / "eval.jsonl"
+
+    # -- train -----------------------------------------------------------------------------
+    @property
+    def train_dir(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.train_dir / "adapter"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.train_dir / "model"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.train_dir / "checkpoints"
+
+    @property
+    def loss_csv(self) -> Path:
+        return self.train_dir / "loss.csv"
+
+    @property
+    def loss_png(self) -> Path:
+        return self.train_dir / "loss.png"
+
+    # -- gguf ------------------------------------------------------------------------------
+    @property
+    def gguf_dir(self) -> Path:
+        return self.root / "gguf"
+
+    def gguf_file(self, name: str, kind: str) -> Path:
+        """``gguf/<name>.<kind>.gguf``; kind is an outtype (f16) or a quant type (Q4_K_M)."""
+        return self.gguf_dir / f"{gguf_file_stem(name)}.{kind}.gguf"
+
+    # -- ollama ----------------------------------------------------------------------------
+    @property
+    def ollama_dir(self) -> Path:
+        return self.root / "ollama"
+
+    @property
+    def modelfile(self) -> Path:
+        return self.ollama_dir / "Modelfile"
