@@ -108,6 +108,11 @@ OPTIONS: tuple[Option, ...] = (
     _o("outtype", str, "f16", "GGUF type before quantization.", "convert", choices=OUTTYPES),
     _o("quant", str, "Q4_K_M", "llama.cpp quantization type (e.g. Q4_K_M, Q5_K_M, Q8_0).", "quantize"),
     _o("imatrix", Path, None, "Importance matrix file for quantization.", "quantize"),
+    # -- verify / report -----------------------------------------------------------------
+    _o("verify", bool, True, "Check with llama.cpp that the quantized model answers and stops before "
+       "registering it (--no-verify registers without the check).", ""),
+    _o("heldout", Path, None, "Held-out questions (JSONL: question, keywords) that the model card asks the "
+       "base and the fine-tuned model.", "report"),
     # -- Ollama --------------------------------------------------------------------------
     _o("parameters", str, None, "Modelfile PARAMETER as KEY=VALUE (repeatable).", "modelfile",
        multiple=True, flag="--param"),
@@ -125,7 +130,7 @@ OPTIONS: tuple[Option, ...] = (
 OPTION_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
 
 #: Path settings that a config file names relative to its own folder.
-RELATIVE_TO_CONFIG = ("data", "license", "imatrix")
+RELATIVE_TO_CONFIG = ("data", "license", "imatrix", "heldout")
 
 # Order of the stages; each stage's hash includes its own options and all upstream outputs.
 STAGES = ("data", "train", "merge", "convert", "quantize", "modelfile", "register", "verify")
