@@ -133,7 +133,7 @@ OPTION_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
 RELATIVE_TO_CONFIG = ("data", "license", "imatrix", "heldout")
 
 # Order of the stages; each stage's hash includes its own options and all upstream outputs.
-STAGES = ("data", "train", "merge", "convert", "quantize", "modelfile", "register", "verify")
+STAGES = ("data", "train", "convert", "quantize", "verify", "modelfile", "register", "roundtrip", "report")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,79})?$")
 
