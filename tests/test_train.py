@@ -4,8 +4,6 @@ masks non-assistant tokens, resumes, and reports errors as FtpackError (exit 2).
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
@@ -289,23 +287,6 @@ def test_bad_training_data_is_bad_input(tiny_llama, tmp_path):
     with pytest.raises(FtpackError) as err:
         read_messages_jsonl(tmp_path / "missing.jsonl")
     assert err.value.code == 2
-
-
-def test_loss_png_is_a_valid_image(tmp_path):
-    from ftpack.training.train import render_loss_png
-
-    rows = [{"step": s, "loss": 3.0 / s} for s in range(1, 11)] + [{"step": 10, "eval_loss": 0.5}]
-    data = render_loss_png(rows, 320, 200)
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", data[16:24])
-    assert (width, height) == (320, 200)
-    idat_len = struct.unpack(">I", data[33:37])[0]
-    assert data[37:41] == b"IDAT"
-    raw = zlib.decompress(data[41:41 + idat_len])
-    assert len(raw) == height * (1 + 3 * width)
-    blue = bytes((31, 119, 180))
-    assert raw.count(blue) > 50  # the train curve is drawn
-    assert raw.count(bytes((214, 39, 40))) > 10  # the eval point too
 
 
 def test_train_stage_in_a_build(tiny_llama, chat_file, tmp_path):

@@ -46,9 +46,7 @@ import json
 import math
 import os
 import shutil
-import struct
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -796,113 +794,8 @@ def write_loss_csv(path: Path, history: Iterable[dict[str, Any]]) -> Path:
     return path
 
 
-def write_loss_png(path: Path, history: Iterable[dict[str, Any]], width: int = 640, height: int = 400) -> Path:
-    """A loss-curve PNG (train line in blue, eval points in red) drawn without matplotlib."""
-    rows = loss_rows(history)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(render_loss_png(rows, width, height))
-    return path
+def write_loss_png(path: Path, history: Iterable[dict[str, Any]]) -> Path:
+    """The loss curve (train line, eval points) as a PNG: :func:`ftpack.training.lossplot.plot_loss`."""
+    from ftpack.training.lossplot import plot_loss
 
-
-# A 3x5 pixel font for the plot's labels.
-_FONT = {
-    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111", "3": "111001111001111",
-    "4": "101101111001001", "5": "111100111001111", "6": "111100111101111", "7": "111001001001001",
-    "8": "111101111101111", "9": "111101111001111", ".": "000000000000010", "-": "000000111000000",
-    " ": "000000000000000", ":": "000010000010000", "A": "010101111101101", "E": "111100110100111",
-    "I": "111010010010111", "L": "100100100100111", "N": "110101101101101", "O": "111101101101111",
-    "P": "111101111100100", "R": "110101110101101", "S": "111100111001111", "T": "111010010010010",
-    "V": "101101101101010",
-}
-
-
-def render_loss_png(rows: Sequence[dict[str, Any]], width: int = 640, height: int = 400) -> bytes:
-    """PNG bytes of the loss curve: axes, min/max labels, train loss line, eval loss dots."""
-    white, axis, grid = (255, 255, 255), (60, 60, 60), (225, 225, 225)
-    blue, red = (31, 119, 180), (214, 39, 40)
-    px = bytearray(bytes(white) * (width * height))
-
-    def put(x: int, y: int, c: tuple[int, int, int]) -> None:
-        if 0 <= x < width and 0 <= y < height:
-            i = 3 * (y * width + x)
-            px[i:i + 3] = bytes(c)
-
-    def line(x0: int, y0: int, x1: int, y1: int, c, thick: int = 1) -> None:
-        dx, dy = abs(x1 - x0), -abs(y1 - y0)
-        sx, sy = (1 if x0 < x1 else -1), (1 if y0 < y1 else -1)
-        err = dx + dy
-        while True:
-            for ox in range(thick):
-                for oy in range(thick):
-                    put(x0 + ox, y0 + oy, c)
-            if x0 == x1 and y0 == y1:
-                break
-            e2 = 2 * err
-            if e2 >= dy:
-                err += dy
-                x0 += sx
-            if e2 <= dx:
-                err += dx
-                y0 += sy
-
-    def text(x: int, y: int, s: str, c, scale: int = 2) -> None:
-        for ch in s.upper():
-            bits = _FONT.get(ch, _FONT[" "])
-            for i, b in enumerate(bits):
-                if b == "1":
-                    for ox in range(scale):
-                        for oy in range(scale):
-                            put(x + (i % 3) * scale + ox, y + (i // 3) * scale + oy, c)
-            x += 4 * scale
-
-    left, right, top, bottom = 70, width - 20, 30, height - 40
-    for k in range(5):  # horizontal grid
-        y = top + (bottom - top) * k // 4
-        line(left, y, right, y, grid)
-    line(left, top, left, bottom, axis)
-    line(left, bottom, right, bottom, axis)
-    train = [(r["step"], float(r["loss"])) for r in rows if r.get("loss") not in (None, "")]
-    evals = [(r["step"], float(r["eval_loss"])) for r in rows if r.get("eval_loss") not in (None, "")]
-    points = train + evals
-    text(left, 8, "TRAIN LOSS", blue)
-    if evals:
-        text(left + 120, 8, "EVAL LOSS", red)
-    if points:
-        s0, s1 = min(p[0] for p in points), max(p[0] for p in points)
-        l0, l1 = min(p[1] for p in points), max(p[1] for p in points)
-        if s1 == s0:
-            s1 = s0 + 1
-        if l1 - l0 < 1e-12:
-            l0, l1 = l0 - 0.5, l1 + 0.5
-
-        def xy(step: float, loss: float) -> tuple[int, int]:
-            return (left + round((step - s0) * (right - left) / (s1 - s0)),
-                    bottom - round((loss - l0) * (bottom - top) / (l1 - l0)))
-
-        for a, b in zip(train, train[1:]):
-            line(*xy(*a), *xy(*b), blue, thick=2)
-        if len(train) == 1:
-            x, y = xy(*train[0])
-            line(x - 2, y, x + 2, y, blue, thick=2)
-        for p in evals:
-            x, y = xy(*p)
-            for ox in range(-3, 4):
-                for oy in range(-3, 4):
-                    put(x + ox, y + oy, red)
-        text(4, top - 4, f"{l1:.3g}", axis)
-        text(4, bottom - 8, f"{l0:.3g}", axis)
-        text(left, bottom + 8, str(int(s0)), axis)
-        last = str(int(s1))
-        text(right - 8 * len(last), bottom + 8, last, axis)
-        text((left + right) // 2 - 16, bottom + 22, "STEP", axis)
-    return _png_bytes(width, height, bytes(px))
-
-
-def _png_bytes(width: int, height: int, rgb: bytes) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    stride = 3 * width
-    raw = b"".join(b"\x00" + rgb[y * stride:(y + 1) * stride] for y in range(height))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    return plot_loss(loss_rows(history), path)
