@@ -19,10 +19,17 @@ from typing import Any, Mapping
 
 from ftpack.core.errors import bad_input
 
-METHODS = ("auto", "qlora", "lora", "sft", "full")
+#: Training methods; "auto" picks one per machine (ftpack.pipeline.resolve_method).
+TRAINING_METHODS = ("qlora", "lora", "sft", "full")
+METHODS = ("auto", *TRAINING_METHODS)
 REGISTER_MODES = ("auto", "server", "offline", "none")
+#: GGUF tensor types the converter writes before quantization.
 OUTTYPES = ("f16", "bf16", "f32", "q8_0")
-DATA_FORMATS = ("auto", "sharegpt", "messages", "alpaca", "io", "prompt-completion")
+#: Dataset record layouts (ftpack.training.data); "auto" detects one per file.
+RECORD_FORMATS = ("sharegpt", "messages", "alpaca", "io", "prompt-completion")
+DATA_FORMATS = ("auto", *RECORD_FORMATS)
+#: llama.cpp quantization type of a build and of `ftpack quantize`.
+DEFAULT_QUANT = "Q4_K_M"
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
               "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau",
               "cosine_with_min_lr", "warmup_stable_decay")
@@ -106,7 +113,7 @@ OPTIONS: tuple[Option, ...] = (
     _o("allow_pickle", bool, False, "Allow non-safetensors (pickle) weights.", "train"),
     # -- convert / quantize ------------------------------------------------------------
     _o("outtype", str, "f16", "GGUF type before quantization.", "convert", choices=OUTTYPES),
-    _o("quant", str, "Q4_K_M", "llama.cpp quantization type (e.g. Q4_K_M, Q5_K_M, Q8_0).", "quantize"),
+    _o("quant", str, DEFAULT_QUANT, "llama.cpp quantization type (e.g. Q4_K_M, Q5_K_M, Q8_0).", "quantize"),
     _o("imatrix", Path, None, "Importance matrix file for quantization.", "quantize"),
     # -- verify / report -----------------------------------------------------------------
     _o("verify", bool, True, "Check with llama.cpp that the quantized model answers and stops before "
@@ -219,6 +226,18 @@ def _coerce(opt: Option, value: Any, source: str) -> Any:
     return out
 
 
+def toml_loads(text: str) -> dict[str, Any]:
+    """Parse TOML with the standard library (Python 3.11+) or its backport tomli (3.10).
+
+    Decode errors are ``ValueError`` subclasses either way.
+    """
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: tomli is a dependency there
+        import tomli as tomllib
+    return tomllib.loads(text)
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML (or YAML) config file into a flat dict of snake_case keys.
 
@@ -229,21 +248,20 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise bad_input(f"Config file not found: {path}")
     text = path.read_text(encoding="utf-8-sig")
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ImportError:
-                raise bad_input(f"{path}: YAML config needs PyYAML.", "pip install pyyaml, or use TOML.") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise bad_input(f"{path}: YAML config needs PyYAML.", "pip install pyyaml, or use TOML.") from None
+        try:
             raw = yaml.safe_load(text) or {}
-        else:
-            import tomllib
-
-            raw = tomllib.loads(text)
-    except Exception as exc:  # tomllib.TOMLDecodeError / yaml.YAMLError
-        if getattr(exc, "code", None) == 2:
-            raise
-        raise bad_input(f"{path}: not a valid config file: {exc}") from None
+        except yaml.YAMLError as exc:
+            raise bad_input(f"{path}: not a valid config file: {exc}") from None
+    else:
+        try:
+            raw = toml_loads(text)
+        except ValueError as exc:  # tomllib / tomli TOMLDecodeError
+            raise bad_input(f"{path}: not a valid config file: {exc}") from None
     if not isinstance(raw, dict):
         raise bad_input(f"{path}: the config file must hold a table of settings.")
     flat: dict[str, Any] = {}
