@@ -37,7 +37,7 @@ def build_stages() -> list[Stage]:
         Stage("quantize", "llama.cpp quantization", _lazy("ftpack.gguf.quantize:run_quantize_stage")),
         Stage("modelfile", "render and check the Ollama Modelfile", _lazy("ftpack.ollama.modelfile:run_modelfile_stage"),
               depends=("data", "quantize"), input_files=lambda cfg: [cfg.license]),
-        Stage("register", "create the model in Ollama", _lazy("ftpack.ollama.api:run_register_stage"),
+        Stage("register", "create the model in Ollama", _lazy("ftpack.ollama.registration:run_register_stage"),
               enabled=lambda cfg: cfg.register != "none"),
         Stage("verify", "smoke test and quantization fidelity", _lazy("ftpack.inference.verify:run_verify_stage"),
               depends=("data", "convert", "quantize", "modelfile")),

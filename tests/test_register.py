@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from ftpack.core.errors import FtpackError
 from ftpack.ollama.modelfile import build_spec, write_modelfile
-from ftpack.ollama.store import go_json, parse_model_name
+from ftpack.ollama.gojson import go_json
+from ftpack.ollama.names import parse_model_name
 from ftpack.core.report import Reporter
 from ollama_double import OllamaDouble, parse_name
 from ollama_double.fixtures import (ftpack_home, go_renderer, ollama_double, ollama_models_dir,  # noqa: F401
@@ -95,7 +96,7 @@ def test_register_end_to_end(run_cli, ollama_double, modelfile, tiny_gguf, ollam
 
 
 def test_upload_reports_byte_progress(ollama_double, modelfile, tiny_gguf, ftpack_home):
-    from ftpack.ollama.api import register
+    from ftpack.ollama.registration import register
 
     out = io.StringIO()
     register("tiny-chat", modelfile, reporter=Reporter("json", out=out))
@@ -288,7 +289,7 @@ def test_modelfile_and_register_stages(tmp_path, tiny_gguf, ftpack_home):
     from ftpack.core.manifest import Manifest, StageRecord
     from ftpack.core.config import build_config
     from ftpack.ollama.modelfile import Command, parse_modelfile, run_modelfile_stage
-    from ftpack.ollama.api import run_register_stage
+    from ftpack.ollama.registration import run_register_stage
 
     build_dir = tmp_path / "builds" / "demo"
     gguf = build_dir / "gguf" / "demo.Q4_K_M.gguf"
@@ -312,14 +313,15 @@ def test_modelfile_and_register_stages(tmp_path, tiny_gguf, ftpack_home):
     m = manifest_of(store, "demo")
     assert m["layers"][0]["digest"] == reg.metrics["model_digest"]
     # the build is recorded for `ftpack list`
-    from ftpack.ollama.api import list_models
+    from ftpack.ollama.registration import list_models
 
     _, models = list_models(offline=True, models_dir=store)
     assert models[0].ftpack["build_dir"] == str(build_dir.resolve())
     # a rebuild replaces its own model ...
     assert run_register_stage(_stage_ctx(build_dir, "register", cfg, manifest)).metrics["run"] == "ollama run demo"
     # ... but never someone else's model of the same name
-    from ftpack.ollama.store import RegistrationRequest, write_model
+    from ftpack.ollama.request import RegistrationRequest
+    from ftpack.ollama.store import write_model
 
     write_model(store, "foreign", RegistrationRequest(model_path=gguf), reporter=Reporter("quiet"))
     other = build_config("foreign", {"register": "offline", "models_dir": str(store)})
@@ -422,8 +424,8 @@ def test_store_bytes_match_ollamas_own_test_digests(tmp_path, offline, ollama_do
     """The same inputs as Ollama's create tests give the blobs (digests) Ollama's tests expect."""
     from gguf import GGUFWriter
 
-    from ftpack.ollama.api import register_offline, register_with_server
-    from ftpack.ollama.store import RegistrationRequest
+    from ftpack.ollama.registration import register_offline, register_with_server
+    from ftpack.ollama.request import RegistrationRequest
 
     gguf = tmp_path / "test.gguf"  # like createBinFile(t, nil, nil): architecture "test", no tensors
     w = GGUFWriter(str(gguf), "test")

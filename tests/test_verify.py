@@ -76,7 +76,7 @@ def test_verify_stage_with_server_chat(tmp_path, smollm2_gguf, go_renderer, monk
     from ftpack.core.runner import StageContext
     from ftpack.core.config import build_config
     from ftpack.ollama.modelfile import run_modelfile_stage
-    from ftpack.ollama.api import run_register_stage
+    from ftpack.ollama.registration import run_register_stage
     from ftpack.inference.verify import run_verify_stage
 
     generator = llama_generator()

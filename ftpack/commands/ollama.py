@@ -9,7 +9,8 @@ import click
 from ftpack.core.report import get_reporter
 
 _HOST_HELP = "Ollama server URL (default: OLLAMA_HOST or http://127.0.0.1:11434)."
-_MODELS_HELP = "Ollama model store for --offline (default: OLLAMA_MODELS or ~/.ollama/models)."
+_MODELS_HELP = ("Ollama model store for --offline (default: OLLAMA_MODELS, else ~/.ollama/models, else a Linux "
+                "service install's /usr/share/ollama/.ollama/models).")
 
 
 @click.command()
@@ -60,15 +61,16 @@ def modelfile(gguf: Path, template_name: str, system: str | None, params: tuple[
 def register(name: str, modelfile_path: Path, host: str | None, offline: bool, models_dir: Path | None,
              force: bool) -> None:
     """Create model NAME in Ollama from a Modelfile (upload only what the server lacks)."""
-    from ftpack.ollama.api import register as do_register
+    from ftpack.ollama.registration import register as do_register
 
     r = get_reporter()
     result = do_register(name, modelfile_path, mode="offline" if offline else "server", host=host,
                          models_dir=models_dir, force=force, reporter=r)
     run = f"ollama run {result.name.removesuffix(':latest')}"
-    r.result({"name": result.name, "where": result.where, "model_digest": result.model_digest,
-              "manifest_digest": result.manifest_digest, "uploaded_bytes": result.uploaded_bytes, "run": run})
-    r.final(f"Registered {result.name}. Try it: {run}", run=run)
+    r.result({"name": result.name, "where": result.where, "store": str(result.store) if result.store else None,
+              "model_digest": result.model_digest, "manifest_digest": result.manifest_digest,
+              "uploaded_bytes": result.uploaded_bytes, "run": run})
+    r.final(f"Registered {result.name} in {result.place}. Try it: {run}", run=run)
 
 
 @click.command("list")
@@ -81,10 +83,12 @@ def list_cmd(host: str | None, offline: bool, models_dir: Path | None, show_all:
 
     ftpack recognises its models by the index it keeps when registering
     (FTPACK_HOME/registered.json): a model counts as ftpack's while its manifest digest
-    is still the one ftpack created.
+    is still the one ftpack created, whether it was registered through a server or
+    written offline into the store that server uses.
     """
     from ftpack.core.atomic import human_bytes
-    from ftpack.ollama.api import list_models
+    from ftpack.ollama.index import place_of
+    from ftpack.ollama.registration import list_models
 
     r = get_reporter()
     where, models = list_models(offline=offline, host=host, models_dir=models_dir)
@@ -97,8 +101,8 @@ def list_cmd(host: str | None, offline: bool, models_dir: Path | None, show_all:
         data.append({"name": m.name, "ftpack": m.ftpack is not None, "build_dir": e.get("build_dir"),
                      "base": e.get("base"), "method": e.get("method"), "quant": m.quant or e.get("quant"),
                      "size": m.size, "digest": m.digest, "modified": m.modified})
-    r.table(f"Ollama models ({where.split(':', 1)[1]})", ("name", "ftpack", "build dir", "base", "method", "quant",
-                                                         "size"), rows, data=data)
+    r.table(f"Ollama models ({place_of(where)})",
+            ("name", "ftpack", "build dir", "base", "method", "quant", "size"), rows, data=data)
     r.result({"where": where, "models": data})
     r.final(f"{len(shown)} model(s)" + ("" if show_all else " created by ftpack") +
             ("" if shown or show_all else " (use --all to see every model)"), count=len(shown))
@@ -112,12 +116,13 @@ def list_cmd(host: str | None, offline: bool, models_dir: Path | None, show_all:
 @click.option("--force", is_flag=True, help="Also remove a model ftpack did not create.")
 def remove(name: str, host: str | None, offline: bool, models_dir: Path | None, force: bool) -> None:
     """Delete model NAME from Ollama (blobs other models share are kept)."""
-    from ftpack.ollama.api import remove as do_remove
+    from ftpack.ollama.index import place_of
+    from ftpack.ollama.registration import remove as do_remove
 
     r = get_reporter()
     where = do_remove(name, offline=offline, host=host, models_dir=models_dir, force=force)
     r.result({"name": name, "where": where, "removed": True})
-    r.final(f"Removed {name} ({where.split(':', 1)[1]}).")
+    r.final(f"Removed {name} ({place_of(where)}).")
 
 
 @click.command()
@@ -132,14 +137,17 @@ def chat(target: Path, template_name: str | None, system: str | None, max_tokens
          n_ctx: int | None, prompts: tuple[str, ...]) -> None:
     """Chat with a GGUF (or a build dir's model) locally, streaming tokens; no Ollama needed.
 
-    Type /reset to forget the conversation, /exit (or Ctrl-D) to leave.
+    Type /reset to forget the conversation, /exit (or Ctrl-D) to leave. A conversation that
+    fills the context starts over (with a notice).
     """
+    from ftpack.core.errors import FtpackError
     from ftpack.inference.chat import ChatSession, resolve_target
 
     r = get_reporter()
     chat_target = resolve_target(target, template_name=template_name, system=system)
     stream_out = r.mode != "json"
-    with ChatSession(chat_target, max_tokens=max_tokens, temperature=temperature, n_ctx=n_ctx) as session:
+    with ChatSession(chat_target, max_tokens=max_tokens, temperature=temperature, n_ctx=n_ctx,
+                     reporter=r) as session:
         if r.mode == "rich":
             r.info(f"Chatting with {chat_target.gguf.name} ({chat_target.template_name} template, stops "
                    f"{', '.join(chat_target.stop)}). /reset, /exit.")
@@ -165,10 +173,14 @@ def chat(target: Path, template_name: str | None, system: str | None, max_tokens
             if not text:
                 continue
             pieces = []
-            for piece in session.send(text):
-                pieces.append(piece)
-                if stream_out:
-                    click.echo(piece, nl=False)
+            try:
+                for piece in session.send(text):
+                    pieces.append(piece)
+                    if stream_out:
+                        click.echo(piece, nl=False)
+            except FtpackError as exc:  # a message too long for the context: say so, keep the session
+                r.warn(exc.message, exc.hint)
+                continue
             if stream_out:
                 click.echo()
             r.event("answer", prompt=text, text="".join(pieces), finish_reason=session.last_finish_reason)

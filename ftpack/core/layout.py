@@ -8,6 +8,7 @@ builds/<name>/
   train/checkpoints/  loss.csv  loss.png  trainer_state.json  train_info.json
   gguf/<name>.<outtype>.gguf <name>.<QUANT>.gguf
   ollama/Modelfile
+  register/registration.json
   report.md                  the model card
 ```
 Stages and commands ask this object for a path instead of joining strings.
@@ -103,3 +104,8 @@ class BuildLayout:
     @property
     def modelfile(self) -> Path:
         return self.ollama_dir / "Modelfile"
+
+    @property
+    def registration(self) -> Path:
+        """What the register stage did (mode, name, where, store, digests)."""
+        return self.stage_dir("register") / "registration.json"

@@ -602,7 +602,7 @@ def run_modelfile_stage(ctx):
         if not lic.is_file():
             raise bad_input(f"License file not found: {lic}")
         license_text = lic.read_text(encoding="utf-8")
-    out = ctx.build_dir / "ollama" / "Modelfile"
+    out = ctx.layout.modelfile
     spec = build_spec(gguf, out, template_name=template_name, system=cfg.system,
                       parameters=parse_parameter_args(cfg.parameters or ()),
                       messages=parse_message_args(cfg.messages or ()), license_text=license_text,

@@ -1,8 +1,9 @@
 """Ollama's model store written directly, byte-compatible with what ``ollama create`` writes.
 
 For machines where no Ollama server runs (CI, a build box): ``ftpack register --offline``
-puts the GGUF and every other layer into ``$OLLAMA_MODELS`` (default
-``~/.ollama/models``) exactly as Ollama's ``server/create.go`` would — same media types,
+puts the GGUF and every other layer into Ollama's store (``OLLAMA_MODELS``, else
+``~/.ollama/models``, else a Linux service install's ``/usr/share/ollama/.ollama/models``:
+:func:`ftpack.core.locations.ollama_models_dir`) exactly as Ollama's ``server/create.go`` would — same media types,
 digests, sizes, config blob fields and Go-encoded JSON bytes — and a server started
 later (or already running: it re-reads manifests when listing) sees the model.
 
@@ -31,14 +32,16 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field
-from decimal import Decimal
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ftpack.core.atomic import atomic_path, check_free_space, human_bytes
-from ftpack.core.locations import ftpack_home, ollama_models_dir
-from ftpack.core.errors import FtpackError, bad_input
+from ftpack.core.errors import FtpackError
+from ftpack.gguf.inspect import FILE_TYPE_NAMES
+from ftpack.ollama.gojson import as_go_decoded, go_json
+from ftpack.ollama.names import PART_KINDS, ModelName, parse_model_name, valid_part
+from ftpack.ollama.request import RegistrationRequest
 
 MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
@@ -50,213 +53,7 @@ MEDIA_PARAMS = "application/vnd.ollama.image.params"
 MEDIA_MESSAGES = "application/vnd.ollama.image.messages"
 MEDIA_LICENSE = "application/vnd.ollama.image.license"
 
-DEFAULT_HOST = "registry.ollama.ai"
-DEFAULT_NAMESPACE = "library"
-DEFAULT_TAG = "latest"
 DIGEST_RE = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
-
-#: llama_ftype numbers -> Ollama's FileType.String() (fs/ggml/type.go).
-FILE_TYPE_NAMES = {1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
-                   12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M",
-                   18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS",
-                   24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS",
-                   31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4_MOE", 39: "NVFP4", 40: "Q1_0"}
-
-
-# -- model names (types/model/name.go) -------------------------------------------------------
-
-@dataclass(frozen=True)
-class ModelName:
-    """A fully qualified Ollama model name: host/namespace/model:tag."""
-
-    host: str
-    namespace: str
-    model: str
-    tag: str
-
-    @property
-    def display(self) -> str:
-        """Ollama's DisplayShortest: what `ollama list` shows and `ollama run` accepts."""
-        if self.host.lower() != DEFAULT_HOST:
-            return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
-        if self.namespace.lower() != DEFAULT_NAMESPACE:
-            return f"{self.namespace}/{self.model}:{self.tag}"
-        return f"{self.model}:{self.tag}"
-
-    @property
-    def parts(self) -> tuple[str, str, str, str]:
-        return (self.host, self.namespace, self.model, self.tag)
-
-    def same_as(self, other: "ModelName") -> bool:
-        """Ollama matches names case-insensitively (getExistingName / EqualFold)."""
-        return all(a.lower() == b.lower() for a, b in zip(self.parts, other.parts))
-
-
-def _valid_part(kind: str, s: str) -> bool:
-    if not 1 <= len(s) <= (350 if kind == "host" else 80):
-        return False
-    for i, b in enumerate(s.encode("utf-8")):
-        c = chr(b)
-        alnum = ("a" <= c <= "z") or ("A" <= c <= "Z") or ("0" <= c <= "9") or c == "_"
-        if i == 0:
-            if not alnum:
-                return False
-        elif c in "-_":
-            continue
-        elif c == ".":
-            if kind == "namespace":
-                return False
-        elif c == ":":
-            if kind != "host":
-                return False
-        elif not alnum:
-            return False
-    return True
-
-
-def parse_model_name(name: str) -> ModelName:
-    """Parse and validate ``[host/][namespace/]model[:tag]`` with Ollama's rules.
-
-    Raises a bad-input :class:`FtpackError` that says which part is wrong and why.
-    """
-    s = name.strip()
-    host = namespace = tag = ""
-    if s.rfind(":") > s.rfind("/"):
-        s, _, tag = s.rpartition(":")
-        s, tag = s or "!MISSING!", tag or "!MISSING!"
-    if "/" in s:
-        s, _, model = s.rpartition("/")
-        s, model = s or "!MISSING!", model or "!MISSING!"
-        if "/" in s:
-            s, _, namespace = s.rpartition("/")
-            s, namespace = s or "!MISSING!", namespace or "!MISSING!"
-            host = s.split("://", 1)[1] if "://" in s else s
-        else:
-            namespace = s
-    else:
-        model = s
-    parsed = ModelName(host or DEFAULT_HOST, namespace or DEFAULT_NAMESPACE, model, tag or DEFAULT_TAG)
-    for kind, part in zip(("host", "namespace", "model", "tag"), parsed.parts):
-        if not _valid_part(kind, part):
-            allowed = {"host": "letters, digits, '_', '-', '.', ':'", "namespace": "letters, digits, '_', '-'",
-                       "model": "letters, digits, '_', '-', '.'", "tag": "letters, digits, '_', '-', '.'"}[kind]
-            limit = 350 if kind == "host" else 80
-            shown = "" if part == "!MISSING!" else part
-            raise bad_input(
-                f"Invalid Ollama model name {name!r}: the {kind} {shown!r} is not valid.",
-                f"Ollama names are [host/][namespace/]model[:tag]; each part starts with a letter, digit or '_' "
-                f"and holds {allowed} (1-{limit} characters), e.g. my-model:v1.")
-    return parsed
-
-
-# -- Go's encoding/json, byte for byte ------------------------------------------------------
-
-_GO_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
-
-
-def _go_str(s: str) -> str:
-    parts = []
-    for ch in s:
-        if ch in _GO_ESCAPES:
-            parts.append(_GO_ESCAPES[ch])
-        elif ord(ch) < 0x20 or ch in "<>&\u2028\u2029":  # json.Encoder escapes HTML by default
-            parts.append("\\u%04x" % ord(ch))
-        elif 0xD800 <= ord(ch) <= 0xDFFF:
-            parts.append("\\ufffd")
-        else:
-            parts.append(ch)
-    return '"' + "".join(parts) + '"'
-
-
-def _go_float(f: float) -> str:
-    """strconv 'f'/-1 layout, or 'e' (cleaned exponent) outside [1e-6, 1e21), as encoding/json."""
-    if f == 0:
-        return "-0" if str(f).startswith("-") else "0"  # strconv keeps the sign of -0
-    d = Decimal(repr(f)).normalize()
-    sign, digits, exp = d.as_tuple()
-    ds = "".join(map(str, digits))
-    lead = exp + len(ds)  # position of the decimal point relative to the digit string
-    neg = "-" if sign else ""
-    if 1e-6 <= abs(f) < 1e21:
-        if lead <= 0:
-            return f"{neg}0.{'0' * -lead}{ds}"
-        if lead >= len(ds):
-            return f"{neg}{ds}{'0' * (lead - len(ds))}"
-        return f"{neg}{ds[:lead]}.{ds[lead:]}"
-    e = lead - 1
-    mant = ds[0] + (f".{ds[1:]}" if len(ds) > 1 else "")
-    return f"{neg}{mant}e{'-' if e < 0 else '+'}{abs(e) if e < 0 and abs(e) < 10 else f'{abs(e):02d}'}"
-
-
-def go_json(value: Any, *, sort_keys: bool = False) -> str:
-    """Compact JSON exactly as Go's json.Marshal writes it (maps: ``sort_keys``)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return _go_float(value)
-    if isinstance(value, str):
-        return _go_str(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(go_json(v, sort_keys=sort_keys) for v in value) + "]"
-    if isinstance(value, dict):
-        items = sorted(value.items()) if sort_keys else list(value.items())
-        return "{" + ",".join(_go_str(k) + ":" + go_json(v, sort_keys=sort_keys) for k, v in items) + "}"
-    raise TypeError(f"go_json: cannot encode {type(value).__name__}")
-
-
-def _as_go_decoded(value: Any) -> Any:
-    """A request value as the server's map[string]any decoding holds it (numbers: float64)."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, (list, tuple)):
-        return [_as_go_decoded(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _as_go_decoded(v) for k, v in value.items()}
-    return value
-
-
-# -- what a registration carries --------------------------------------------------------
-
-@dataclass
-class RegistrationRequest:
-    """The content of one ``/api/create`` (or offline store write), from a Modelfile."""
-
-    model_path: Path
-    adapter_path: Path | None = None
-    template: str | None = None
-    system: str | None = None
-    parameters: dict[str, Any] = field(default_factory=dict)  # typed (modelfile.parameter_value)
-    messages: list[dict[str, str]] = field(default_factory=list)
-    licenses: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_modelfile(cls, modelfile: str | os.PathLike) -> "RegistrationRequest":
-        """Read a Modelfile (Ollama's grammar); FROM/ADAPTER must be existing GGUF files."""
-        from ftpack.ollama.modelfile import read_modelfile, resolve_path
-
-        spec = read_modelfile(modelfile)
-        model_path = resolve_path(spec.from_path, modelfile)
-        if not model_path.is_file():
-            raise bad_input(f"{modelfile}: FROM {spec.from_path} is not an existing file ({model_path}).",
-                            "ftpack registers a local GGUF; check the path (it is relative to the Modelfile).")
-        adapter = None
-        if spec.adapter is not None:
-            adapter = resolve_path(spec.adapter, modelfile)
-            if not adapter.is_file():
-                raise bad_input(f"{modelfile}: ADAPTER {spec.adapter} is not an existing file ({adapter}).")
-        for p in [model_path] + ([adapter] if adapter else []):
-            with open(p, "rb") as fh:
-                if fh.read(4) != b"GGUF":
-                    raise bad_input(f"{p} is not a GGUF file.", "Ollama's files-based create takes GGUF files.")
-        return cls(model_path=model_path, adapter_path=adapter, template=spec.template, system=spec.system,
-                   parameters=spec.typed_parameters(),
-                   messages=[{"role": r, "content": c} for r, c in spec.messages], licenses=list(spec.licenses))
 
 
 @dataclass
@@ -309,11 +106,6 @@ def human_number(n: int) -> str:
 
 # -- the store ------------------------------------------------------------------------------
 
-def default_models_dir() -> Path:
-    """The store a local `ollama serve` uses (see :func:`ftpack.core.locations.ollama_models_dir`)."""
-    return ollama_models_dir()
-
-
 def blob_path(models_dir: Path, digest: str) -> Path:
     if not DIGEST_RE.match(digest):
         raise FtpackError(f"Invalid blob digest {digest!r}.")
@@ -348,7 +140,7 @@ def store_models(models_dir: str | os.PathLike) -> list[StoreModel]:
         if not p.is_file():
             continue
         parts = p.relative_to(root).parts
-        if not all(_valid_part(k, x) for k, x in zip(("host", "namespace", "model", "tag"), parts)):
+        if not all(valid_part(k, x) for k, x in zip(PART_KINDS, parts)):
             continue
         try:
             raw = p.read_bytes()
@@ -461,7 +253,7 @@ def build_layers_offline(models_dir: Path, req: RegistrationRequest, reporter) -
     for text in req.licenses:
         layers.append(_write_blob_bytes(models_dir, text.encode("utf-8"), MEDIA_LICENSE))
     if req.parameters:
-        params = go_json(_as_go_decoded(req.parameters), sort_keys=True) + "\n"
+        params = go_json(as_go_decoded(req.parameters), sort_keys=True) + "\n"
         layers.append(_write_blob_bytes(models_dir, params.encode("utf-8"), MEDIA_PARAMS))
     if req.messages:
         msgs = [{"role": m["role"].lower(), "content": m["content"]} for m in req.messages]
@@ -524,57 +316,3 @@ def remove_model(models_dir: str | os.PathLike, name: str) -> list[str]:
     existing.path.unlink()
     _prune_empty_dirs(models_dir / "manifests")
     return _remove_unused_layers(models_dir, existing.manifest)
-
-
-# -- which Ollama models ftpack made ------------------------------------------------------------
-
-def index_path() -> Path:
-    return ftpack_home() / "registered.json"
-
-
-def load_index() -> list[dict[str, Any]]:
-    """The registrations ftpack recorded (newest last); a damaged file counts as empty."""
-    try:
-        data = json.loads(index_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    return [e for e in data.get("models", []) if isinstance(e, dict)] if isinstance(data, dict) else []
-
-
-def save_index(entries: Iterable[dict[str, Any]]) -> None:
-    from ftpack.core.atomic import write_json
-
-    write_json(index_path(), {"version": 1, "models": list(entries)})
-
-
-def record_registration(entry: dict[str, Any]) -> None:
-    """Remember that ftpack created ``entry['name']`` at ``entry['where']`` (replacing older entries)."""
-    name = parse_model_name(entry["name"])
-    keep = [e for e in load_index()
-            if not (e.get("where") == entry["where"] and _same_name(e.get("name", ""), name))]
-    save_index(keep + [entry])
-
-
-def forget_registration(where: str, name: str) -> None:
-    parsed = parse_model_name(name)
-    save_index([e for e in load_index() if not (e.get("where") == where and _same_name(e.get("name", ""), parsed))])
-
-
-def _same_name(text: str, name: ModelName) -> bool:
-    try:
-        return parse_model_name(text).same_as(name)
-    except FtpackError:
-        return False
-
-
-def find_registration(where: str, name: ModelName, manifest_digest: str) -> dict[str, Any] | None:
-    """The index entry for ``name`` at ``where`` whose manifest digest still matches (else None):
-    a model re-created by other means is no longer claimed as ftpack's."""
-    for e in reversed(load_index()):
-        if e.get("where") == where and _same_name(e.get("name", ""), name) and e.get("manifest_digest") == manifest_digest:
-            return e
-    return None
-
-
-def store_where(models_dir: str | os.PathLike) -> str:
-    return f"store:{Path(models_dir).expanduser().resolve()}"
