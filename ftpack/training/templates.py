@@ -29,6 +29,14 @@ The BOS rule (why training and inference see the same token ids)
 ``default_system`` is part of the format where the format always has a system prompt
 (FastChat's vicuna_v1.1): both templates fall back to it when a conversation has none,
 so training, the GGUF template and Ollama agree even without a Modelfile SYSTEM.
+
+One choice per build
+--------------------
+The data stage chooses the format once (:func:`choose_template`: ``--template``, else the
+base tokenizer's own chat template, else the base's name matched against each file's
+``aliases``). Training receives that :class:`ChatTemplate` and saves it, whole, beside
+the trained weights (:data:`TEMPLATE_FILE`). Every later reader — convert, Modelfile,
+verify, chat, held-out answers — asks :func:`template_of_build`.
 """
 
 from __future__ import annotations
@@ -82,6 +90,22 @@ class ChatTemplate:
         """The text of a whole conversation as trained on, without the leading BOS."""
         return render_chat(self, messages)
 
+    def as_dict(self) -> dict[str, Any]:
+        """Every field but the source path (what :func:`save_template` writes)."""
+        return {"name": self.name, "description": self.description, "chat_template": self.chat_template,
+                "ollama_template": self.ollama_template, "stop": list(self.stop), "end_of_turn": self.end_of_turn,
+                "default_system": self.default_system, "bos": self.bos, "aliases": list(self.aliases),
+                "fingerprint": list(self.fingerprint), "priority": self.priority}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: Path | None = None) -> "ChatTemplate":
+        return cls(name=data["name"], description=data["description"], chat_template=data["chat_template"],
+                   ollama_template=data["ollama_template"], stop=tuple(data["stop"]),
+                   end_of_turn=data["end_of_turn"], default_system=data.get("default_system", ""),
+                   bos=data.get("bos", "runtime"), aliases=tuple(data.get("aliases", ())),
+                   fingerprint=tuple(data.get("fingerprint", ())), priority=int(data.get("priority", 50)),
+                   path=path)
+
 
 # -- registry ---------------------------------------------------------------------------
 
@@ -98,13 +122,7 @@ def _parse_template_file(path: Path) -> ChatTemplate:
     if not _GENERATION_RE.search(data["chat_template"]):
         raise bad_input(f"Chat template {data['name']!r} has no {{% generation %}} markers.",
                         "Wrap the assistant text and its end-of-turn token in {% generation %}...{% endgeneration %}.")
-    return ChatTemplate(
-        name=data["name"], description=data["description"], chat_template=data["chat_template"],
-        ollama_template=data["ollama_template"], stop=tuple(data["stop"]), end_of_turn=data["end_of_turn"],
-        default_system=data.get("default_system", ""), bos=data.get("bos", "runtime"),
-        aliases=tuple(data.get("aliases", ())), fingerprint=tuple(data.get("fingerprint", ())),
-        priority=int(data.get("priority", 50)), path=path,
-    )
+    return ChatTemplate.from_dict(data, path)
 
 
 @lru_cache(maxsize=None)
@@ -273,3 +291,65 @@ def templates_table(templates: Iterable[ChatTemplate]) -> list[dict[str, Any]]:
     """Plain data for `ftpack templates` (table rows and --json)."""
     return [{"name": t.name, "description": t.description, "stop": list(t.stop),
              "default_system": t.default_system, "aliases": list(t.aliases)} for t in templates]
+
+
+# -- the build's template: saved beside the trained weights, read back in one place ---------
+
+#: File beside the trained weights (train/adapter/ or train/model/) holding the whole format.
+TEMPLATE_FILE = "ftpack_template.json"
+
+
+def save_template(tpl: ChatTemplate, folder: str | Path) -> Path:
+    """Write the whole format beside trained weights, so the weights say how to prompt them
+    even if ``templates/`` changes later."""
+    from ftpack.core.atomic import write_json
+
+    return write_json(Path(folder) / TEMPLATE_FILE, {"ftpack_template": 1, **tpl.as_dict()})
+
+
+def template_of_weights(folder: str | Path) -> ChatTemplate | None:
+    """The format saved beside trained weights by :func:`save_template`; None when absent."""
+    import json
+
+    from ftpack.core.errors import FtpackError
+
+    path = Path(folder) / TEMPLATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return ChatTemplate.from_dict(json.loads(path.read_text(encoding="utf-8")), path)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FtpackError(f"{path} is damaged ({type(exc).__name__}: {exc}).",
+                          "Train again (ftpack build … --force train) to rewrite it.") from None
+
+
+def template_of_build(build: Any) -> ChatTemplate:
+    """The chat format a build trains and serves with: the one accessor every stage and
+    command uses (``build``: a :class:`~ftpack.core.layout.BuildLayout` or its folder).
+
+    Once training has finished: the copy saved beside the trained weights. Before that
+    (the train stage itself): the data stage's choice recorded in build.json. The
+    config's ``template`` is never read here; it only feeds the data stage, whose input
+    hash reruns it (and everything after) when the value changes. A folder written by
+    ``ftpack train --out`` has no build.json: its weights' copy is used.
+    """
+    from ftpack.core.errors import FtpackError
+    from ftpack.core.layout import BuildLayout
+    from ftpack.core.manifest import Manifest
+
+    layout = build if isinstance(build, BuildLayout) else BuildLayout(Path(build))
+    if layout.manifest.is_file():
+        stages = Manifest.load(layout.root).stages
+        train, data = stages.get("train"), stages.get("data")
+        if train is not None and train.status == "done" and train.main_output:
+            saved = template_of_weights(layout.root / train.main_output)
+            if saved is not None:
+                return saved
+        if data is not None and data.status == "done" and data.metrics.get("template"):
+            return load_template(data.metrics["template"])
+    else:
+        saved = [t for t in (template_of_weights(d) for d in (layout.adapter_dir, layout.model_dir)) if t]
+        if saved:
+            return max(saved, key=lambda t: t.path.stat().st_mtime_ns if t.path else 0)
+    raise FtpackError(f"{layout.root}: no chat template recorded (the data stage has not finished there).",
+                      "Run `ftpack build` for it first, or pass --template NAME.")
