@@ -77,8 +77,9 @@ def test_invalid_model_names(name):
 
 
 def test_print_config_round_trips(tmp_path):
+    (tmp_path / "qa.jsonl").write_text("{}\n")
     cfg = build_config("m", {"learning_rate": 3e-4, "target_modules": ["q_proj", "v_proj"],
-                             "data": "qa.jsonl", "packing": True})
+                             "data": str(tmp_path / "qa.jsonl"), "packing": True})
     f = tmp_path / "again.toml"
     f.write_text(config_to_toml(cfg))
     again = build_config("m", {k: v for k, v in load_config_file(f).items() if k != "name"})
@@ -94,7 +95,7 @@ def test_every_option_belongs_to_a_known_stage_and_flag_matches_key():
             assert o.cli_flag == "--" + o.key.replace("_", "-")
 
 
-def test_stage_slices_are_disjoint_and_cover_training_flags():
+def test_stage_slices_are_disjoint_and_cover_training_flags(tmp_path, monkeypatch):
     cfg = build_config("m")
     train = stage_slice(cfg, "train")
     for key in ("learning_rate", "num_train_epochs", "per_device_train_batch_size",
@@ -102,6 +103,8 @@ def test_stage_slices_are_disjoint_and_cover_training_flags():
                 "lora_r", "lora_alpha", "lora_dropout", "max_steps"):
         assert key in train
     assert "quant" not in train and "quant" in stage_slice(cfg, "quantize")
+    monkeypatch.chdir(tmp_path)
+    Path("x.jsonl").write_text("{}\n")
     data = build_config("m", {"data": "x.jsonl"}).data
     assert isinstance(data, Path) and data.is_absolute() and data.name == "x.jsonl"
 
@@ -109,11 +112,14 @@ def test_stage_slices_are_disjoint_and_cover_training_flags():
 def test_input_paths_in_a_config_file_are_relative_to_it(tmp_path, monkeypatch):
     sub = tmp_path / "conf"
     sub.mkdir()
-    (sub / "c.toml").write_text('data = "qa.jsonl"\nlicense = "/abs/LICENSE"\nout = "builds/x"\n')
+    (sub / "qa.jsonl").write_text("{}\n")
+    (tmp_path / "LICENSE").write_text("MIT\n")
+    license_file = tmp_path / "LICENSE"
+    (sub / "c.toml").write_text(f'data = "qa.jsonl"\nlicense = "{license_file}"\nout = "builds/x"\n')
     monkeypatch.chdir(tmp_path)
     cfg = build_config("m", load_config_file(sub / "c.toml"))
     assert cfg.data == sub / "qa.jsonl"
-    assert cfg.license == Path("/abs/LICENSE")
+    assert cfg.license == tmp_path / "LICENSE"
     assert cfg.out == Path("builds/x")  # outputs stay relative to where you run ftpack
 
 
@@ -132,3 +138,130 @@ def test_toml_config_without_tomllib_uses_tomli(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["0.0002", "4", "True", "None"]
+
+
+# -- checks at load time (defect 2): a typo fails before any expensive step ------------------
+
+def _error(**values) -> FtpackError:
+    with pytest.raises(FtpackError) as exc:
+        build_config("m", values)
+    assert exc.value.code == 2
+    return exc.value
+
+
+def test_quant_names_come_from_llama_cpp_and_are_normalised():
+    assert build_config("m", {"quant": "q5_k_m"}).quant == "Q5_K_M"
+    err = _error(quant="Q4_K_Z")
+    assert "quant (config file)" in err.message and "Q4_K_Z" in err.message and "Q4_K_M" in err.hint
+    assert "importance matrix" in _error(quant="IQ2_XS").message
+
+
+@pytest.mark.parametrize("params, words", [
+    (["temprature=0.7"], "unknown parameter"),
+    (["num_ctx=big"], "expected an integer"),
+    (["top_p=high"], "expected a number"),
+    (["use_mmap=maybe"], "true or false"),
+    (["temperature"], "KEY=VALUE"),
+])
+def test_ollama_parameters_are_checked(params, words):
+    assert words in _error(parameters=params).message
+
+
+def test_ollama_parameters_that_ollama_accepts_pass():
+    cfg = build_config("m", {"parameters": {"num_ctx": 4096, "stop": ["<a>", "<b>"], "temperature": 0.2,
+                                            "use_mmap": True}})
+    assert cfg.parameters == ("num_ctx=4096", "stop=<a>", "stop=<b>", "temperature=0.2", "use_mmap=True")
+
+
+def test_messages_roles_and_texts_are_checked():
+    assert build_config("m", {"messages": ["user:Hi", "assistant: Hello!"]}).messages == (
+        "user:Hi", "assistant: Hello!")
+    assert "ROLE" in _error(messages=["bot:Hi"]).message
+    assert "invisible character" in _error(messages=["user:Hi\u200b"]).message
+    assert "invisible character" in _error(system="Be brief.\x07").message
+
+
+def test_template_must_exist_and_is_normalised():
+    assert build_config("m", {"template": "ChatML"}).template == "chatml"
+    err = _error(template="chatlm")
+    assert "chatlm" in err.message and "chatml" in err.hint
+
+
+def test_input_files_must_exist(tmp_path):
+    assert "Dataset not found" in _error(data=str(tmp_path / "qa.jsonl")).message
+    for key in ("license", "imatrix", "heldout"):
+        err = _error(**{key: str(tmp_path / "nope")})
+        assert key in err.message and "not found" in err.message
+
+
+def test_output_folder_must_be_new_empty_or_a_build(tmp_path):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("mine")
+    assert "is a file" in _error(out=str(a_file)).message
+    foreign = tmp_path / "models"
+    (foreign / "llama").mkdir(parents=True)
+    err = _error(out=str(foreign))
+    assert "did not write" in err.message and str(foreign) in err.message
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert build_config("m", {"out": str(empty)}).out == empty
+    build = tmp_path / "build"
+    (build / "data").mkdir(parents=True)
+    (build / "build.json").write_text("{}")
+    assert build_config("m", {"out": str(build)}).out == build
+    store_file = tmp_path / "store"
+    store_file.write_text("")
+    assert "not an Ollama model store" in _error(models_dir=str(store_file)).message
+
+
+def test_default_build_folder_is_checked_too(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "builds" / "m").mkdir(parents=True)
+    (tmp_path / "builds" / "m" / "notes.txt").write_text("mine")
+    assert "did not write" in _error().message
+
+
+def _hf_folder(folder: Path, arch: str, model_type: str) -> Path:
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"architectures": [arch], "model_type": model_type}))
+    return folder
+
+
+def test_base_architecture_is_checked_for_local_folders(tmp_path, monkeypatch):
+    monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
+    gpt2 = _hf_folder(tmp_path / "gpt2", "GPT2LMHeadModel", "gpt2")
+    err = _error(base=str(gpt2))
+    assert "GPT2LMHeadModel" in err.message and "base (config file)" in err.message
+    assert build_config("m", {"base": str(_hf_folder(tmp_path / "llama", "LlamaForCausalLM", "llama"))})
+
+
+def test_base_architecture_is_checked_for_cached_hub_ids(tmp_path, monkeypatch):
+    monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--someone--gpt2-chat"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    _hf_folder(repo / "snapshots" / "abc123", "GPT2LMHeadModel", "gpt2")
+    assert "GPT2LMHeadModel" in _error(base="someone/gpt2-chat").message
+    # not downloaded yet: checked when it is materialised, not here
+    assert build_config("m", {"base": "someone/other-model"}).base == "someone/other-model"
+
+
+def test_a_config_typo_fails_before_anything_heavy_is_imported(tmp_path):
+    """Defect 2: `ftpack build` stops at config load (exit 2) without importing torch."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ho"}]}\n')
+    for flags in (["--quant", "Q4_K_Z"], ["--param", "temprature=1"], ["--template", "chatlm"],
+                  ["--message", "bot:hi"], ["--out", str(data)]):
+        code = ("import sys\nfrom ftpack.cli import cli\n"
+                "try:\n"
+                f"    cli(['build', 'm', '--data', {str(data)!r}, *{flags!r}], prog_name='ftpack')\n"
+                "except SystemExit as exc:\n"
+                "    print('EXIT', exc.code, 'torch' in sys.modules)\n")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+        assert "EXIT 2 False" in proc.stdout, (flags, proc.stdout, proc.stderr)
