@@ -45,6 +45,43 @@ class App:
         self.debug = debug
         self.resume_hint: str | None = None
 
+    def set_output(self, flag: str) -> None:
+        """Apply an output flag given after the subcommand (`ftpack doctor --json`)."""
+        if flag == "debug":
+            self.debug = True
+            return
+        if flag == "quiet" and self.reporter.mode == "json":
+            return  # --json wins over --quiet, in any order
+        self.reporter = Reporter(flag)
+        set_reporter(self.reporter)
+
+
+#: The output flags: accepted before the subcommand and after it.
+OUTPUT_FLAGS = (
+    (("--quiet", "-q"), "quiet", "Print only errors and the final line."),
+    (("--json",), "json", "Print one JSON object per event (for scripts)."),
+    (("--debug",), "debug", "Show Python tracebacks on errors."),
+)
+
+
+def _output_flag_callback(flag: str):
+    def callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        app = ctx.find_object(App)
+        if value and app is not None:
+            app.set_output(flag)
+
+    return callback
+
+
+def add_output_flags(command: click.Command) -> click.Command:
+    """Give a subcommand the group's output flags (once), so they work after it too."""
+    taken = {opt for p in command.params for opt in getattr(p, "opts", ())}
+    for names, flag, help_text in OUTPUT_FLAGS:
+        if not taken.intersection(names):
+            command.params.append(click.Option(list(names), is_flag=True, expose_value=False, help=help_text,
+                                               callback=_output_flag_callback(flag)))
+    return command
+
 
 class LazyGroup(click.Group):
     """A group whose commands are imported on first use."""
@@ -57,7 +94,7 @@ class LazyGroup(click.Group):
         if entry is None:
             return None
         module, _, attr = entry[0].partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return add_output_flags(getattr(importlib.import_module(module), attr))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
@@ -112,24 +149,28 @@ class LazyGroup(click.Group):
             ctx.exit(EXIT_FAILED)
 
 
+def _group_output_flags(f):
+    for names, flag, help_text in reversed(OUTPUT_FLAGS):
+        f = click.option(*names, flag, is_flag=True, help=help_text)(f)
+    return f
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "-V", "--version", prog_name="ftpack")
-@click.option("--quiet", "-q", is_flag=True, help="Print only errors and the final line.")
-@click.option("--json", "json_output", is_flag=True, help="Print one JSON object per event (for scripts).")
-@click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
+@_group_output_flags
 @click.pass_context
-def cli(ctx: click.Context, quiet: bool, json_output: bool, debug: bool) -> None:
+def cli(ctx: click.Context, **flags: bool) -> None:
     """Fine-tune a base model on your conversations and run it with Ollama.
 
     \b
-    Pipeline: data -> train -> merge -> convert (GGUF) -> quantize -> modelfile
-              -> register (Ollama) -> verify
+    Pipeline: data -> train -> convert (GGUF) -> quantize -> verify (llama.cpp)
+              -> modelfile -> register (Ollama) -> round trip
     Example:  ftpack build my-qa --data qa.jsonl   # then: ollama run my-qa
     """
-    mode = "json" if json_output else "quiet" if quiet else "rich"
+    mode = "json" if flags["json"] else "quiet" if flags["quiet"] else "rich"
     reporter = Reporter(mode)
     set_reporter(reporter)
-    ctx.obj = App(reporter, debug)
+    ctx.obj = App(reporter, flags["debug"])
 
 
 def main() -> None:  # console-script entry point

@@ -124,3 +124,45 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert proc.returncode in (1, 2)
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "error:" in proc.stderr
+
+
+# -- output flags after the subcommand (defect 3) -----------------------------------------------
+
+def test_json_after_the_subcommand(run_cli, tmp_path):
+    result = run_cli("templates", "--json")
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert result.exit_code == 0 and any(e["event"] == "result" and "templates" in e["data"] for e in events)
+    # `ftpack build ... --json`: even a refused build answers in JSON
+    result = run_cli("build", "x", "--data", tmp_path / "missing.jsonl", "--json")
+    assert result.exit_code == 2
+    last = json.loads(result.stdout.splitlines()[-1])
+    assert last["event"] == "error" and "Dataset not found" in last["message"]
+
+
+def test_doctor_json_after_the_subcommand(run_cli, monkeypatch):
+    from ftpack.core import doctor
+
+    # The flag is what is tested here; the real checks (a minute of child processes) are test_doctor's.
+    monkeypatch.setattr(doctor, "run_checks", lambda builds_dir, host: [doctor.Check("Python", doctor.OK, "3")])
+    result = run_cli("doctor", "--json")
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert events[-1]["event"] == "final" and events[-1]["ok"] == 1
+
+
+def test_quiet_after_the_subcommand(run_cli):
+    loud = run_cli("templates")
+    quiet = run_cli("templates", "--quiet")
+    assert quiet.exit_code == 0 and "chatml" in loud.stdout
+    assert quiet.stdout.strip().splitlines() == [loud.stdout.strip().splitlines()[-1]]
+    assert run_cli("templates", "-q").stdout == quiet.stdout
+    # --json wins over --quiet in either order, as before the subcommand
+    assert json.loads(run_cli("--json", "templates", "-q").stdout.splitlines()[-1])["event"] == "final"
+    assert json.loads(run_cli("-q", "templates", "--json").stdout.splitlines()[-1])["event"] == "final"
+
+
+def test_debug_after_the_subcommand(fake_commands, cli_runner):
+    from ftpack.cli import cli
+
+    assert isinstance(cli_runner.invoke(cli, ["boom", "--kind", "input", "--debug"]).exception, FtpackError)
+    plain = cli_runner.invoke(cli, ["boom", "--kind", "input"])
+    assert plain.exit_code == 2 and not isinstance(plain.exception, FtpackError)

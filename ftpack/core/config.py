@@ -311,6 +311,24 @@ def build_config(name: str, file_values: Mapping[str, Any] | None = None,
     return BuildConfig(name=name, **values)
 
 
+def command_settings(keys: Iterable[str], flag_values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The settings of a single-step command (`ftpack data`, `quantize`, `modelfile`...).
+
+    Its flags over the OPTIONS defaults, each coerced and checked exactly as `ftpack
+    build` does, so a subcommand and the build it is a step of can never disagree.
+    """
+    keys = list(keys)
+    values: dict[str, Any] = {k: OPTION_BY_KEY[k].default for k in keys}
+    where: dict[str, str] = {}
+    for key, value in (flag_values or {}).items():
+        opt = OPTION_BY_KEY.get(key)
+        if key not in values or value is None or (opt.multiple and not value):
+            continue
+        values[key] = _coerce(opt, value, opt.cli_flag)
+        where[key] = opt.cli_flag
+    return check_settings(values, where, keys=keys)
+
+
 # -- checks at load time: every mistake found before the first expensive step ----------------
 
 def check_settings(values: dict[str, Any], where: Mapping[str, str] | None = None, *,

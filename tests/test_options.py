@@ -1,0 +1,50 @@
+"""Click options from OPTIONS: every command's settings have the build's names, types and checks."""
+
+from __future__ import annotations
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from ftpack.core.config import command_settings
+from ftpack.core.errors import FtpackError
+from ftpack.core.options import config_options, given_flags
+
+
+def _command(**kw):
+    @click.command()
+    @config_options(["out", "quant", "imatrix", "drop_long"], **kw)
+    def cmd(**params):
+        click.echo(repr(sorted(given_flags(params).items())))
+
+    return cmd
+
+
+def test_a_command_words_its_own_help_and_keeps_older_flags():
+    cmd = _command(help={"out": "Training output folder."}, aliases={"quant": ["--type"]})
+    text = CliRunner().invoke(cmd, ["--help"]).output
+    assert "Training output folder." in text and "Build directory" not in text
+    assert "--quant, --type" in text and "[default: Q4_K_M]" in text
+    assert CliRunner().invoke(cmd, ["--type", "q8_0"]).output.strip() == "[('quant', 'q8_0')]"
+    # not given = None, so a config file's value (or the default) stands
+    assert CliRunner().invoke(cmd, []).output.strip() == "[]"
+
+
+def test_required_and_unknown_keys():
+    result = CliRunner().invoke(_command(required=["quant"]), [])
+    assert result.exit_code == 2 and "--quant" in result.output
+    with pytest.raises(KeyError):
+        config_options(["no_such_key"])
+    with pytest.raises(KeyError):
+        config_options(["quant"], help={"qaunt": "typo"})
+
+
+def test_command_settings_fill_defaults_and_check_like_build(tmp_path):
+    assert command_settings(["quant", "drop_long"], {}) == {"quant": "Q4_K_M", "drop_long": False}
+    assert command_settings(["quant"], {"quant": "q6_k"}) == {"quant": "Q6_K"}
+    with pytest.raises(FtpackError) as exc:
+        command_settings(["quant", "imatrix"], {"quant": "Q4_K_Z"})
+    assert exc.value.code == 2 and "quant (--quant)" in exc.value.message
+    with pytest.raises(FtpackError) as exc:
+        command_settings(["imatrix"], {"imatrix": str(tmp_path / "none.dat")})
+    assert "imatrix (--imatrix): file not found" in exc.value.message
