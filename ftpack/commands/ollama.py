@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ftpack.core.options import config_options, given_flags
 from ftpack.core.report import get_reporter
 
 _HOST_HELP = "Ollama server URL (default: OLLAMA_HOST or http://127.0.0.1:11434)."
@@ -13,33 +14,35 @@ _MODELS_HELP = ("Ollama model store for --offline (default: OLLAMA_MODELS, else 
                 "service install's /usr/share/ollama/.ollama/models).")
 
 
+#: The settings `ftpack modelfile` shares with `ftpack build` (same flags, checks and defaults).
+MODELFILE_KEYS = ("template", "system", "parameters", "messages", "license")
+
+
 @click.command()
 @click.argument("gguf", type=click.Path(path_type=Path))
-@click.option("--template", "template_name", required=True, help="Chat format from templates/ (see `ftpack templates`).")
-@click.option("--system", default=None, help="SYSTEM prompt (default: the template's default, if any).")
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="PARAMETER line (repeatable).")
-@click.option("--message", "messages", multiple=True, metavar="ROLE:TEXT", help="MESSAGE line (repeatable).")
-@click.option("--license", "license_file", type=click.Path(path_type=Path), default=None, help="LICENSE text file.")
+@config_options(MODELFILE_KEYS, required=["template"], help={
+    "template": "Chat format from templates/ (see `ftpack templates`).",
+    "system": "SYSTEM prompt (default: the template's default, if any).",
+    "license": "License text file (LICENSE in the Modelfile)."})
 @click.option("--adapter", type=click.Path(path_type=Path), default=None, help="ADAPTER GGUF (LoRA).")
 @click.option("--num-ctx", type=int, default=None, help="PARAMETER num_ctx (e.g. the training max length).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("Modelfile"), show_default=True,
               help="Where to write the Modelfile (FROM is written relative to it).")
-def modelfile(gguf: Path, template_name: str, system: str | None, params: tuple[str, ...], messages: tuple[str, ...],
-              license_file: Path | None, adapter: Path | None, num_ctx: int | None, output: Path) -> None:
+def modelfile(gguf: Path, adapter: Path | None, num_ctx: int | None, output: Path, **flags) -> None:
     """Write an Ollama Modelfile for GGUF with a chat format's TEMPLATE and stops."""
+    from ftpack.core.config import command_settings
     from ftpack.core.errors import bad_input
     from ftpack.ollama.modelfile import build_spec, parse_message_args, parse_parameter_args, spec_to_dict, write_modelfile
 
     r = get_reporter()
+    settings = command_settings(MODELFILE_KEYS, given_flags(flags))
+    template_name, system, license_file = settings["template"], settings["system"], settings["license"]
+    params, messages = settings["parameters"] or (), settings["messages"] or ()
     if not gguf.is_file():
         raise bad_input(f"GGUF file not found: {gguf}")
     if adapter is not None and not adapter.is_file():
         raise bad_input(f"Adapter file not found: {adapter}")
-    license_text = None
-    if license_file is not None:
-        if not license_file.is_file():
-            raise bad_input(f"License file not found: {license_file}")
-        license_text = license_file.read_text(encoding="utf-8")
+    license_text = license_file.read_text(encoding="utf-8") if license_file is not None else None
     spec = build_spec(gguf, output, template_name=template_name, system=system,
                       parameters=parse_parameter_args(params), messages=parse_message_args(messages),
                       license_text=license_text, adapter=adapter, num_ctx=num_ctx,

@@ -403,7 +403,7 @@ def _check_messages(value: tuple[str, ...], values: Mapping[str, Any], label: st
 def _check_system(value: str, values: Mapping[str, Any], label: str) -> str:
     from ftpack.ollama.modelfile import quote_value
 
-    quote_value(value, label)
+    quote_value(value, f"{label}, the Modelfile's SYSTEM")
     return value
 
 
