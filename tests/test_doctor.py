@@ -71,3 +71,49 @@ def test_hf_offline_is_reported(monkeypatch):
     monkeypatch.setenv("HF_HOME", "/srv/hf")
     row = doctor.check_hf_cache()
     assert "/srv/hf/hub" in row.value and "offline" in row.value
+
+
+def test_one_probe_finds_a_running_server(tmp_path):
+    """doctor, `register auto` and the round trip share ftpack.ollama.probe.probe_server."""
+    from ollama_double import OllamaDouble
+
+    from ftpack.ollama.probe import probe_server
+
+    double = OllamaDouble(tmp_path / "store", version="0.9.1").start()
+    url = double.url
+    try:
+        probe = probe_server(url)
+        row = doctor.check_ollama(url)
+    finally:
+        double.stop()
+    assert probe.reachable and probe.version == "0.9.1" and probe.host == url
+    assert row.status == "ok" and row.value == f"version 0.9.1 at {url}"
+
+
+def test_probe_tells_a_server_that_is_not_ollama(tmp_path):
+    import http.server
+    import threading
+
+    from ftpack.ollama.probe import probe_server
+
+    class NotOllama(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<html>hello</html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotOllama)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        probe = probe_server(f"127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert not probe.reachable and probe.version is None and probe.reason

@@ -118,6 +118,8 @@ OPTIONS: tuple[Option, ...] = (
     # -- verify / report -----------------------------------------------------------------
     _o("verify", bool, True, "Check with llama.cpp that the quantized model answers and stops before "
        "registering it (--no-verify registers without the check).", ""),
+    _o("max_answer_tokens", int, None, "Verify: longest answer allowed before 'did not stop' (default: the longest "
+       "training answer + 25%, at least 16 tokens).", "verify", min=1),
     _o("heldout", Path, None, "Held-out questions (JSONL: question, keywords) that the model card asks the "
        "base and the fine-tuned model.", "report"),
     # -- Ollama --------------------------------------------------------------------------

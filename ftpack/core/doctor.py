@@ -195,21 +195,14 @@ def check_llama_cpp() -> Check:
 
 
 def check_ollama(host: str | None = None, timeout: float = 3.0) -> Check:
-    import urllib.error
-    import urllib.request
+    from ftpack.ollama.probe import probe_server
 
-    from ftpack.ollama.api import resolve_host
-
-    host = resolve_host(host)
-    try:
-        with urllib.request.urlopen(f"{host}/api/version", timeout=timeout) as resp:
-            version = json.loads(resp.read().decode()).get("version", "?")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return Check("Ollama server", WARN, f"not reachable at {host} ({reason})",
+    probe = probe_server(host, timeout=timeout)
+    if not probe.reachable:
+        return Check("Ollama server", WARN, f"not reachable at {probe.host} ({probe.reason})",
                      "Start it with `ollama serve`, or set OLLAMA_HOST; `ftpack build --offline` writes "
                      "the model store directly.")
-    return Check("Ollama server", OK, f"version {version} at {host}")
+    return Check("Ollama server", OK, f"version {probe.version} at {probe.host}")
 
 
 def check_hf_cache() -> Check:

@@ -124,7 +124,7 @@ class Manifest:
             return cls(path=path, name=raw.get("name", ""), config=raw.get("config", {}),
                        stages={k: StageRecord.from_dict(v) for k, v in raw.get("stages", {}).items()},
                        created=raw.get("created"), updated=raw.get("updated"))
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # AttributeError: not a JSON object
             raise FtpackError(f"{path} is damaged ({exc}).",
                               "Delete it to start this build over, or use another --out.") from None
 

@@ -46,28 +46,32 @@ def read_heldout(path: Path) -> list[dict]:
 def ask_all(gguf: Path, records: Sequence[dict], *, template_name: str, system: str | None = None,
             max_tokens: int = 96, n_ctx: int = 1024) -> list[HeldoutResult]:
     """Greedy answers of one GGUF to every question (one model load for all)."""
-    from ftpack.inference.verify import load_llama, smoke_test
+    from ftpack.inference.runtime import open_llama
+    from ftpack.inference.verify import AnswerLimit, smoke_test
 
-    llm = load_llama(gguf, n_ctx=n_ctx)
-    try:
-        results = []
+    limit = AnswerLimit(max_tokens, f"held-out answers take at most {max_tokens} tokens")
+    results = []
+    with open_llama(gguf, n_ctx=n_ctx) as llm:
         for rec in records:
             messages = ([{"role": "system", "content": system}] if system else []) + \
                        [{"role": "user", "content": rec["question"]}]
-            r = smoke_test(gguf, messages, template_name=template_name, max_tokens=max_tokens, llm=llm)
+            r = smoke_test(llm, messages, template_name=template_name, limit=limit)
             results.append(HeldoutResult(rec["question"], [str(k) for k in rec["keywords"]], r.answer.strip()))
-        return results
-    finally:
-        llm.close()
+    return results
 
 
 def build_outputs(build_dir: Path) -> tuple[Path, str, str]:
-    """(quantized GGUF, template name, base) of a finished build, from its build.json."""
-    from ftpack.core.manifest import Manifest
+    """(quantized GGUF, template name, base) of a finished build, read through its manifest."""
     from ftpack.core.errors import FtpackError
+    from ftpack.core.layout import BuildLayout
+    from ftpack.core.manifest import Manifest
+    from ftpack.training.templates import template_of_build
 
-    m = Manifest.load(Path(build_dir))
-    q, data = m.stages.get("quantize"), m.stages.get("data")
-    if q is None or q.status != "done" or data is None:
+    layout = BuildLayout(Path(build_dir))
+    if not layout.manifest.is_file():
+        raise bad_input(f"{build_dir} is not a build dir (no {layout.manifest.name}).")
+    m = Manifest.load(layout.root)
+    q = m.stages.get("quantize")
+    if q is None or q.status != "done" or not q.main_output:
         raise FtpackError(f"{build_dir} has no finished quantize stage.", "Run `ftpack build` first.")
-    return Path(build_dir) / q.main_output, data.metrics["template"], m.config.get("base", "")
+    return layout.root / q.main_output, template_of_build(layout).name, m.config.get("base", "")

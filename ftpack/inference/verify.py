@@ -1,25 +1,42 @@
 """Verify: the quantized model answers and *stops*, the way Ollama will run it.
 
 A model whose prompt format or stop strings differ from training "babbles": it never
-emits the end-of-turn it learned, or emits it where Ollama does not stop. The smoke test
-loads the quantized GGUF with llama-cpp-python (the same llama.cpp Ollama runs), renders
-a sample conversation with the build's chat template (byte-identical to the Ollama
-TEMPLATE, see tests/test_template_identity.py), lets llama.cpp add BOS as Ollama does,
-generates greedily, and demands that generation ends with EOS or a stop string within
-the token limit. When the model was registered with a reachable server, the same
-question also goes through ``POST /api/chat``.
+emits the end-of-turn it learned, or emits it where Ollama does not stop. The check
+loads the quantized GGUF with llama.cpp (what Ollama runs), renders a question from the
+training data with the build's chat template (byte-identical to the Ollama TEMPLATE, see
+tests/test_template_identity.py), generates greedily and demands that the answer ends
+with EOS or a stop string within the answer limit: the longest training answer plus a
+margin, or ``max_answer_tokens``. It also measures how much quantization changed the
+model against the F16 GGUF.
+
+The check is local and runs *before* the model is registered, so a model that does not
+stop never reaches Ollama (unless ``--no-verify``). After registering, the ``roundtrip``
+stage asks the same question through the server's ``POST /api/chat`` when it is reachable.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-from ftpack.core.errors import FtpackError
+from ftpack.core.errors import FtpackError, bad_input
 
 DEFAULT_QUESTION = "Hello! Who are you?"
+#: Answer limit when no training data says how long answers are.
+DEFAULT_ANSWER_TOKENS = 256
+#: The limit is the longest training answer plus a quarter of it, and at least this many tokens.
+MIN_ANSWER_MARGIN = 16
+
+Conversation = Sequence[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class AnswerLimit:
+    """How many tokens an answer may take, and why (named in "did not stop")."""
+
+    tokens: int
+    why: str
 
 
 @dataclass
@@ -30,7 +47,7 @@ class SmokeResult:
     answer: str
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
     tokens: int
-    max_tokens: int
+    limit: AnswerLimit
     stop: list[str] = field(default_factory=list)
 
     @property
@@ -38,92 +55,269 @@ class SmokeResult:
         return self.finish_reason == "stop"
 
 
-def load_llama(gguf: str | Path, *, n_ctx: int = 2048, threads: int | None = None, seed: int = 0):
-    """A llama.cpp model (llama-cpp-python), quiet; the caller closes it."""
-    try:
-        from llama_cpp import Llama
-    except ImportError:  # pragma: no cover - a dependency
-        raise FtpackError("llama-cpp-python is not installed.", "pip install llama-cpp-python") from None
-    gguf = Path(gguf)
-    if not gguf.is_file():
-        raise FtpackError(f"GGUF file not found: {gguf}", code=2)
-    try:
-        return Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, seed=seed, verbose=False)
-    except (ValueError, RuntimeError) as exc:
-        raise FtpackError(f"llama.cpp could not load {gguf}: {exc}",
-                          "Check the file with `ftpack inspect`; rebuild it if it is damaged.") from None
+@dataclass
+class VerifyReport:
+    """What `ftpack verify` and the verify stage found."""
+
+    gguf: str
+    template: str
+    question: str
+    answer: str
+    finish_reason: str
+    answer_tokens: int
+    max_answer_tokens: int
+    limit_reason: str
+    stopped: bool
+    stop: list[str] = field(default_factory=list)  # the stop strings generation used
+    fidelity: dict[str, Any] | None = None  # perplexities, ratio, top-1 agreement
+    fidelity_note: str | None = None  # why fidelity was not measured, or what it warns about
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-def stream_answer(llm, prompt: str, *, stop: Sequence[str], max_tokens: int, temperature: float = 0.0,
-                  options: dict[str, Any] | None = None) -> Iterator[tuple[str, str | None]]:
-    """Yield (text piece, finish_reason or None) from llama.cpp; BOS added as the GGUF says."""
-    opts = dict(options or {})
-    kwargs = {k: opts[k] for k in ("top_k", "top_p", "min_p", "repeat_penalty", "presence_penalty",
-                                   "frequency_penalty", "seed") if k in opts}
-    for chunk in llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature, stop=list(stop),
-                                       stream=True, **kwargs):
-        choice = chunk["choices"][0]
-        yield choice.get("text") or "", choice.get("finish_reason")
+# -- the smoke test ----------------------------------------------------------------------------
+
+def answer_limit(llm, conversations: Sequence[Conversation], *, max_answer_tokens: int | None = None) -> AnswerLimit:
+    """``max_answer_tokens`` when given; else the longest training answer (in the model's own
+    tokens) plus a margin, so a model that learned to stop has room and one that did not is caught."""
+    from ftpack.inference.runtime import count_tokens
+
+    if max_answer_tokens is not None:
+        return AnswerLimit(int(max_answer_tokens), f"max_answer_tokens = {int(max_answer_tokens)}")
+    longest = max((count_tokens(llm, m["content"]) for conv in conversations for m in conv
+                   if m.get("role") == "assistant"), default=0)
+    if longest == 0:
+        return AnswerLimit(DEFAULT_ANSWER_TOKENS, f"the default {DEFAULT_ANSWER_TOKENS} (no training answers to "
+                                                  "measure)")
+    margin = max(MIN_ANSWER_MARGIN, longest // 4)
+    return AnswerLimit(longest + margin, f"the longest training answer, {longest} tokens, + {margin}")
 
 
-def smoke_test(gguf: str | Path, messages: Sequence[dict[str, str]], *, template_name: str,
-               stop: Sequence[str] | None = None, max_tokens: int = 128, n_ctx: int = 2048,
-               llm=None) -> SmokeResult:
+def smoke_test(llm, messages: Conversation, *, template_name: str, limit: AnswerLimit | int,
+               stop: Sequence[str] | None = None) -> SmokeResult:
     """Greedy answer to ``messages`` (ending with a user turn) with the build's template and stops."""
+    from ftpack.inference.runtime import count_tokens, stream_answer
     from ftpack.training.templates import load_template
 
     tpl = load_template(template_name)
+    if isinstance(limit, int):
+        limit = AnswerLimit(limit, f"max_answer_tokens = {limit}")
     stop = list(stop if stop is not None else tpl.stop)
     prompt = tpl.inference_prompt(messages)
-    own = llm is None
-    llm = llm or load_llama(gguf, n_ctx=n_ctx)
-    try:
-        pieces, reason = [], None
-        for piece, finish in stream_answer(llm, prompt, stop=stop, max_tokens=max_tokens):
-            pieces.append(piece)
-            reason = finish or reason
-        answer = "".join(pieces)
-        tokens = len(llm.tokenize(answer.encode("utf-8"), add_bos=False, special=True)) if answer else 0
-    finally:
-        if own:
-            llm.close()
-    return SmokeResult(prompt, answer, reason or "length", tokens, max_tokens, stop)
+    room = llm.n_ctx() - count_tokens(llm, prompt, add_bos=True)
+    if limit.tokens > room:
+        if room < 1:
+            raise bad_input(f"The question ({llm.n_ctx() - room} tokens) does not fit the {llm.n_ctx()}-token "
+                            "context.", "Use a shorter first question in the data, or a larger --max-seq-length.")
+        limit = AnswerLimit(room, f"{limit.why}, cut to the {room} tokens left in the {llm.n_ctx()}-token context")
+    pieces, reason = [], None
+    for piece, finish in stream_answer(llm, prompt, stop=stop, max_tokens=limit.tokens):
+        pieces.append(piece)
+        reason = finish or reason
+    answer, reason = "".join(pieces), reason or "length"
+    # a cut answer took the whole limit (re-tokenizing its text can count differently)
+    tokens = limit.tokens if reason == "length" else count_tokens(llm, answer)
+    return SmokeResult(prompt, answer, reason, tokens, limit, stop)
 
 
 def require_stop(result: SmokeResult, template_name: str) -> None:
-    """Fail with an explanation when the model ran into the token limit instead of stopping."""
+    """Fail with an explanation when the model ran into the answer limit instead of stopping."""
     if result.stopped:
         return
     tail = result.answer[-200:]
     raise FtpackError(
-        f"The model did not stop: it generated {result.max_tokens} tokens without an end-of-sequence token or "
-        f"any stop string of the {template_name!r} template ({', '.join(map(repr, result.stop))}). "
-        f"Ollama would let it ramble the same way. Last output: {tail!r}",
+        f"The model did not stop: it generated {result.limit.tokens} tokens (the answer limit: "
+        f"{result.limit.why}) without an end-of-sequence token or any stop string of the {template_name!r} "
+        f"template ({', '.join(map(repr, result.stop))}). Ollama would let it ramble the same way. "
+        f"Last output: {tail!r}",
         "Train with the same chat template you serve (the build records it), make sure training computed "
-        "the loss on the end-of-turn token (assistant-only loss with generation markers), or train longer.")
+        "the loss on the end-of-turn token (assistant-only loss), or train longer. If answers are meant to "
+        "be longer, raise --max-answer-tokens; --no-verify registers the model without this check.")
 
 
-def first_user_turn(records_path: Path) -> list[dict[str, str]] | None:
-    """The leading system turn(s) and first user turn of the first record in a messages JSONL."""
+def sample_question(conversations: Sequence[Conversation], system: str | None = None) -> list[dict[str, str]]:
+    """The leading system turn(s) and first user turn of the first conversation (else a greeting),
+    with ``system`` in front when the conversation has none (what Ollama's SYSTEM adds)."""
+    messages: list[dict[str, str]] = []
+    for conv in conversations:
+        for m in conv:
+            messages.append({"role": m["role"], "content": m["content"]})
+            if m["role"] == "user":
+                break
+        if messages and messages[-1]["role"] == "user":
+            break
+        messages = []
+    messages = messages or [{"role": "user", "content": DEFAULT_QUESTION}]
+    if system and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system}] + messages
+    return messages
+
+
+# -- fidelity -----------------------------------------------------------------------------------
+
+def quantization_fidelity(quantized: Path, reference: Path | None, texts: Sequence[str],
+                          reporter) -> tuple[dict[str, Any] | None, str | None]:
+    """(fidelity figures, note): measured against the F16 reference, or why not; warns when
+    quantization hurt the model noticeably."""
+    from ftpack.inference.fidelity import FIXED_TEXT, WARN_AGREEMENT, WARN_RATIO, measure_fidelity
+
+    if reference is None or not Path(reference).is_file():
+        note = ("skipped: the F16 reference GGUF " + (f"{reference} " if reference else "")
+                + "is missing, so quantization fidelity was not measured")
+        reporter.warn(f"Fidelity {note}.", "Rebuild it with `--force convert` to include the measure.")
+        return None, note
+    if Path(reference).resolve() == Path(quantized).resolve():
+        return None, "skipped: the model was not quantized"
+    fid = measure_fidelity(Path(reference), Path(quantized), list(texts) or [FIXED_TEXT], max_tokens=1024,
+                           n_ctx=512)
+    reporter.info(f"fidelity: perplexity {fid['perplexity_reference']} -> {fid['perplexity_quantized']} "
+                  f"(x{fid['perplexity_ratio']}), top-1 agreement {fid['top1_agreement']:.1%}")
+    problems = []
+    if fid["perplexity_ratio"] > WARN_RATIO:
+        problems.append(f"raised perplexity by x{fid['perplexity_ratio']} (more than x{WARN_RATIO})")
+    if fid["top1_agreement"] < WARN_AGREEMENT:
+        problems.append(f"changed the most likely next token {1 - fid['top1_agreement']:.0%} of the time "
+                        f"(top-1 agreement {fid['top1_agreement']:.1%}, below {WARN_AGREEMENT:.0%})")
+    if not problems:
+        return fid, None
+    message = "Quantization " + " and ".join(problems) + "."
+    reporter.warn(message, "Try a larger quant type (--quant Q5_K_M or Q8_0).")
+    return fid, "warning: " + message
+
+
+def verify_gguf(gguf: Path, *, template_name: str, conversations: Sequence[Conversation] = (),
+                system: str | None = None, stop: Sequence[str] | None = None,
+                max_answer_tokens: int | None = None, reference: Path | None = None, measure_fidelity: bool = True,
+                n_ctx: int = 2048, reporter=None) -> VerifyReport:
+    """Ask one training question with the build's template, and measure fidelity when a reference
+    is given. Never raises for a model that does not stop: see :func:`require_stop`."""
+    from ftpack.core.report import get_reporter
+    from ftpack.inference.runtime import open_llama
+    from ftpack.training.templates import load_template
+
+    r = reporter or get_reporter()
+    tpl = load_template(template_name)
+    messages = sample_question(conversations, system if system is not None else (tpl.default_system or None))
+    with open_llama(gguf, n_ctx=n_ctx) as llm:
+        limit = answer_limit(llm, conversations, max_answer_tokens=max_answer_tokens)
+        result = smoke_test(llm, messages, template_name=tpl.name, limit=limit, stop=stop)
+    r.info(f"Q: {messages[-1]['content']}")
+    r.info(f"A: {result.answer.strip()}")
+    r.info(f"{'stopped' if result.stopped else 'did NOT stop'} after {result.tokens} tokens "
+           f"(limit {limit.tokens}: {limit.why})")
+    report = VerifyReport(gguf=str(gguf), template=tpl.name, question=messages[-1]["content"], answer=result.answer,
+                          finish_reason=result.finish_reason, answer_tokens=result.tokens,
+                          max_answer_tokens=limit.tokens, limit_reason=limit.why, stopped=result.stopped,
+                          stop=result.stop)
+    if result.stopped and measure_fidelity:
+        texts = [tpl.training_text(conv) for conv in list(conversations)[:32]]
+        report.fidelity, report.fidelity_note = quantization_fidelity(gguf, reference, texts, r)
+    return report
+
+
+# -- the pipeline stages --------------------------------------------------------------------------
+
+def build_conversations(layout) -> list[Conversation]:
+    """The build's normalised conversations, eval split first (questions the model did not train on)."""
+    from ftpack.training.data import read_messages_jsonl
+
+    return [conv for p in (layout.eval_file, layout.train_file) if p.is_file() for conv in read_messages_jsonl(p)]
+
+
+def extra_stops(parameters: Sequence[str] | None) -> list[str]:
+    """User ``--param stop=...`` values (the Modelfile adds them after the template's stops)."""
+    from ftpack.ollama.modelfile import parse_parameter_args
+
+    return [v for k, v in parse_parameter_args(parameters or ()) if k == "stop"]
+
+
+def run_verify_stage(ctx):
+    """Stage `verify` (before modelfile and register): local llama.cpp only, never Ollama.
+
+    Reads: ``ctx.upstream_path("quantize")`` (the GGUF), the build's chat template
+    (:func:`ftpack.training.templates.template_of_build`), ``data/eval.jsonl`` and
+    ``data/train.jsonl`` (the sample question, the answer limit, fidelity texts),
+    ``ctx.upstream_path("convert")`` (F16 reference for fidelity), config ``system``,
+    ``parameters`` (extra stops), ``max_answer_tokens``, ``max_seq_length``. Writes
+    ``verify/verify.json``; fails (FtpackError) when the model does not stop within the
+    answer limit, so the model is not registered.
+    """
+    from ftpack.core.atomic import write_json
+    from ftpack.core.runner import StageResult
+    from ftpack.training.templates import template_of_build
+
+    cfg = ctx.config
+    layout = ctx.layout
+    tpl = template_of_build(layout)
     try:
-        with open(records_path, encoding="utf-8") as fh:
-            for line in fh:
-                line = line.strip()
-                if not line:
-                    continue
-                msgs = json.loads(line).get("messages") or []
-                out = []
-                for m in msgs:
-                    out.append({"role": m["role"], "content": m["content"]})
-                    if m["role"] == "user":
-                        return out
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return None
+        reference = ctx.upstream_path("convert")
+    except FtpackError:
+        reference = None
+    n_ctx = max(512, min(int(cfg.max_seq_length or 2048), 4096))
+    report = verify_gguf(ctx.upstream_path("quantize"), template_name=tpl.name,
+                         conversations=build_conversations(layout), system=cfg.system,
+                         stop=list(tpl.stop) + [s for s in extra_stops(cfg.parameters) if s not in tpl.stop],
+                         max_answer_tokens=cfg.max_answer_tokens, reference=reference,
+                         n_ctx=n_ctx, reporter=ctx.reporter)
+    out = ctx.stage_dir / "verify.json"
+    metrics = report.as_dict()
+    metrics.pop("gguf")
+    if report.fidelity:
+        metrics.update(report.fidelity)  # flat figures for the model card
+    write_json(out, metrics)
+    require_stop(_as_smoke(report), tpl.name)
+    return StageResult(outputs=[out], main_output=out, metrics=metrics)
 
 
-def chat_via_server(name: str, messages: Sequence[dict[str, str]], *, host: str | None = None,
-                    max_tokens: int = 128) -> str:
+def _as_smoke(report: VerifyReport) -> SmokeResult:
+    return SmokeResult("", report.answer, report.finish_reason, report.answer_tokens,
+                       AnswerLimit(report.max_answer_tokens, report.limit_reason), report.stop)
+
+
+def run_roundtrip_stage(ctx):
+    """Stage `roundtrip` (after register): one chat through the Ollama server that registered the model.
+
+    Reads ``ctx.upstream("register").metrics`` (mode, name): registered offline, it records
+    "skipped: offline"; through a server, it asks the verify stage's question with
+    ``POST /api/chat`` when the server answers (else records why not, with a warning).
+    Writes ``roundtrip/roundtrip.json``; fails when the server answers with an empty message.
+    """
+    from ftpack.core.atomic import write_json
+    from ftpack.core.runner import StageResult
+    from ftpack.ollama.probe import probe_server
+
+    cfg = ctx.config
+    r = ctx.reporter
+    reg = ctx.upstream("register").metrics
+    metrics: dict[str, Any] = {"mode": reg.get("mode"), "name": reg.get("name")}
+    if reg.get("mode") != "server":
+        metrics["roundtrip"] = f"skipped: {reg.get('mode') or 'not registered through a server'}"
+        r.info(f"round trip through Ollama {metrics['roundtrip']} (registered in the model store directly)")
+    else:
+        probe = probe_server(cfg.host)
+        if not probe.reachable:
+            metrics["roundtrip"] = f"skipped: server not reachable at {probe.host}"
+            r.warn(f"The Ollama server is not reachable at {probe.host} now; skipped the /api/chat check.",
+                   "Start it and run the build again to include it.")
+        else:
+            verified = ctx.manifest.stages.get("verify")
+            limit = verified.metrics.get("max_answer_tokens") if verified and verified.status == "done" else None
+            # no system turn added here: the Modelfile's SYSTEM is the server's to add
+            messages = sample_question(build_conversations(ctx.layout))
+            answer = chat_via_server(reg["name"], messages, host=probe.host,
+                                     max_tokens=int(limit or DEFAULT_ANSWER_TOKENS))
+            metrics.update(roundtrip="done", question=messages[-1]["content"], ollama_answer=answer)
+            r.info(f"Ollama /api/chat ({reg['name']}): {answer.strip()}")
+            if not answer.strip():
+                raise FtpackError(f"Ollama answered {reg['name']} with an empty message.",
+                                  "Check the model's TEMPLATE with `ollama show --template`.")
+    out = ctx.stage_dir / "roundtrip.json"
+    write_json(out, metrics)
+    return StageResult(outputs=[out], main_output=out, metrics=metrics)
+
+
+def chat_via_server(name: str, messages: Conversation, *, host: str | None = None, max_tokens: int = 128) -> str:
     """The registered model's answer through POST /api/chat (greedy, bounded)."""
     from ftpack.ollama.api import OllamaServer
 
@@ -131,111 +325,38 @@ def chat_via_server(name: str, messages: Sequence[dict[str, str]], *, host: str 
         return "".join(server.chat(name, list(messages), options={"temperature": 0, "num_predict": max_tokens}))
 
 
-def server_reachable(host: str | None) -> bool:
-    from ftpack.core.doctor import check_ollama
+# -- `ftpack verify BUILD|GGUF` ----------------------------------------------------------------------
 
-    return check_ollama(host, timeout=2.0).status == "ok"
+def verify_target(path: str | Path, *, max_answer_tokens: int | None = None, template_name: str | None = None,
+                  reference: str | Path | None = None, measure_fidelity: bool = True, reporter=None) -> VerifyReport:
+    """Verify a build dir (its quantized GGUF, template, data, F16 reference and settings) or a
+    plain GGUF (template from ``template_name`` or the GGUF's own chat template; fidelity only
+    against an explicit ``reference``). Raises FtpackError when the model does not stop."""
+    from ftpack.core.layout import BuildLayout
+    from ftpack.core.manifest import Manifest
+    from ftpack.inference.chat import resolve_target
 
-
-def run_verify_stage(ctx):
-    """Stage `verify`: smoke test, quantization fidelity, and /api/chat when registered.
-
-    Reads: ``ctx.upstream_path("quantize")`` (the GGUF), ``ctx.upstream("data")``
-    (metrics["template"]; ``data/eval.jsonl`` or ``data/train.jsonl`` for the sample
-    question), ``ctx.upstream_path("convert")`` (F16 reference for fidelity), the
-    ``register`` record when present (mode server → POST /api/chat if reachable), config
-    ``system``. Writes ``verify/verify.json``; fails (FtpackError) when the model does not
-    stop within the token limit.
-    """
-    from ftpack.core.atomic import write_json
-    from ftpack.core.runner import StageResult
-
-    cfg = ctx.config
-    r = ctx.reporter
-    gguf = ctx.upstream_path("quantize")
-    data = ctx.upstream("data")
-    template_name = data.metrics.get("template") or cfg.template
-    data_dir = ctx.build_dir / "data"
-    messages = None
-    for name in ("eval.jsonl", "train.jsonl"):
-        if (data_dir / name).is_file():
-            messages = first_user_turn(data_dir / name)
-            if messages:
-                break
-    messages = messages or [{"role": "user", "content": DEFAULT_QUESTION}]
-    if cfg.system and messages[0]["role"] != "system":
-        messages = [{"role": "system", "content": cfg.system}] + messages
-    stop = None
-    try:
-        stop = ctx.upstream("modelfile").metrics.get("stop")
-    except FtpackError:
-        pass
-    n_ctx = max(512, min(int(cfg.max_seq_length or 2048), 4096))
-    result = smoke_test(gguf, messages, template_name=template_name, stop=stop, max_tokens=256, n_ctx=n_ctx)
-    metrics: dict[str, Any] = {"question": messages[-1]["content"], "answer": result.answer,
-                               "finish_reason": result.finish_reason, "answer_tokens": result.tokens,
-                               "stopped": result.stopped}
-    out = ctx.stage_dir / "verify.json"
-    write_json(out, metrics)
-    r.info(f"Q: {metrics['question']}")
-    r.info(f"A: {result.answer.strip()}")
-    require_stop(result, template_name)
-
-    try:
-        reference = ctx.upstream_path("convert")
-    except FtpackError:
-        reference = None
-    if reference is not None and reference.is_file() and reference != gguf:
-        from ftpack.inference.fidelity import FIXED_TEXT, WARN_RATIO, measure_fidelity
-
-        texts = _eval_texts(data_dir, template_name) or [FIXED_TEXT]
-        fid = measure_fidelity(reference, gguf, texts, max_tokens=1024, n_ctx=512)
-        metrics.update(fid)
-        r.info(f"fidelity: perplexity {fid['perplexity_reference']} -> {fid['perplexity_quantized']} "
-               f"(x{fid['perplexity_ratio']}), top-1 agreement {fid['top1_agreement']:.1%}")
-        if fid["perplexity_ratio"] > WARN_RATIO:
-            r.warn(f"Quantization raised perplexity by x{fid['perplexity_ratio']}.",
-                   "Try a larger quant type (--quant Q5_K_M or Q8_0).")
-
-    try:
-        reg = ctx.manifest.stages.get("register")
-    except AttributeError:  # pragma: no cover
-        reg = None
-    if reg is not None and reg.status == "done" and reg.metrics.get("mode") == "server":
-        if server_reachable(cfg.host):
-            answer = chat_via_server(reg.metrics["name"], messages, host=cfg.host)
-            metrics["ollama_answer"] = answer
-            r.info(f"Ollama /api/chat: {answer.strip()}")
-            if not answer.strip():
-                raise FtpackError(f"Ollama answered {reg.metrics['name']} with an empty message.",
-                                  "Check the model's TEMPLATE with `ollama show --template`.")
-        else:
-            r.warn("The Ollama server is not reachable now; skipped the /api/chat check.",
-                   "Start it and run the build again to include it.")
-    write_json(out, metrics)
-    return StageResult(outputs=[out], main_output=out, metrics=metrics)
-
-
-def _eval_texts(data_dir: Path, template_name: str, limit: int = 32) -> list[str]:
-    """Whole conversations rendered as trained on (eval split first), for the fidelity measure."""
-    from ftpack.training.templates import load_template
-
-    tpl = load_template(template_name)
-    texts: list[str] = []
-    for name in ("eval.jsonl", "train.jsonl"):
-        p = data_dir / name
-        if not p.is_file():
-            continue
-        with open(p, encoding="utf-8") as fh:
-            for line in fh:
-                if not line.strip():
-                    continue
-                try:
-                    texts.append(tpl.training_text(json.loads(line)["messages"]))
-                except (ValueError, KeyError, TypeError):
-                    continue
-                if len(texts) >= limit:
-                    return texts
-        if texts:
-            return texts
-    return texts
+    path = Path(path)
+    target = resolve_target(path, template_name=template_name)
+    conversations: list[Conversation] = []
+    settings: dict[str, Any] = {}
+    if path.is_dir():
+        layout = BuildLayout(path)
+        manifest = Manifest.load(layout.root)
+        settings = manifest.config
+        conversations = build_conversations(layout)
+        convert = manifest.stages.get("convert")
+        if reference is None and convert is not None and convert.status == "done" and convert.main_output:
+            reference = layout.root / convert.main_output
+        if max_answer_tokens is None:
+            max_answer_tokens = settings.get("max_answer_tokens")
+    elif reference is not None and not Path(reference).is_file():
+        raise bad_input(f"Reference GGUF not found: {reference}")
+    n_ctx = max(512, min(int(settings.get("max_seq_length") or target.options.get("num_ctx") or 2048), 4096))
+    report = verify_gguf(target.gguf, template_name=target.template_name, conversations=conversations,
+                         system=target.system, stop=target.stop, max_answer_tokens=max_answer_tokens,
+                         reference=Path(reference) if reference else None,
+                         measure_fidelity=measure_fidelity and (reference is not None or path.is_dir()),
+                         n_ctx=n_ctx, reporter=reporter)
+    require_stop(_as_smoke(report), target.template_name)
+    return report

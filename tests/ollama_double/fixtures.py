@@ -93,7 +93,7 @@ def llama_generator():
     cache: dict = {}
 
     def generate(model_path, prompt, stop, options):
-        from ftpack.inference.verify import load_llama, stream_answer
+        from ftpack.inference.runtime import load_llama, stream_answer
 
         if model_path not in cache:
             cache[model_path] = load_llama(model_path, n_ctx=int(options.get("num_ctx", 1024)))
