@@ -279,10 +279,11 @@ def test_model_recreated_by_others_is_no_longer_claimed(run_cli, ollama_double, 
 
 # -- the stages ------------------------------------------------------------------------------
 
-def _stage_ctx(build_dir: Path, stage: str, cfg, manifest):
+def _stage_ctx(build_dir: Path, stage: str, cfg, manifest, reporter: Reporter | None = None):
     from ftpack.core.runner import StageContext
 
-    return StageContext(config=cfg, build_dir=build_dir, stage=stage, manifest=manifest, reporter=Reporter("quiet"))
+    return StageContext(config=cfg, build_dir=build_dir, stage=stage, manifest=manifest,
+                        reporter=reporter or Reporter("quiet"))
 
 
 def test_modelfile_and_register_stages(tmp_path, tiny_gguf, ftpack_home):
@@ -298,6 +299,7 @@ def test_modelfile_and_register_stages(tmp_path, tiny_gguf, ftpack_home):
     manifest = Manifest.load(build_dir)
     manifest.stages["data"] = StageRecord(status="done", metrics={"template": "chatml"})
     manifest.stages["quantize"] = StageRecord(status="done", main_output="gguf/demo.Q4_K_M.gguf")
+    manifest.save()
     store = tmp_path / "store"
     cfg = build_config("demo", {"register": "offline", "models_dir": str(store), "max_seq_length": 1024,
                                 "parameters": ["temperature=0.3"], "system": "Be brief."})
@@ -310,6 +312,8 @@ def test_modelfile_and_register_stages(tmp_path, tiny_gguf, ftpack_home):
     manifest.stages["modelfile"] = StageRecord(status="done", main_output="ollama/Modelfile", metrics=res.metrics)
     reg = run_register_stage(_stage_ctx(build_dir, "register", cfg, manifest))
     assert reg.metrics["run"] == "ollama run demo" and reg.metrics["model_digest"] == "sha256:" + sha(gguf)
+    assert reg.metrics["store"] == str(store)
+    assert json.loads((build_dir / "register" / "registration.json").read_text()) == reg.metrics
     m = manifest_of(store, "demo")
     assert m["layers"][0]["digest"] == reg.metrics["model_digest"]
     # the build is recorded for `ftpack list`
@@ -328,6 +332,163 @@ def test_modelfile_and_register_stages(tmp_path, tiny_gguf, ftpack_home):
     with pytest.raises(FtpackError) as info:
         run_register_stage(_stage_ctx(build_dir, "register", other, manifest))
     assert info.value.code == 2 and "not created by this ftpack build" in info.value.message
+
+
+def test_modelfile_stage_serves_the_template_saved_with_the_weights(tmp_path, tiny_gguf):
+    """The Modelfile's TEMPLATE and stops are the format the weights were trained with (saved beside
+    them), not a fresh look-up of the name in templates/, which may have changed since."""
+    import dataclasses
+
+    from ftpack.core.config import build_config
+    from ftpack.core.manifest import Manifest, StageRecord
+    from ftpack.ollama.modelfile import read_modelfile, run_modelfile_stage
+    from ftpack.training.templates import load_template, save_template
+
+    build_dir = tmp_path / "builds" / "demo"
+    (build_dir / "gguf").mkdir(parents=True)
+    (build_dir / "gguf" / "demo.Q4_K_M.gguf").write_bytes(tiny_gguf.read_bytes())
+    trained = dataclasses.replace(load_template("chatml"), stop=("<|im_end|>", "<|trained-stop|>"),
+                                  ollama_template="{{ .Prompt }} (as trained)")
+    save_template(trained, build_dir / "train" / "adapter")
+    manifest = Manifest.load(build_dir)
+    manifest.stages["data"] = StageRecord(status="done", metrics={"template": "chatml"})
+    manifest.stages["train"] = StageRecord(status="done", main_output="train/adapter")
+    manifest.stages["quantize"] = StageRecord(status="done", main_output="gguf/demo.Q4_K_M.gguf")
+    manifest.save()
+    res = run_modelfile_stage(_stage_ctx(build_dir, "modelfile", build_config("demo", {}), manifest))
+    spec = read_modelfile(res.main_output)
+    assert spec.template == "{{ .Prompt }} (as trained)"
+    assert [v for n, v in spec.parameters if n == "stop"] == ["<|im_end|>", "<|trained-stop|>"]
+    assert res.metrics["stop"] == ["<|im_end|>", "<|trained-stop|>"]
+
+
+# -- one registration, seen from the store and from the server on that store ------------------
+
+def _demo_build(tmp_path: Path, tiny_gguf: Path):
+    """A build dir `demo` whose quantize and modelfile stages are done (the tiny GGUF, chatml)."""
+    from ftpack.core.config import build_config
+    from ftpack.core.manifest import Manifest, StageRecord
+    from ftpack.ollama.modelfile import run_modelfile_stage
+
+    build_dir = tmp_path / "builds" / "demo"
+    gguf = build_dir / "gguf" / "demo.Q4_K_M.gguf"
+    gguf.parent.mkdir(parents=True)
+    gguf.write_bytes(tiny_gguf.read_bytes())
+    manifest = Manifest.load(build_dir)
+    manifest.config = {"base": "smollm2-135m", "method": "lora"}
+    manifest.stages["data"] = StageRecord(status="done", metrics={"template": "chatml"})
+    manifest.stages["quantize"] = StageRecord(status="done", main_output="gguf/demo.Q4_K_M.gguf")
+    manifest.save()
+    res = run_modelfile_stage(_stage_ctx(build_dir, "modelfile", build_config("demo", {}), manifest))
+    manifest.stages["modelfile"] = StageRecord(status="done", main_output="ollama/Modelfile", metrics=res.metrics)
+    return build_dir, manifest
+
+
+def _register_demo(build_dir: Path, manifest, mode: str, reporter: Reporter | None = None, **settings) -> dict:
+    """The register stage of the demo build, as a rebuild runs it (register = server | offline)."""
+    from ftpack.core.config import build_config
+    from ftpack.ollama.registration import run_register_stage
+
+    cfg = build_config("demo", {"register": mode, **settings})
+    return run_register_stage(_stage_ctx(build_dir, "register", cfg, manifest, reporter)).metrics
+
+
+def _ftpack_models(run_cli, *where) -> dict[str, str]:
+    """`ftpack list`: {name: build dir} of the models it shows as ftpack's."""
+    listed = run_cli("--json", "list", *where)
+    assert listed.exit_code == 0, listed.output
+    data = next(json.loads(x)["data"] for x in listed.output.splitlines() if '"result"' in x)
+    return {m["name"]: m["build_dir"] for m in data["models"] if m["ftpack"]}
+
+
+def test_offline_registration_stays_the_builds_own_once_a_server_runs_on_that_store(run_cli, tmp_path, tiny_gguf,
+                                                                                   monkeypatch):
+    """The README demo: build with no server (offline into the store), then `ollama serve`, then rebuild."""
+    store = tmp_path / "shared-store"
+    build_dir, manifest = _demo_build(tmp_path, tiny_gguf)
+    _register_demo(build_dir, manifest, "offline", models_dir=str(store))
+    ours = {"demo:latest": str(build_dir.resolve())}
+    double = OllamaDouble(store).start()
+    try:
+        monkeypatch.setenv("OLLAMA_HOST", double.url)
+        assert _ftpack_models(run_cli) == ours  # the server lists it as this build's model
+        served = _register_demo(build_dir, manifest, "server")  # the rebuild replaces its own model
+        assert served["where"] == f"server:{double.url}" and served["store"] is None
+        assert ("POST", "/api/create") in double.requests
+        assert _ftpack_models(run_cli) == ours
+        assert _ftpack_models(run_cli, "--offline", "--models-dir", store) == ours
+        removed = run_cli("remove", "demo")  # no --force needed: it is ftpack's
+        assert removed.exit_code == 0, removed.output
+        assert not (store / "manifests" / "registry.ollama.ai" / "library" / "demo" / "latest").exists()
+    finally:
+        double.stop()
+
+
+def test_server_registration_is_ftpacks_in_the_servers_store(run_cli, ollama_double, ollama_models_dir, tmp_path,
+                                                             tiny_gguf):
+    import ollama
+
+    build_dir, manifest = _demo_build(tmp_path, tiny_gguf)
+    _register_demo(build_dir, manifest, "server")
+    ours = {"demo:latest": str(build_dir.resolve())}
+    assert _ftpack_models(run_cli, "--offline", "--models-dir", ollama_models_dir) == ours
+    # a rebuild with the server stopped writes the same store offline: still its own model
+    offline = _register_demo(build_dir, manifest, "offline", models_dir=str(ollama_models_dir))
+    assert offline["store"] == str(ollama_models_dir)
+    assert _ftpack_models(run_cli) == ours
+    removed = run_cli("remove", "demo", "--offline", "--models-dir", ollama_models_dir)
+    assert removed.exit_code == 0, removed.output
+    assert ollama.Client(host=ollama_double.url).list().models == []
+
+
+# -- which store offline registration writes (OLLAMA_MODELS, ~/.ollama/models, the service's) ----
+
+@pytest.fixture
+def stores(tmp_path, monkeypatch) -> dict[str, Path]:
+    """A fresh home (no ~/.ollama yet), no OLLAMA_MODELS, and a Linux service store that exists."""
+    from ftpack.core import locations
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("OLLAMA_MODELS", raising=False)
+    service = tmp_path / "usr-share" / "ollama" / ".ollama" / "models"
+    service.mkdir(parents=True)
+    monkeypatch.setattr(locations, "OLLAMA_SERVICE_MODELS", service)
+    return {"service": service, "user": home / ".ollama" / "models", "env": tmp_path / "env-store"}
+
+
+@pytest.mark.parametrize("case", ["service", "user", "env"])
+def test_offline_registration_writes_the_store_a_local_server_uses(run_cli, modelfile, stores, monkeypatch, case,
+                                                                   ftpack_home):
+    expected = stores[case]
+    if case == "user":  # the user's own store exists: it wins over the service's
+        expected.mkdir(parents=True)
+    if case == "env":  # OLLAMA_MODELS always wins
+        monkeypatch.setenv("OLLAMA_MODELS", str(expected))
+    result = run_cli("--json", "register", "tiny-chat", "--modelfile", modelfile, "--offline")
+    assert result.exit_code == 0, result.output
+    events = [json.loads(x) for x in result.output.splitlines()]
+    assert {"event": "info", "message": f"Ollama store: {expected}", "store": str(expected)} in events
+    assert next(e["data"] for e in events if e["event"] == "result")["store"] == str(expected)
+    assert f"in the Ollama store at {expected}" in next(e["message"] for e in events if e["event"] == "final")
+    written = [k for k, root in stores.items() if (root / "manifests").exists()]
+    assert written == [case]
+    manifest = expected / "manifests" / "registry.ollama.ai" / "library" / "tiny-chat" / "latest"
+    assert manifest.is_file()
+    # list and remove look in the same store
+    assert list(_ftpack_models(run_cli, "--offline")) == ["tiny-chat:latest"]
+    assert run_cli("remove", "tiny-chat", "--offline").exit_code == 0
+    assert not manifest.exists()
+
+
+def test_register_stage_says_which_store_it_wrote(stores, tmp_path, tiny_gguf, ftpack_home):
+    build_dir, manifest = _demo_build(tmp_path, tiny_gguf)
+    out = io.StringIO()
+    metrics = _register_demo(build_dir, manifest, "offline", reporter=Reporter("json", out=out))
+    assert metrics["store"] == str(stores["service"]) and metrics["where"] == f"store:{stores['service']}"
+    messages = [json.loads(x).get("message", "") for x in out.getvalue().splitlines()]
+    assert f"registered demo:latest in the Ollama store at {stores['service']}: try `ollama run demo`" in messages
 
 
 # -- cross-checks of the two independent implementations (ftpack vs the double) ---------------

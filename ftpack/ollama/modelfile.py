@@ -19,9 +19,12 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from ftpack.core.errors import FtpackError, bad_input
+
+if TYPE_CHECKING:
+    from ftpack.training.templates import ChatTemplate
 
 # -- Ollama's grammar --------------------------------------------------------------------
 
@@ -523,12 +526,14 @@ def relative_from(gguf: str | os.PathLike, modelfile: str | os.PathLike) -> str:
     return rel if rel.startswith("../") else f"./{rel}"
 
 
-def build_spec(gguf: str | os.PathLike, modelfile: str | os.PathLike, *, template_name: str,
+def build_spec(gguf: str | os.PathLike, modelfile: str | os.PathLike, *, template_name: str | None = None,
+               template: ChatTemplate | None = None,
                system: str | None = None, parameters: Sequence[tuple[str, str]] = (),
                messages: Sequence[tuple[str, str]] = (), license_text: str | None = None,
                adapter: str | os.PathLike | None = None, num_ctx: int | None = None,
                comment: str | None = None) -> ModelfileSpec:
-    """The Modelfile for ``gguf`` with the chat format ``template_name`` from ``templates/``.
+    """The Modelfile for ``gguf`` with a chat format: ``template`` (a build's, as trained) or
+    ``template_name`` (one from ``templates/``).
 
     TEMPLATE and one ``PARAMETER stop`` per stop string come from the template entry
     (user ``stop`` parameters are added after them); SYSTEM defaults to the template's
@@ -537,7 +542,9 @@ def build_spec(gguf: str | os.PathLike, modelfile: str | os.PathLike, *, templat
     """
     from ftpack.training.templates import load_template
 
-    tmpl = load_template(template_name)
+    if (template is None) == (template_name is None):
+        raise TypeError("build_spec: give exactly one of template and template_name")
+    tmpl = template if template is not None else load_template(template_name)
     user_params = list(parameters)
     params: list[tuple[str, str]] = [("stop", s) for s in tmpl.stop]
     have = {n for n, _ in user_params}
@@ -583,19 +590,18 @@ def run_modelfile_stage(ctx):
     """Stage `modelfile`: write ``ollama/Modelfile`` for the quantized GGUF.
 
     Reads: ``ctx.upstream_path("quantize")`` (the GGUF; FROM is written relative to the
-    Modelfile), ``ctx.upstream("data").metrics["template"]`` (the chat format trained
-    on), config ``system``, ``parameters`` (KEY=VALUE), ``messages`` (ROLE:TEXT),
-    ``license`` (a file), ``max_seq_length`` (default ``num_ctx``). Writes:
-    ``ollama/Modelfile`` (atomically, after parsing it back with Ollama's grammar).
+    Modelfile), the build's chat format as trained
+    (:func:`ftpack.training.templates.template_of_build`), config ``system``,
+    ``parameters`` (KEY=VALUE), ``messages`` (ROLE:TEXT), ``license`` (a file),
+    ``max_seq_length`` (default ``num_ctx``). Writes: ``ollama/Modelfile`` (atomically,
+    after parsing it back with Ollama's grammar).
     """
     from ftpack.core.runner import StageResult
+    from ftpack.training.templates import template_of_build
 
     cfg = ctx.config
     gguf = ctx.upstream_path("quantize")
-    template_name = ctx.upstream("data").metrics.get("template") or cfg.template
-    if not template_name:
-        raise FtpackError("The data stage recorded no chat template; cannot write the Modelfile.",
-                          "Pass --template NAME (see `ftpack templates`).")
+    template = template_of_build(ctx.layout)
     license_text = None
     if cfg.license is not None:
         lic = Path(cfg.license)
@@ -603,15 +609,15 @@ def run_modelfile_stage(ctx):
             raise bad_input(f"License file not found: {lic}")
         license_text = lic.read_text(encoding="utf-8")
     out = ctx.layout.modelfile
-    spec = build_spec(gguf, out, template_name=template_name, system=cfg.system,
+    spec = build_spec(gguf, out, template=template, system=cfg.system,
                       parameters=parse_parameter_args(cfg.parameters or ()),
                       messages=parse_message_args(cfg.messages or ()), license_text=license_text,
                       num_ctx=cfg.max_seq_length,
-                      comment=f"Modelfile for {cfg.name}, written by ftpack (chat format: {template_name}).\n"
+                      comment=f"Modelfile for {cfg.name}, written by ftpack (chat format: {template.name}).\n"
                               f"Create the model: ollama create {cfg.name} -f Modelfile")
     write_modelfile(out, spec)
-    ctx.reporter.info(f"wrote {out} (template {template_name}, {len(spec.parameters)} parameters)")
+    ctx.reporter.info(f"wrote {out} (template {template.name}, {len(spec.parameters)} parameters)")
     return StageResult(outputs=[out], main_output=out,
-                       metrics={"template": template_name, "from": spec.from_path,
+                       metrics={"template": template.name, "from": spec.from_path,
                                 "stop": [v for n, v in spec.parameters if n == "stop"],
                                 "parameters": spec.typed_parameters()})

@@ -106,7 +106,7 @@ def register_offline(name: str, req: RegistrationRequest, *, models_dir: str | o
 
     reporter = reporter or get_reporter()
     models_dir = Path(models_dir).expanduser() if models_dir else ollama_models_dir()
-    reporter.info(f"Ollama store: {models_dir}")
+    reporter.info(f"Ollama store: {models_dir}", store=str(models_dir))
     existing = find_store_model(models_dir, parse_model_name(name)) if models_dir.exists() else None
     if existing is not None:
         _refuse_existing(existing.name.display, str(models_dir), existing.digest, force)

@@ -38,7 +38,7 @@ from typing import Any
 
 from ftpack.core.atomic import atomic_path, check_free_space, human_bytes
 from ftpack.core.errors import FtpackError
-from ftpack.gguf.inspect import FILE_TYPE_NAMES
+from ftpack.gguf.inspect import file_type_names
 from ftpack.ollama.gojson import as_go_decoded, go_json
 from ftpack.ollama.names import PART_KINDS, ModelName, parse_model_name, valid_part
 from ftpack.ollama.request import RegistrationRequest
@@ -86,7 +86,7 @@ def read_gguf_summary(path: str | os.PathLike) -> GGUFSummary:
     return GGUFSummary(
         architecture=field_value("general.architecture", GGUFValueType.STRING) or "unknown",
         kind=field_value("general.type", GGUFValueType.STRING) or "unknown",
-        file_type=FILE_TYPE_NAMES.get(ft, "unknown") if ft else "unknown",
+        file_type=file_type_names().get(ft, "unknown") if ft else "unknown",  # 0: Ollama's unknown
         parameter_count=sum(int(t.n_elements) for t in reader.tensors),
     )
 
