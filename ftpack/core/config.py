@@ -132,8 +132,8 @@ OPTIONS: tuple[Option, ...] = (
        "none; auto = the server when reachable, else offline.",
        "register", choices=REGISTER_MODES),
     _o("host", str, None, "Ollama server URL (default: OLLAMA_HOST or http://127.0.0.1:11434).", "register"),
-    _o("models_dir", Path, None, "Ollama model store for --offline (default: OLLAMA_MODELS or ~/.ollama/models).",
-       "register"),
+    _o("models_dir", Path, None, "Ollama model store for --offline (default: OLLAMA_MODELS, else "
+       "~/.ollama/models, else a Linux service install's /usr/share/ollama/.ollama/models).", "register"),
 )
 
 OPTION_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
