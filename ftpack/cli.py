@@ -15,6 +15,7 @@ import click
 
 from ftpack import __version__
 from ftpack.core.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, FtpackError
+from ftpack.core.quiet import set_debug
 from ftpack.core.report import Reporter, set_reporter
 
 #: name -> ("module:attribute", one-line purpose). The purpose is shown by --help
@@ -26,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("ftpack.commands.gguf:merge", "Fold a LoRA/DoRA adapter into a 16-bit copy of its base (streaming)."),
     "convert": ("ftpack.commands.gguf:convert", "Convert a Hugging Face model (+ adapter) to GGUF, tensor by tensor."),
     "quantize": ("ftpack.commands.gguf:quantize", "Quantize a GGUF with llama.cpp (default Q4_K_M)."),
+    "verify": ("ftpack.commands.verify:verify", "Check with llama.cpp that a build (or GGUF) answers and stops; fidelity."),
     "modelfile": ("ftpack.commands.ollama:modelfile", "Write an Ollama Modelfile for a GGUF (TEMPLATE, stops, SYSTEM...)."),
     "register": ("ftpack.commands.ollama:register", "Create a model in Ollama from a Modelfile (server or --offline store)."),
     "chat": ("ftpack.commands.ollama:chat", "Chat with a GGUF or build locally (llama.cpp, streaming), no Ollama needed."),
@@ -44,11 +46,13 @@ class App:
         self.reporter = reporter
         self.debug = debug
         self.resume_hint: str | None = None
+        set_debug(debug)  # --debug also shows library warnings and logs (ftpack.core.quiet)
 
     def set_output(self, flag: str) -> None:
         """Apply an output flag given after the subcommand (`ftpack doctor --json`)."""
         if flag == "debug":
             self.debug = True
+            set_debug(True)
             return
         if flag == "quiet" and self.reporter.mode == "json":
             return  # --json wins over --quiet, in any order
