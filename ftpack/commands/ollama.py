@@ -9,9 +9,8 @@ import click
 from ftpack.core.options import config_options, given_flags
 from ftpack.core.report import get_reporter
 
-_HOST_HELP = "Ollama server URL (default: OLLAMA_HOST or http://127.0.0.1:11434)."
-_MODELS_HELP = ("Ollama model store for --offline (default: OLLAMA_MODELS, else ~/.ollama/models, else a Linux "
-                "service install's /usr/share/ollama/.ollama/models).")
+#: --host and --models-dir: the same flags (and help) as `ftpack build`'s.
+_where_options = config_options(["host", "models_dir"])
 
 
 #: The settings `ftpack modelfile` shares with `ftpack build` (same flags, checks and defaults).
@@ -57,9 +56,8 @@ def modelfile(gguf: Path, adapter: Path | None, num_ctx: int | None, output: Pat
 @click.argument("name")
 @click.option("--modelfile", "modelfile_path", type=click.Path(path_type=Path), required=True,
               help="The Modelfile to register (its FROM must be a local GGUF).")
-@click.option("--host", default=None, help=_HOST_HELP)
 @click.option("--offline", is_flag=True, help="Write Ollama's model store directly (no server needed).")
-@click.option("--models-dir", type=click.Path(path_type=Path), default=None, help=_MODELS_HELP)
+@_where_options
 @click.option("--force", is_flag=True, help="Replace an existing model of that name.")
 def register(name: str, modelfile_path: Path, host: str | None, offline: bool, models_dir: Path | None,
              force: bool) -> None:
@@ -77,9 +75,8 @@ def register(name: str, modelfile_path: Path, host: str | None, offline: bool, m
 
 
 @click.command("list")
-@click.option("--host", default=None, help=_HOST_HELP)
 @click.option("--offline", is_flag=True, help="Read Ollama's model store instead of asking the server.")
-@click.option("--models-dir", type=click.Path(path_type=Path), default=None, help=_MODELS_HELP)
+@_where_options
 @click.option("--all", "show_all", is_flag=True, help="Also show models ftpack did not create.")
 def list_cmd(host: str | None, offline: bool, models_dir: Path | None, show_all: bool) -> None:
     """Show the Ollama models created by ftpack (build dir, base, method, quant, size).
@@ -113,9 +110,8 @@ def list_cmd(host: str | None, offline: bool, models_dir: Path | None, show_all:
 
 @click.command()
 @click.argument("name")
-@click.option("--host", default=None, help=_HOST_HELP)
 @click.option("--offline", is_flag=True, help="Remove from Ollama's model store directly.")
-@click.option("--models-dir", type=click.Path(path_type=Path), default=None, help=_MODELS_HELP)
+@_where_options
 @click.option("--force", is_flag=True, help="Also remove a model ftpack did not create.")
 def remove(name: str, host: str | None, offline: bool, models_dir: Path | None, force: bool) -> None:
     """Delete model NAME from Ollama (blobs other models share are kept)."""
