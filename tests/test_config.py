@@ -265,3 +265,17 @@ def test_a_config_typo_fails_before_anything_heavy_is_imported(tmp_path):
                 "    print('EXIT', exc.code, 'torch' in sys.modules)\n")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
         assert "EXIT 2 False" in proc.stdout, (flags, proc.stdout, proc.stderr)
+
+
+def test_print_config_says_how_auto_values_resolved(tmp_path):
+    """`--print-config` shows resolved values with the reason as a comment; the file still loads."""
+    import dataclasses
+
+    cfg = dataclasses.replace(build_config("m"), method="lora", register="offline")
+    text = config_to_toml(cfg, {"method": "no CUDA GPU:\nplain LoRA", "register": "no Ollama server"})
+    assert 'method = "lora"  # no CUDA GPU: plain LoRA\n' in text
+    assert 'register = "offline"  # no Ollama server\n' in text
+    f = tmp_path / "resolved.toml"
+    f.write_text(text)
+    again = build_config("m", {k: v for k, v in load_config_file(f).items() if k != "name"})
+    assert (again.method, again.register) == ("lora", "offline")

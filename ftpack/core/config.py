@@ -475,7 +475,7 @@ def base_config_json(base: str) -> dict[str, Any] | None:
     key = base.strip().lower()
     if key == EMBEDDED_NAME:
         return None
-    hub_id = ALIASES[key][0] if key in ALIASES else base.strip()
+    hub_id = ALIASES.get(key, base.strip())
     if hub_id.count("/") != 1:
         return None
     from huggingface_hub import try_to_load_from_cache
@@ -534,14 +534,19 @@ def config_to_dict(cfg) -> dict[str, Any]:
     return out
 
 
-def config_to_toml(cfg) -> str:
-    """The resolved configuration as a TOML file (what `--print-config` shows)."""
+def config_to_toml(cfg, notes: Mapping[str, str] | None = None) -> str:
+    """The resolved configuration as a TOML file (what `--print-config` shows).
+
+    ``notes`` says why a value was chosen (e.g. how `method = "auto"` resolved); each
+    note becomes a comment after its line, so the file still loads as a config.
+    """
+    notes = notes or {}
     lines = []
     for key, value in config_to_dict(cfg).items():
-        if value is None:
-            lines.append(f"# {key} = (default)")
-        else:
-            lines.append(f"{key} = {_toml_value(value)}")
+        line = f"# {key} = (default)" if value is None else f"{key} = {_toml_value(value)}"
+        if key in notes:
+            line += "  # " + " ".join(str(notes[key]).split())
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
