@@ -39,6 +39,8 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # llama.cpp builds in parallel on every core (pip caches the built wheel for next time).
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}
+# On CPUs with AMX, build llama.cpp without it (see scripts/llama_cpp.sh); elsewhere a no-op.
+bash scripts/llama_cpp.sh
 target="."
 ((want_test)) && target=".[test]"
 echo "==> installing ftpack and its dependencies (the first time compiles llama.cpp: 4-10 min)"
