@@ -279,3 +279,18 @@ def test_print_config_says_how_auto_values_resolved(tmp_path):
     f.write_text(text)
     again = build_config("m", {k: v for k, v in load_config_file(f).items() if k != "name"})
     assert (again.method, again.register) == ("lora", "offline")
+
+
+def test_tracked_libraries_are_pyprojects_dependencies():
+    """One list: what doctor checks and build.json records is pyproject.toml's `dependencies`."""
+    from ftpack.core.config import toml_loads
+    from ftpack.core.manifest import library_versions, required_libraries
+
+    pyproject = toml_loads((Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    names = {d.split(">")[0].split(";")[0].strip().lower() for d in pyproject["project"]["dependencies"]
+             if ";" not in d}
+    required = required_libraries()
+    assert set(required) == names and {"torch", "transformers", "llama-cpp-python", "gguf"} <= names
+    assert required["torch"] == next(d.split(">=")[1] for d in pyproject["project"]["dependencies"]
+                                     if d.startswith("torch>="))
+    assert set(library_versions()) == names | {"python", "ftpack"}

@@ -43,7 +43,10 @@ def test_doctor_reports_the_real_torch_device():
 
 
 def test_missing_dependency_is_a_row(monkeypatch):
-    monkeypatch.setattr(doctor, "DEPENDENCIES", doctor.DEPENDENCIES + (("no-such-pkg-ftpack", "x", "1.0"),))
+    from ftpack.core import manifest
+
+    required = manifest.required_libraries()
+    monkeypatch.setattr(manifest, "required_libraries", lambda: {**required, "no-such-pkg-ftpack": "1.0"})
     rows = {r.name: r for r in doctor.check_dependencies()}
     assert rows["no-such-pkg-ftpack"].status == "missing"
     assert "pip install" in rows["no-such-pkg-ftpack"].hint

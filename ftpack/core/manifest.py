@@ -12,6 +12,7 @@ import datetime as _dt
 import hashlib
 import json
 import platform
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -22,17 +23,44 @@ from ftpack.core.errors import FtpackError
 
 MANIFEST_NAME = "build.json"
 MANIFEST_VERSION = 1
-TRACKED_LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes",
-                     "gguf", "llama-cpp-python", "ollama", "rich", "click", "jinja2", "sentencepiece",
-                     "tokenizers", "safetensors")
 
 
-def library_versions(names: Iterable[str] = TRACKED_LIBRARIES) -> dict[str, str | None]:
-    """Installed versions (from package metadata: no heavy import)."""
+def required_libraries() -> dict[str, str]:
+    """ftpack's runtime dependencies and their minimum versions: {distribution: minimum}.
+
+    The one list is pyproject.toml's ``dependencies``: read from that file in a source
+    checkout, else from ftpack's installed metadata. `ftpack doctor` checks these and
+    every stage records their versions in build.json.
+    """
+    from importlib import metadata
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    if pyproject.is_file():
+        from ftpack.core.config import toml_loads
+
+        requirements = toml_loads(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"]
+    else:
+        try:
+            requirements = metadata.requires("ftpack") or []
+        except metadata.PackageNotFoundError:  # pragma: no cover - neither installed nor a checkout
+            requirements = []
+    out: dict[str, str] = {}
+    for req in requirements:
+        if ";" in req:  # extras (tests) and markers (tomli on Python 3.10 only)
+            continue
+        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:>=\s*([^,\s]+))?", req)
+        if m:
+            out[m.group(1).lower()] = m.group(2) or "0"
+    return out
+
+
+def library_versions(names: Iterable[str] | None = None) -> dict[str, str | None]:
+    """Installed versions of ``names`` (default: :func:`required_libraries`), from package
+    metadata: no heavy import."""
     from importlib import metadata
 
     out: dict[str, str | None] = {"python": platform.python_version(), "ftpack": __version__}
-    for n in names:
+    for n in (required_libraries() if names is None else names):
         try:
             out[n] = metadata.version(n)
         except metadata.PackageNotFoundError:
