@@ -42,6 +42,18 @@ def test_help_is_fast_and_imports_no_heavy_library():
     assert wall < 1.0, f"ftpack --help took {wall:.2f}s"
 
 
+def test_command_help_imports_no_heavy_library():
+    """Every command's --help too: the command modules import their libraries only when they run."""
+    code = ("import sys\nfrom ftpack.cli import COMMANDS, cli\n"
+            "for name in COMMANDS:\n"
+            "    try:\n        cli([name, '--help'], prog_name='ftpack')\n    except SystemExit:\n        pass\n"
+            "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'llama_cpp', 'bitsandbytes', 'gguf', 'numpy',"
+            " 'huggingface_hub') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
+
+
 def test_version(run_cli):
     result = run_cli("--version")
     assert result.exit_code == 0 and __version__ in result.output
@@ -121,7 +133,7 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     cfg.write_text("learnig_rate = 1\n")
     proc = subprocess.run([sys.executable, "-m", "ftpack", "build", "x", "--config", str(cfg)],
                           capture_output=True, text=True)
-    assert proc.returncode in (1, 2)
+    assert proc.returncode == 2  # a user mistake: exit 2, never 1 (a failed run)
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "error:" in proc.stderr
 
