@@ -1,17 +1,27 @@
-"""The build pipeline as data: which stages run, in which order, on what.
+"""The build as a library call: ``run_build(config) -> Manifest``.
 
-Each stage's work lives in the module named after the job (data.py, train.py,
-gguf_convert.py, quantize.py, modelfile.py, ollama_api.py, verify.py); this module
-only lists them for the runner and resolves the choices a build makes up front
-(`--method auto`, `--register auto`) so that the manifest records what really ran.
+Stages, in order: data, train, convert, quantize, verify (llama.cpp, local: answers and
+stops; fidelity), modelfile, register, roundtrip (one chat through the server the model
+was registered with), report (the model card). Verify runs before anything reaches
+Ollama, so a model that babbles is never registered unless the user says ``--no-verify``.
+
+Each stage's work lives in the module named after the job; this module lists them for
+the runner, resolves the choices a build makes up front (``method auto``, ``register
+auto``) so that build.json records what really ran, and says in words what state a
+build ended in (:func:`build_outcome`), which is all the CLI prints.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ftpack.core.errors import FtpackError, bad_input
+from ftpack.core.manifest import Manifest
+from ftpack.core.report import Reporter, get_reporter
 from ftpack.core.runner import Stage, StageContext, StageResult
 
 
@@ -26,23 +36,43 @@ def _lazy(target: str) -> Callable[[StageContext], StageResult]:
     return run
 
 
+def _registers(cfg: Any) -> bool:
+    return cfg.register != "none"
+
+
 def build_stages() -> list[Stage]:
     """The stages of `ftpack build`, in order."""
-    return [
+    stages = [
         Stage("data", "validate and normalise the dataset", _lazy("ftpack.training.data:run_data_stage"),
               input_files=lambda cfg: [cfg.data]),
         Stage("train", "fine-tune", _lazy("ftpack.training.train:run_train_stage")),
         Stage("convert", "Hugging Face to GGUF (adapter fused on the fly)",
               _lazy("ftpack.gguf.convert:run_convert_stage")),
         Stage("quantize", "llama.cpp quantization", _lazy("ftpack.gguf.quantize:run_quantize_stage")),
+        Stage("verify", "llama.cpp smoke test (answers and stops) and quantization fidelity",
+              _lazy("ftpack.inference.verify:run_verify_stage"), depends=("data", "convert", "quantize"),
+              enabled=lambda cfg: bool(cfg.verify)),
         Stage("modelfile", "render and check the Ollama Modelfile", _lazy("ftpack.ollama.modelfile:run_modelfile_stage"),
               depends=("data", "quantize"), input_files=lambda cfg: [cfg.license]),
         Stage("register", "create the model in Ollama", _lazy("ftpack.ollama.registration:run_register_stage"),
-              enabled=lambda cfg: cfg.register != "none"),
-        Stage("verify", "smoke test and quantization fidelity", _lazy("ftpack.inference.verify:run_verify_stage"),
-              depends=("data", "convert", "quantize", "modelfile")),
+              depends=("modelfile",), enabled=_registers),
+        Stage("roundtrip", "one chat through the Ollama server", _lazy("ftpack.inference.verify:run_roundtrip_stage"),
+              depends=("data", "register"), enabled=_registers),
     ]
+    # The card shows the whole config and every stage's record: it is rewritten when any of them changes.
+    stages.append(Stage("report", "the model card (report.md)", _lazy("ftpack.model_card:run_report_stage"),
+                        depends=tuple(s.name for s in stages), input_files=lambda cfg: [cfg.heldout],
+                        config_keys=_whole_config))
+    return stages
 
+
+def _whole_config(cfg: Any) -> dict[str, Any]:
+    from ftpack.core.config import config_to_dict
+
+    return config_to_dict(cfg)
+
+
+# -- choices made before the first stage ------------------------------------------------------
 
 def resolve_method(method: str) -> tuple[str, str]:
     """(method, why): `auto` is QLoRA on a CUDA GPU and LoRA elsewhere."""
@@ -59,16 +89,187 @@ def resolve_register(mode: str, host: str | None) -> tuple[str, str]:
     """(mode, why): `auto` registers with the server when it answers, else offline."""
     if mode != "auto":
         return mode, "as asked"
-    from ftpack.core.doctor import check_ollama
+    from ftpack.ollama.probe import probe_server
 
-    check = check_ollama(host, timeout=2.0)
-    if check.status == "ok":
-        return "server", f"Ollama server {check.value}"
-    return "offline", f"Ollama server {check.value}: writing Ollama's model store directly"
+    probe = probe_server(host, timeout=2.0)
+    if probe.reachable:
+        return "server", f"Ollama server {probe.version} at {probe.host}"
+    return "offline", f"no Ollama server at {probe.host} ({probe.reason}): writing Ollama's model store directly"
 
 
-def next_command(cfg: Any, build_dir: Path) -> str:
-    """The exact command to try the model."""
-    if cfg.register in ("server", "offline"):
-        return f"ollama run {cfg.name}"
-    return f"ftpack chat {build_dir}"
+def resolve_config(config: Any) -> tuple[Any, dict[str, str]]:
+    """A copy of ``config`` with ``method`` and ``register`` resolved, and why each was chosen.
+
+    Used by :func:`run_build` and by ``--print-config``, so both show the same values.
+    """
+    method, why_method = resolve_method(config.method)
+    register, why_register = resolve_register(config.register, config.host)
+    return dataclasses.replace(config, method=method, register=register), {
+        "method": why_method, "register": why_register}
+
+
+def build_dir_of(config: Any) -> Path:
+    """The build directory: ``--out``, else ``builds/<name>`` (absolute)."""
+    from ftpack.core.config import default_build_dir
+
+    return (Path(config.out) if config.out else default_build_dir(config.name)).absolute()
+
+
+def check_build_inputs(config: Any, force: str | None = None) -> None:
+    """Mistakes that would otherwise surface after training: fail before the first stage."""
+    if config.data is None:  # other commands take a config without data; a build needs it
+        raise bad_input("No dataset given.", "Pass --data FILE (JSON or JSONL), or `data = ...` in --config.")
+    if config.heldout is not None:  # build_config checked that it exists; its lines are checked here
+        from ftpack.inference.heldout import read_heldout
+
+        if not read_heldout(Path(config.heldout)):
+            raise bad_input(f"{config.heldout}: no held-out questions in it.")
+    if force is not None:
+        stages = {s.name: s for s in build_stages()}
+        if force not in stages:
+            raise bad_input(f"--force: unknown stage {force!r}.", f"Stages: {', '.join(stages)}.")
+        if not stages[force].enabled(config):
+            why = "--no-verify" if force == "verify" else "--no-register (register = none)"
+            raise bad_input(f"--force {force} contradicts {why}: that stage does not run in this build.",
+                            "Drop one of the two.")
+
+
+# -- the build ----------------------------------------------------------------------------------
+
+def run_build(config: Any, *, force: str | None = None, reporter: Reporter | None = None) -> Manifest:
+    """Run every stage of a build (skipping those already done) and return its manifest.
+
+    Raises :class:`BuildFailed` when verify or the round trip fails (it says what state
+    the build is in), the stage's own :class:`FtpackError` when another stage fails.
+    """
+    from ftpack.core.runner import run_stages
+
+    reporter = reporter or get_reporter()
+    check_build_inputs(config, force)
+    cfg, why = resolve_config(config)
+    for key, reason in why.items():
+        reporter.info(f"{key}: {getattr(cfg, key)} ({reason})")
+    if not cfg.verify:
+        reporter.info("verify: off (--no-verify): the model is not checked before it is registered")
+    build_dir = build_dir_of(cfg)
+    try:
+        return run_stages(cfg, build_stages(), build_dir, force=force, reporter=reporter)
+    except FtpackError as exc:
+        manifest = Manifest.load(build_dir)
+        outcome = build_outcome(manifest)
+        if outcome.failed_stage in ("verify", "roundtrip"):
+            raise BuildFailed(outcome, manifest, exc) from exc
+        raise
+
+
+@dataclass
+class BuildOutcome:
+    """The state a build is in, for people (``message``, ``hint``) and scripts (the rest)."""
+
+    state: str  # ready | not_verified | not_registered | verify_failed | roundtrip_failed | failed | incomplete
+    ok: bool
+    message: str
+    hint: str | None
+    verified: str  # passed | failed | skipped (--no-verify) | not run
+    registered: str | None  # where the model is, in words; None when not registered by this build
+    roundtrip: str | None  # passed | failed | "not run: ..."; None when not registered
+    failed_stage: str | None
+    next_command: str | None
+    build_dir: Path
+    report: Path | None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["build_dir"] = str(self.build_dir)
+        d["report"] = str(self.report) if self.report else None
+        return d
+
+
+class BuildFailed(FtpackError):
+    """Verify or the round trip failed; ``outcome`` says whether the model was registered."""
+
+    def __init__(self, outcome: BuildOutcome, manifest: Manifest, cause: FtpackError):
+        super().__init__(outcome.message, outcome.hint, code=cause.code)
+        self.outcome = outcome
+        self.manifest = manifest
+        self.cause = cause
+
+
+def enabled_stages(config: dict[str, Any]) -> list[str]:
+    """The stages a build with this (recorded) config runs; records of the others are stale."""
+    from types import SimpleNamespace
+
+    from ftpack.core.config import OPTIONS
+
+    cfg = SimpleNamespace(**{**{o.key: o.default for o in OPTIONS}, **config})
+    return [s.name for s in build_stages() if s.enabled(cfg)]
+
+
+def build_outcome(manifest: Manifest) -> BuildOutcome:
+    """What a build's manifest says about it: verified? registered where? round trip? next step?"""
+    cfg = manifest.config
+    build_dir = manifest.build_dir
+    name = cfg.get("name") or manifest.name
+    enabled = enabled_stages(cfg)
+    st = {n: r for n, r in manifest.stages.items() if n in enabled}
+    status = {n: r.status for n, r in st.items()}
+    failed = next((n for n in enabled if status.get(n) in ("failed", "interrupted", "running")), None)
+
+    if "verify" not in enabled:
+        verified = "skipped (--no-verify)"
+    else:
+        verified = {"done": "passed", "failed": "failed"}.get(status.get("verify", ""), "not run")
+    registered = roundtrip = None
+    run = f"ftpack chat {build_dir}"
+    if status.get("register") == "done":
+        reg = st["register"].metrics
+        registered = (f"in Ollama's model store {reg['store']}" if reg.get("store")
+                      else f"with the Ollama server at {str(reg.get('where', '')).partition(':')[2]}")
+        run = reg.get("run") or f"ollama run {name}"
+        rt = st.get("roundtrip")
+        said = str(rt.metrics.get("roundtrip", "")) if rt else ""
+        if rt is None or rt.status not in ("done", "failed"):
+            roundtrip = "not run"
+        elif rt.status == "failed":
+            roundtrip = "failed"
+        elif said.startswith("skipped"):
+            roundtrip = "not run (" + said.removeprefix("skipped").lstrip(": ") + ")"
+        else:
+            roundtrip = "passed"
+    report = build_dir / "report.md" if status.get("report") == "done" else None
+
+    def outcome(state: str, ok: bool, message: str, hint: str | None = None,
+                next_command: str | None = run) -> BuildOutcome:
+        return BuildOutcome(state, ok, message, hint, verified, registered, roundtrip, failed, next_command,
+                            build_dir, report)
+
+    if failed == "verify":
+        error = (st["verify"].error or "the check failed").rstrip(".")
+        earlier = manifest.stages.get("register")
+        kept = (f" (a model {name} registered by an earlier run of this build is still in Ollama)"
+                if earlier is not None and earlier.status == "done" and "register" in enabled else "")
+        return outcome("verify_failed", False, f"Verify failed, so the model was NOT registered{kept}: {error}.",
+                       "Fix the cause and run the same command again, or add --no-verify to register it "
+                       "without the check.", next_command=f"ftpack chat {build_dir}")
+    if failed == "roundtrip":
+        error = (st["roundtrip"].error or "no answer").rstrip(".")
+        checked = "verified" if verified == "passed" else "NOT verified (--no-verify)"
+        return outcome("roundtrip_failed", False,
+                       f"Registered {name} {registered} ({checked}), but the round trip through the server "
+                       f"failed: {error}.",
+                       f"Look at what the server holds (`ollama show {name} --modelfile`), then run the same "
+                       "command again.")
+    if failed is not None:
+        return outcome("failed", False, f"The {failed} stage did not finish: {st[failed].error or status[failed]}.",
+                       "Run the same command again: finished stages are kept.", next_command=None)
+    if report is None:
+        return outcome("incomplete", False, f"The build in {build_dir} has not finished.",
+                       "Run the same `ftpack build` command again to finish it.", next_command=None)
+    parts = ["verified (answers and stops)" if verified == "passed" else "NOT verified (--no-verify)"]
+    if registered:
+        parts += [f"registered {registered}", f"round trip {roundtrip}"]
+        state = "ready" if verified == "passed" else "not_verified"
+    else:
+        parts.append("not registered (--no-register)")
+        state = "not_registered" if verified == "passed" else "not_verified"
+    return outcome(state, True, f"Done: {', '.join(parts)}. Try it: {run}")

@@ -1,4 +1,7 @@
-"""`ftpack build`: the whole pipeline, from a dataset to `ollama run NAME`."""
+"""`ftpack build`: the whole pipeline, from a dataset to `ollama run NAME`.
+
+A shell over :func:`ftpack.pipeline.run_build`: parse flags, run, print the outcome.
+"""
 
 from __future__ import annotations
 
@@ -26,14 +29,15 @@ def build(ctx: click.Context, name: str, config_file: Path | None, force: str | 
     """Run the whole pipeline: data to a model you can `ollama run`.
 
     \b
-    data -> train -> convert -> quantize -> modelfile -> register -> verify
+    data -> train -> convert -> quantize -> verify -> modelfile -> register -> roundtrip -> report
+    A model that fails verify is not registered (--no-verify skips the check).
     A rerun skips finished stages; an interrupted build resumes where it stopped.
     Example: ftpack build my-qa --data qa.jsonl --max-steps 60
     """
-    from ftpack.core.runner import report_summary, run_stages
-    from ftpack.core.config import build_config, config_to_dict, config_to_toml, default_build_dir, load_config_file
+    from ftpack.core.config import build_config, config_to_dict, config_to_toml, load_config_file
     from ftpack.core.errors import bad_input
-    from ftpack.pipeline import build_stages, next_command, resolve_method, resolve_register
+    from ftpack.core.runner import report_summary
+    from ftpack.pipeline import BuildFailed, build_dir_of, build_outcome, resolve_config, run_build
 
     reporter = get_reporter()
     flags = given_flags(params)
@@ -46,28 +50,22 @@ def build(ctx: click.Context, name: str, config_file: Path | None, force: str | 
     file_values = load_config_file(config_file) if config_file else None
     cfg = build_config(name, file_values, flags, source=str(config_file) if config_file else "config file")
     if print_config:
-        reporter.result({"config": config_to_dict(cfg)})
+        cfg, why = resolve_config(cfg)
+        reporter.result({"config": config_to_dict(cfg), "resolved": why})
         if reporter.mode != "json":
-            click.echo(config_to_toml(cfg), nl=False)
+            click.echo(config_to_toml(cfg, why), nl=False)
         return
-    if cfg.data is None:
-        raise bad_input("No dataset given.", "Pass --data FILE (JSON or JSONL), or `data = ...` in --config.")
-    if not Path(cfg.data).is_file():
-        raise bad_input(f"Dataset not found: {cfg.data}")
 
-    cfg.method, why = resolve_method(cfg.method)
-    reporter.info(f"method: {cfg.method} ({why})")
-    cfg.register, why = resolve_register(cfg.register, cfg.host)
-    reporter.info(f"register: {cfg.register} ({why})")
-    build_dir = Path(cfg.out) if cfg.out else default_build_dir(cfg.name)
-    ctx.obj.resume_hint = (f"Run the same command again to resume: finished stages in {build_dir} are kept.")
-
-    manifest = run_stages(cfg, build_stages(), build_dir, force=force, reporter=reporter)
-    from ftpack.model_card import write_model_card
-
-    card = write_model_card(manifest)
+    ctx.obj.resume_hint = f"Run the same command again to resume: finished stages in {build_dir_of(cfg)} are kept."
+    try:
+        manifest = run_build(cfg, force=force, reporter=reporter)
+    except BuildFailed as exc:  # verify or the round trip: the error line says what state the build is in
+        report_summary(exc.manifest, reporter)
+        reporter.event("outcome", **exc.outcome.as_dict())
+        raise
+    outcome = build_outcome(manifest)
     report_summary(manifest, reporter)
-    cmd = next_command(cfg, build_dir)
-    reporter.info(f"model card: {card}")
-    reporter.final(f"Done. Try it: {cmd}", build_dir=str(build_dir), next=cmd)
-
+    if outcome.report:
+        reporter.info(f"model card: {outcome.report}")
+    facts = outcome.as_dict()
+    reporter.final(facts.pop("message"), **facts)
