@@ -48,3 +48,27 @@ def test_command_settings_fill_defaults_and_check_like_build(tmp_path):
     with pytest.raises(FtpackError) as exc:
         command_settings(["imatrix"], {"imatrix": str(tmp_path / "none.dat")})
     assert "imatrix (--imatrix): file not found" in exc.value.message
+
+
+def test_step_commands_take_their_settings_from_the_options_table():
+    """`data`, `convert`, `quantize`, `modelfile`, `verify` share build's flags (names, types, checks)."""
+    from ftpack.cli import COMMANDS, cli
+    from ftpack.core.config import OPTION_BY_KEY
+
+    expected = {"data": {"format", "template", "max_seq_length", "drop_long", "eval_ratio", "seed"},
+                "convert": {"outtype"}, "quantize": {"quant", "imatrix"},
+                "modelfile": {"template", "system", "parameters", "messages", "license"},
+                "verify": {"template", "max_answer_tokens"}}
+    ctx = click.Context(cli)
+    for name in COMMANDS:
+        cmd = cli.get_command(ctx, name)
+        params = {p.name: p for p in cmd.params}
+        assert expected.get(name, set()) <= set(params), name
+        for key in expected.get(name, ()):
+            assert OPTION_BY_KEY[key].cli_flag in params[key].opts
+            assert params[key].required or params[key].default is None  # not given: the default stands
+        # no hand-written twin of a table flag under another name (--out/-o is each command's own output)
+        for p in cmd.params:
+            for flag in getattr(p, "opts", ()):
+                opt = next((o for o in OPTION_BY_KEY.values() if o.cli_flag == flag), None)
+                assert opt is None or flag == "--out" or p.name == opt.key, (name, flag, p.name)

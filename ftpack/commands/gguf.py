@@ -10,9 +10,13 @@ from pathlib import Path
 
 import click
 
+from ftpack.core.config import command_settings
+from ftpack.core.options import config_options, given_flags
 from ftpack.core.report import get_reporter
 
 _PATH = click.Path(path_type=Path)
+#: The settings `ftpack quantize` shares with `ftpack build` (same flags, checks and defaults).
+QUANTIZE_KEYS = ("quant", "imatrix")
 
 
 @click.command()
@@ -43,16 +47,15 @@ def merge(base: Path | None, adapter_dir: Path, out_dir: Path, dtype: str) -> No
 @click.argument("model_dir", type=_PATH)
 @click.option("-o", "--out", "out", type=_PATH, default=None,
               help="Output .gguf file (default: MODEL_DIR/<name>.<outtype>.gguf next to the folder).")
-@click.option("--outtype", type=click.Choice(["f16", "bf16", "f32", "q8_0"], case_sensitive=False), default="f16",
-              show_default=True, help="Tensor type of the GGUF (quantize further with `ftpack quantize`).")
+@config_options(["outtype"], help={"outtype": "Tensor type of the GGUF (quantize further with `ftpack quantize`)."})
 @click.option("--adapter", "adapter_dir", type=_PATH, default=None,
               help="LoRA/DoRA adapter to merge on the fly (no merged copy is written).")
 @click.option("--name", default=None, help="general.name in the GGUF (default: the folder name).")
 @click.option("--llama-cpp", "llama_cpp_dir", type=_PATH, default=None, envvar="LLAMA_CPP_DIR",
               help="llama.cpp checkout whose convert_hf_to_gguf.py handles other architectures "
                    "(default: $LLAMA_CPP_DIR).")
-def convert(model_dir: Path, out: Path | None, outtype: str, adapter_dir: Path | None, name: str | None,
-            llama_cpp_dir: Path | None) -> None:
+def convert(model_dir: Path, out: Path | None, adapter_dir: Path | None, name: str | None,
+            llama_cpp_dir: Path | None, **flags) -> None:
     """Convert a Hugging Face model folder to GGUF, tensor by tensor.
 
     \b
@@ -64,7 +67,7 @@ def convert(model_dir: Path, out: Path | None, outtype: str, adapter_dir: Path |
     from ftpack.core.layout import gguf_file_stem
 
     r = get_reporter()
-    outtype = outtype.lower()
+    outtype = command_settings(["outtype"], given_flags(flags))["outtype"]
     if out is None:
         stem = gguf_file_stem(name or (adapter_dir or model_dir).resolve().name)
         out = (adapter_dir or model_dir).resolve().parent / f"{stem}.{outtype}.gguf"
@@ -80,19 +83,17 @@ def convert(model_dir: Path, out: Path | None, outtype: str, adapter_dir: Path |
 @click.argument("src", type=_PATH)
 @click.option("-o", "--out", "dst", type=_PATH, default=None,
               help="Output .gguf (default: next to the input, named after the type).")
-@click.option("--type", "quant_type", default="Q4_K_M", show_default=True,
-              help="llama.cpp quantization type, any case (e.g. Q4_K_M, Q5_K_M, Q6_K, Q8_0, IQ4_XS).")
-@click.option("--imatrix", type=_PATH, default=None,
-              help="Importance matrix (llama-imatrix output; recorded as quantize.imatrix.* in the file).")
+@config_options(QUANTIZE_KEYS, aliases={"quant": ["--type"]}, help={
+    "quant": "llama.cpp quantization type, any case (e.g. Q4_K_M, Q5_K_M, Q6_K, Q8_0, IQ4_XS).",
+    "imatrix": "Importance matrix (llama-imatrix output; recorded as quantize.imatrix.* in the file)."})
 @click.option("--threads", type=int, default=None, help="Threads (default: all cores).")
 @click.option("--list-types", is_flag=True, help="List the quantization types and exit.")
-def quantize(src: Path, dst: Path | None, quant_type: str, imatrix: Path | None, threads: int | None,
-             list_types: bool) -> None:
+def quantize(src: Path, dst: Path | None, threads: int | None, list_types: bool, **flags) -> None:
     """Quantize a GGUF with llama.cpp's quantizer (default Q4_K_M).
 
     Example: ftpack quantize model.f16.gguf -o model.Q4_K_M.gguf
     """
-    from ftpack.gguf.quantize import quant_types, quantize_gguf, resolve_quant_type
+    from ftpack.gguf.quantize import quant_types, quantize_gguf
 
     r = get_reporter()
     if list_types:
@@ -101,7 +102,8 @@ def quantize(src: Path, dst: Path | None, quant_type: str, imatrix: Path | None,
                 data=types)
         r.result(types)
         return
-    name, _ = resolve_quant_type(quant_type)
+    settings = command_settings(QUANTIZE_KEYS, given_flags(flags))  # checked like build's --quant
+    name, imatrix = settings["quant"], settings["imatrix"]
     if dst is None:
         stem = src.name[:-5] if src.name.endswith(".gguf") else src.name
         for suffix in (".f16", ".bf16", ".f32", ".F16", ".BF16", ".F32"):

@@ -126,14 +126,15 @@ def remove(name: str, host: str | None, offline: bool, models_dir: Path | None, 
 
 @click.command()
 @click.argument("target", type=click.Path(path_type=Path))
-@click.option("--template", "template_name", default=None, help="Chat format (default: from the build or the GGUF).")
-@click.option("--system", default=None, help="System prompt (default: the build's Modelfile / the template's).")
+@config_options(["template", "system"], help={
+    "template": "Chat format (default: from the build or the GGUF).",
+    "system": "System prompt (default: the build's Modelfile / the template's)."})
 @click.option("--max-tokens", type=int, default=512, show_default=True, help="Longest answer.")
 @click.option("--temperature", type=float, default=None, help="Sampling temperature (default: the Modelfile's or 0.7).")
 @click.option("--ctx", "n_ctx", type=int, default=None, help="Context length (default: the Modelfile's num_ctx or 2048).")
 @click.option("-p", "--prompt", "prompts", multiple=True, help="Ask this and exit (repeatable: one turn each).")
-def chat(target: Path, template_name: str | None, system: str | None, max_tokens: int, temperature: float | None,
-         n_ctx: int | None, prompts: tuple[str, ...]) -> None:
+def chat(target: Path, max_tokens: int, temperature: float | None, n_ctx: int | None, prompts: tuple[str, ...],
+         **flags) -> None:
     """Chat with a GGUF (or a build dir's model) locally, streaming tokens; no Ollama needed.
 
     Type /reset to forget the conversation, /exit (or Ctrl-D) to leave. A conversation that
@@ -142,8 +143,11 @@ def chat(target: Path, template_name: str | None, system: str | None, max_tokens
     from ftpack.core.errors import FtpackError
     from ftpack.inference.chat import ChatSession, resolve_target
 
+    from ftpack.core.config import command_settings
+
     r = get_reporter()
-    chat_target = resolve_target(target, template_name=template_name, system=system)
+    settings = command_settings(["template", "system"], given_flags(flags))  # checked like build's
+    chat_target = resolve_target(target, template_name=settings["template"], system=settings["system"])
     stream_out = r.mode != "json"
     with ChatSession(chat_target, max_tokens=max_tokens, temperature=temperature, n_ctx=n_ctx,
                      reporter=r) as session:
