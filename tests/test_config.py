@@ -134,6 +134,8 @@ def test_toml_config_without_tomllib_uses_tomli(tmp_path):
             "sys.modules['tomllib'] = None  # import tomllib now raises ImportError, as on 3.10\n"
             "from ftpack.core.config import build_config, load_config_file\n"
             f"cfg = build_config('m', load_config_file({str(f)!r}))\n"
+            "from ftpack.training.templates import template_names  # templates/*.toml: the same reader\n"
+            "assert 'chatml' in template_names()\n"
             "print(cfg.learning_rate, cfg.lora_r, 'tomli' in sys.modules, sys.modules['tomllib'])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

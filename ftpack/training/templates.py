@@ -42,19 +42,15 @@ verify, chat, held-out answers — asks :func:`template_of_build`.
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from ftpack.core.config import toml_loads
 from ftpack.core.errors import bad_input
 from ftpack.core.resources import templates_dir
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 #: Fields every template file must define.
 REQUIRED_FIELDS = ("name", "description", "chat_template", "ollama_template", "stop", "end_of_turn")
@@ -111,8 +107,8 @@ class ChatTemplate:
 
 def _parse_template_file(path: Path) -> ChatTemplate:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        data = toml_loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: tomllib's / tomli's TOMLDecodeError
         raise bad_input(f"Chat template file {path} is not valid TOML: {exc}") from exc
     missing = [k for k in REQUIRED_FIELDS if k not in data]
     if missing:
