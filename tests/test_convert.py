@@ -281,3 +281,92 @@ def test_convert_with_adapter_never_imports_torch(tiny_llama, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout, proc.stdout
     assert (tmp_path / "x.gguf").stat().st_size > 0
+
+
+def _bin_copy(st_folder: Path, out: Path, *, legacy: bool = False, wrap=None) -> Path:
+    """The folder as a PyTorch-.bin model (what Vicuna-7B-v1.5 publishes): the same shards,
+    each torch.save'd as pytorch_model-*.bin, with pytorch_model.bin.index.json."""
+    from safetensors.torch import load_file
+
+    out.mkdir(parents=True)
+    for f in st_folder.iterdir():
+        if f.is_file() and not f.name.endswith(".safetensors") and f.name != "model.safetensors.index.json":
+            shutil.copy2(f, out / f.name)
+    index = json.loads((st_folder / "model.safetensors.index.json").read_text())
+    shards = list(dict.fromkeys(index["weight_map"].values()))
+    names = {s: f"pytorch_model-{i + 1:05d}-of-{len(shards):05d}.bin" for i, s in enumerate(shards)}
+    for shard in shards:
+        state = load_file(st_folder / shard)
+        torch.save(wrap(state) if wrap else state, out / names[shard], _use_new_zipfile_serialization=not legacy)
+    (out / "pytorch_model.bin.index.json").write_text(json.dumps(
+        {"metadata": index["metadata"], "weight_map": {k: names[v] for k, v in index["weight_map"].items()}}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def sharded_base(tiny_llama, tmp_path_factory) -> Path:
+    """The tiny Llama in several bf16 safetensors shards (as a 7B download comes)."""
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("st") / "model"
+    AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16).save_pretrained(folder,
+                                                                                          max_shard_size="1MB")
+    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy2(tiny_llama / f, folder / f)
+    assert len(list(folder.glob("model-*.safetensors"))) > 2
+    return folder
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy-format"])
+def test_bin_weights_convert_like_safetensors_bit_for_bit(legacy, sharded_base, tmp_path, run_cli, monkeypatch):
+    """Defect 4 / issue 11: `.bin`-only bases are read with torch's safe loader, converted
+    once into ftpack's cache, and then give exactly the GGUF (and merged copy) that the
+    safetensors original gives. No --allow-pickle needed."""
+    monkeypatch.setenv("FTPACK_CACHE", str(tmp_path / "cache"))
+    bin_base = _bin_copy(sharded_base, tmp_path / "bin" / "model", legacy=legacy)
+    assert not list(bin_base.glob("*.safetensors"))
+    reference = tmp_path / "reference.gguf"
+    assert run_cli("convert", sharded_base, "-o", reference).exit_code == 0
+
+    res = run_cli("convert", bin_base, "-o", tmp_path / "from-bin.gguf")
+    assert res.exit_code == 0, res.output
+    assert "Converting the PyTorch weights" in res.output
+    assert (tmp_path / "from-bin.gguf").read_bytes() == reference.read_bytes()
+    converted = list((tmp_path / "cache" / "safetensors").glob("*/model"))
+    assert len(converted) == 1 and len(list(converted[0].glob("model-*.safetensors"))) > 2
+    from transformers import AutoModelForCausalLM  # training loads the same copy
+
+    ours = AutoModelForCausalLM.from_pretrained(converted[0], dtype=torch.bfloat16).state_dict()
+    theirs = AutoModelForCausalLM.from_pretrained(sharded_base, dtype=torch.bfloat16).state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+    res = run_cli("convert", bin_base, "-o", tmp_path / "again.gguf")  # the cached copy is reused
+    assert res.exit_code == 0 and "Converting the PyTorch weights" not in res.output
+    assert (tmp_path / "again.gguf").read_bytes() == reference.read_bytes()
+
+    adapter = make_random_adapter(sharded_base, tmp_path / "adapter", seed=3)
+    for base, out in ((sharded_base, "merged-st"), (bin_base, "merged-bin")):
+        assert run_cli("merge", "--base", base, "--adapter", adapter, "-o", tmp_path / out).exit_code == 0
+    shards = sorted(p.name for p in (tmp_path / "merged-st").glob("*.safetensors"))
+    assert shards == sorted(p.name for p in (tmp_path / "merged-bin").glob("*.safetensors")) and len(shards) > 2
+    for name in shards:
+        assert (tmp_path / "merged-bin" / name).read_bytes() == (tmp_path / "merged-st" / name).read_bytes()
+
+
+def test_bin_weights_the_safe_loader_refuses_need_allow_pickle(sharded_base, tmp_path, run_cli, monkeypatch):
+    """A .bin that holds more than tensors (here a collections.UserDict) is refused with a
+    clear exit-2 error naming --allow-pickle; with the flag it converts."""
+    import collections
+
+    monkeypatch.setenv("FTPACK_CACHE", str(tmp_path / "cache"))
+    bin_base = _bin_copy(sharded_base, tmp_path / "bin" / "model", wrap=collections.UserDict)
+    res = run_cli("convert", bin_base, "-o", tmp_path / "x.gguf")
+    assert res.exit_code == 2, res.output
+    assert "--allow-pickle" in res.output and "collections.UserDict" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "x.gguf").exists()
+    assert not list((tmp_path / "cache" / "safetensors").glob("*/model"))  # nothing half-converted
+
+    res = run_cli("convert", bin_base, "-o", tmp_path / "x.gguf", "--allow-pickle")
+    assert res.exit_code == 0, res.output
+    assert run_cli("convert", sharded_base, "-o", tmp_path / "ref.gguf").exit_code == 0
+    assert (tmp_path / "x.gguf").read_bytes() == (tmp_path / "ref.gguf").read_bytes()

@@ -79,3 +79,18 @@ def test_wrong_paths_are_clear_errors(tmp_path, tiny_f16, run_cli):
     cut.write_bytes(tiny_f16.read_bytes()[:-1000])
     res = run_cli("inspect", cut)
     assert res.exit_code == 2 and "truncated" in res.output
+
+
+def test_file_type_names_come_from_gguf_py():
+    """general.file_type names are gguf-py's LlamaFileType (no hand-kept list), and agree
+    with the names `ftpack quantize --list-types` offers from llama-cpp-python."""
+    from gguf import LlamaFileType
+
+    from ftpack.gguf.inspect import file_type_name, file_type_names
+    from ftpack.gguf.quantize import quant_types
+
+    names = file_type_names()
+    assert (names[0], names[1], names[7], names[15], names[32]) == ("F32", "F16", "Q8_0", "Q4_K_M", "BF16")
+    assert len(names) == len([t for t in LlamaFileType if t.name != "GUESSED"])
+    assert all(names[i] == name for name, i in quant_types().items() if i in names)
+    assert file_type_name(99999) == 99999 and file_type_name(None) is None

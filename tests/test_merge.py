@@ -185,7 +185,7 @@ def test_bf16_rounding_matches_torch():
     """numpy bf16 conversion (no torch on the merge path) is bit-identical to torch's."""
     import numpy as np
 
-    from ftpack.gguf.merge import f32_to_bf16_bits, to_float32
+    from ftpack.gguf.safetensors_io import f32_to_bf16_bits, to_float32
 
     gen = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(100_000, generator=gen) * 10 ** torch.randint(-30, 30, (100_000,), generator=gen),
@@ -207,16 +207,56 @@ def test_merge_in_small_row_chunks_is_identical(kind, tiny_llama, lora_adapter, 
     for different row counts); the tiny model's tensors normally fit in one chunk."""
     from safetensors.numpy import load_file
 
-    import ftpack.gguf.merge as merge
+    from ftpack.gguf import lora
+    from ftpack.gguf.merge import merge_adapter
 
     adapter = lora_adapter if kind == "lora" else dora_adapter
-    merge.merge_adapter(tiny_llama, adapter, tmp_path / "whole", dtype="f32")
-    monkeypatch.setattr(merge, "CHUNK_BYTES", 3 * 256 * 4)  # 3 rows of a 256-wide tensor at a time
-    assert merge.chunk_rows((768, 256), None) == 3
-    merge.merge_adapter(tiny_llama, adapter, tmp_path / "chunked", dtype="f32")
+    merge_adapter(tiny_llama, adapter, tmp_path / "whole", dtype="f32")
+    monkeypatch.setattr(lora, "CHUNK_BYTES", 3 * 256 * 4)  # 3 rows of a 256-wide tensor at a time
+    assert lora.chunk_rows((768, 256), None) == 3
+    merge_adapter(tiny_llama, adapter, tmp_path / "chunked", dtype="f32")
     whole = load_file(tmp_path / "whole" / "model.safetensors")
     chunked = load_file(tmp_path / "chunked" / "model.safetensors")
     assert whole.keys() == chunked.keys()
     for name, w in whole.items():
         diff = float(abs(w - chunked[name]).max())
         assert diff <= 1e-6 * max(1.0, float(abs(w).max())), (name, diff)
+
+
+def test_merge_never_deletes_a_folder_ftpack_did_not_write(tiny_llama, lora_adapter, tmp_path, run_cli):
+    """Defect: `ftpack merge -o ~/models` silently wiped ~/models. Now: exit 2, untouched."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "notes.txt").write_text("mine")
+    for extra in ((), ("--overwrite",)):
+        res = run_cli("merge", "--base", tiny_llama, "--adapter", lora_adapter, "-o", models, *extra)
+        assert res.exit_code == 2, res.output
+        assert "ftpack did not write" in res.output and "Traceback" not in res.output
+        assert [p.name for p in models.iterdir()] == ["notes.txt"]
+
+
+def test_merge_never_deletes_its_inputs(tiny_llama, lora_adapter, tmp_path, run_cli):
+    """Defect: `-o work` with base and adapter inside `work` deleted them."""
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_llama, work / "base")
+    shutil.copytree(lora_adapter, work / "adapter")
+    before = sorted(p.relative_to(work) for p in work.rglob("*"))
+    for out, extra in ((work, ()), (work, ("--overwrite",)), (work / "adapter", ("--overwrite",))):
+        res = run_cli("merge", "--base", work / "base", "--adapter", work / "adapter", "-o", out, *extra)
+        assert res.exit_code == 2, res.output
+        assert "holds the input" in res.output
+    assert sorted(p.relative_to(work) for p in work.rglob("*")) == before
+
+
+def test_merge_overwrite_replaces_only_an_earlier_ftpack_output(tiny_llama, lora_adapter, tmp_path, run_cli):
+    out = tmp_path / "merged"
+    assert run_cli("merge", "--base", tiny_llama, "--adapter", lora_adapter, "-o", out).exit_code == 0
+    (out / "left-over.txt").write_text("from the first merge's folder")
+    res = run_cli("merge", "--base", tiny_llama, "--adapter", lora_adapter, "-o", out)
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    assert (out / "left-over.txt").is_file()
+    res = run_cli("merge", "--base", tiny_llama, "--adapter", lora_adapter, "-o", out, "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert not (out / "left-over.txt").exists() and (out / "model.safetensors").is_file()

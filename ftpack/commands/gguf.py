@@ -26,7 +26,12 @@ QUANTIZE_KEYS = ("quant", "imatrix")
 @click.option("-o", "--out", "out_dir", type=_PATH, required=True, help="Folder for the merged model.")
 @click.option("--dtype", type=click.Choice(["auto", "bf16", "f16", "f32"], case_sensitive=False), default="auto",
               show_default=True, help="Weight dtype of the merged copy (auto: as stored in the base).")
-def merge(base: Path | None, adapter_dir: Path, out_dir: Path, dtype: str) -> None:
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier ftpack output at --out (other folders are never replaced).")
+@click.option("--allow-pickle", is_flag=True,
+              help="Unpickle .bin base weights that PyTorch's safe loader refuses (only if you trust them).")
+def merge(base: Path | None, adapter_dir: Path, out_dir: Path, dtype: str, overwrite: bool,
+          allow_pickle: bool) -> None:
     """Fold a LoRA/DoRA adapter into a 16-bit copy of its base (streaming, one tensor at a time).
 
     \b
@@ -37,7 +42,8 @@ def merge(base: Path | None, adapter_dir: Path, out_dir: Path, dtype: str) -> No
     from ftpack.gguf.merge import merge_adapter
 
     r = get_reporter()
-    result = merge_adapter(base, adapter_dir, out_dir, dtype=dtype.lower())
+    result = merge_adapter(base, adapter_dir, out_dir, dtype=dtype.lower(), overwrite=overwrite,
+                           allow_pickle=allow_pickle)
     r.result({"out": str(result.out_dir), "tensors": result.tensors, "merged_tensors": result.merged_modules,
               "bytes": result.bytes, "dtype": result.dtype})
     r.final(f"Merged model: {result.out_dir}", out=str(result.out_dir))
@@ -54,8 +60,10 @@ def merge(base: Path | None, adapter_dir: Path, out_dir: Path, dtype: str) -> No
 @click.option("--llama-cpp", "llama_cpp_dir", type=_PATH, default=None, envvar="LLAMA_CPP_DIR",
               help="llama.cpp checkout whose convert_hf_to_gguf.py handles other architectures "
                    "(default: $LLAMA_CPP_DIR).")
+@click.option("--allow-pickle", is_flag=True,
+              help="Unpickle .bin weights that PyTorch's safe loader refuses (only if you trust them).")
 def convert(model_dir: Path, out: Path | None, adapter_dir: Path | None, name: str | None,
-            llama_cpp_dir: Path | None, **flags) -> None:
+            llama_cpp_dir: Path | None, allow_pickle: bool, **flags) -> None:
     """Convert a Hugging Face model folder to GGUF, tensor by tensor.
 
     \b
@@ -72,7 +80,7 @@ def convert(model_dir: Path, out: Path | None, adapter_dir: Path | None, name: s
         stem = gguf_file_stem(name or (adapter_dir or model_dir).resolve().name)
         out = (adapter_dir or model_dir).resolve().parent / f"{stem}.{outtype}.gguf"
     result = convert_to_gguf(model_dir, out, outtype=outtype, adapter_dir=adapter_dir, name=name,
-                             llama_cpp_dir=llama_cpp_dir)
+                             llama_cpp_dir=llama_cpp_dir, allow_pickle=allow_pickle)
     r.result({"out": str(result.path), "architecture": result.architecture, "outtype": result.outtype,
               "tensors": result.tensors, "bytes": result.bytes, "pre_tokenizer": result.pre_tokenizer,
               "merged_tensors": result.merged_tensors})
@@ -89,7 +97,7 @@ def convert(model_dir: Path, out: Path | None, adapter_dir: Path | None, name: s
 @click.option("--threads", type=int, default=None, help="Threads (default: all cores).")
 @click.option("--list-types", is_flag=True, help="List the quantization types and exit.")
 def quantize(src: Path, dst: Path | None, threads: int | None, list_types: bool, **flags) -> None:
-    """Quantize a GGUF with llama.cpp's quantizer (default Q4_K_M).
+    """Quantize a GGUF with llama.cpp's quantizer.
 
     Example: ftpack quantize model.f16.gguf -o model.Q4_K_M.gguf
     """

@@ -28,17 +28,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftpack.core.atomic import atomic_path, check_free_space, human_bytes
+from ftpack.core.config import OUTTYPES
 from ftpack.core.errors import FtpackError, bad_input
-from ftpack.gguf.merge import (LoraAdapter, TensorSource, f32_to_bf16_bits, fill_tensor, load_adapter, load_hf_config,
-                    release_memory, resolve_adapter_base, tokenizer_dir)
 from ftpack.core.report import get_reporter
+from ftpack.gguf.hf_folder import ensure_safetensors, load_hf_config, tokenizer_dir
+from ftpack.gguf.lora import LoraAdapter, fill_tensor, load_adapter, resolve_adapter_base
+from ftpack.gguf.safetensors_io import TensorSource, f32_to_bf16_bits, numel, release_memory
 
 if TYPE_CHECKING:
     import numpy as np
-
-OUTTYPES = ("f16", "bf16", "f32", "q8_0")
-#: outtype -> gguf LlamaFileType value (general.file_type)
-FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}
 
 
 @dataclass(frozen=True)
@@ -119,11 +117,13 @@ class ConvertResult:
 
 def convert_to_gguf(model_dir: Path | str, out: Path | str, *, outtype: str = "f16",
                     adapter_dir: Path | str | None = None, name: str | None = None,
-                    llama_cpp_dir: Path | str | None = None) -> ConvertResult:
+                    llama_cpp_dir: Path | str | None = None, allow_pickle: bool = False) -> ConvertResult:
     """Convert a Hugging Face model folder (optionally + a LoRA adapter) to one GGUF file.
 
     ``model_dir`` may itself be an adapter folder; its base then comes from
-    adapter_config.json. With ``adapter_dir`` the adapter is merged on the fly.
+    adapter_config.json. With ``adapter_dir`` the adapter is merged on the fly. PyTorch
+    ``.bin`` weights are converted to safetensors once (:func:`ensure_safetensors`);
+    ``allow_pickle`` lets ones PyTorch's safe loader refuses be unpickled.
     """
     outtype = outtype.lower()
     if outtype not in OUTTYPES:
@@ -137,6 +137,7 @@ def convert_to_gguf(model_dir: Path | str, out: Path | str, *, outtype: str = "f
     elif adapter_dir is not None:
         adapter = load_adapter(Path(adapter_dir))
     config = load_hf_config(model_dir)
+    model_dir = ensure_safetensors(model_dir, allow_pickle=allow_pickle)
     arch_name = (config.get("architectures") or [None])[0]
     spec = ARCHITECTURES.get(arch_name or "")
     if spec is None:
@@ -162,9 +163,9 @@ def _convert_llama_family(model_dir: Path, out: Path, outtype: str, adapter: Lor
 
     writer = gguf.GGUFWriter(path=None, arch=spec.gguf_arch)
     meta = write_general_metadata(writer, model_dir, adapter, config, name or _default_name(model_dir, adapter_dir),
-                                  sum(_numel(p.shape) for p in plan))
+                                  sum(numel(p.shape) for p in plan))
     write_hyperparameters(writer, config, spec)
-    writer.add_file_type(FILE_TYPES[outtype])
+    writer.add_file_type(file_type_of(outtype))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     pre = write_tokenizer(writer, tok_dir, config)
     meta["pre_tokenizer"] = pre
@@ -195,17 +196,21 @@ def _convert_llama_family(model_dir: Path, out: Path, outtype: str, adapter: Lor
     return ConvertResult(out, spec.gguf_arch, outtype, len(plan), out.stat().st_size, pre, merged, meta)
 
 
+def file_type_of(outtype: str) -> int:
+    """general.file_type of an outtype, from gguf-py's LlamaFileType (f32 -> ALL_F32, f16 -> MOSTLY_F16)."""
+    from gguf import LlamaFileType
+
+    key = outtype.upper()
+    for ftype in LlamaFileType:
+        if ftype.name in (f"ALL_{key}", f"MOSTLY_{key}"):
+            return int(ftype)
+    raise bad_input(f"--outtype {outtype!r} is not one of: {', '.join(OUTTYPES)}.")
+
+
 def _np_float32():
     import numpy as np
 
     return np.dtype(np.float32)
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _default_name(model_dir: Path, adapter_dir: Path | None) -> str:
@@ -275,7 +280,7 @@ def tensor_nbytes(shape: tuple[int, ...], qtype: int) -> int:
     import gguf
 
     block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(qtype)]
-    return _numel(shape) // block * type_size
+    return numel(shape) // block * type_size
 
 
 def _tensor_data(source: TensorSource, adapter: LoraAdapter | None, p: TensorPlan,
@@ -725,6 +730,15 @@ def _convert_with_llama_cpp(model_dir: Path, out: Path, outtype: str, adapter_di
 
 # -- the pipeline stage -------------------------------------------------------------------
 
+def train_output(ctx) -> tuple[Path, Path | None]:
+    """(model folder, adapter folder or None) from the train stage's record."""
+    main = ctx.upstream_path("train")
+    if (main / "adapter_config.json").is_file():
+        adapter = load_adapter(main)
+        return resolve_adapter_base(adapter, ctx.upstream("train").metrics.get("base_path")), main
+    return main, None
+
+
 def run_convert_stage(ctx) -> "Any":
     """Stage ``convert``: train output → gguf/<name>.<outtype>.gguf.
 
@@ -734,7 +748,6 @@ def run_convert_stage(ctx) -> "Any":
     template come from the folder training saved (adapter or model folder).
     """
     from ftpack.core.runner import StageResult
-    from ftpack.gguf.merge import train_output
 
     cfg = ctx.config
     base_dir, adapter_dir = train_output(ctx)
@@ -742,7 +755,7 @@ def run_convert_stage(ctx) -> "Any":
     path = ctx.layout.gguf_file(cfg.name, outtype)
     path.parent.mkdir(parents=True, exist_ok=True)
     result = convert_to_gguf(base_dir, path, outtype=outtype, adapter_dir=adapter_dir, name=cfg.name,
-                             llama_cpp_dir=os.environ.get("LLAMA_CPP_DIR"))
+                             llama_cpp_dir=os.environ.get("LLAMA_CPP_DIR"), allow_pickle=cfg.allow_pickle)
     return StageResult(outputs=[path], main_output=path, metrics={
         "architecture": result.architecture, "outtype": outtype, "tensors": result.tensors,
         "bytes": result.bytes, "pre_tokenizer": result.pre_tokenizer, "merged_tensors": result.merged_tensors,

@@ -14,15 +14,21 @@ from typing import Any
 from ftpack.core.errors import bad_input
 
 GGUF_MAGIC = b"GGUF"
-#: general.file_type values (llama_ftype) -> names, as llama.cpp prints them
-FILE_TYPE_NAMES = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
-    12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
-    19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL",
-    26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16",
-    36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4_MOE", 39: "NVFP4",
-}
 UNQUANTIZED_TYPES = {"F32", "F16", "BF16", "F64"}
+
+
+def file_type_names() -> dict[int, str]:
+    """general.file_type values (llama_ftype) -> names as llama.cpp prints them (Q4_K_M,
+    F16, ...), from gguf-py's ``LlamaFileType``, so new types need no edit here."""
+    from gguf import LlamaFileType
+
+    return {int(t): t.name.removeprefix("MOSTLY_").removeprefix("ALL_") for t in LlamaFileType
+            if t.name.startswith(("MOSTLY_", "ALL_"))}
+
+
+def file_type_name(file_type: int | None) -> str | int | None:
+    """The name of a general.file_type value (the number itself when gguf-py does not know it)."""
+    return file_type_names().get(file_type, file_type) if file_type is not None else None
 
 
 def is_gguf(path: Path) -> bool:
@@ -116,7 +122,7 @@ def summarize_gguf(path: Path | str) -> dict[str, Any]:
         "name": field_value(reader, "general.name"),
         "license": field_value(reader, "general.license"),
         "base_models": bases,
-        "file_type": FILE_TYPE_NAMES.get(ftype, ftype),
+        "file_type": file_type_name(ftype),
         "file_type_id": ftype,
         "parameters": sum(r["parameters"] for r in table),
         "context_length": field_value(reader, f"{arch}.context_length"),

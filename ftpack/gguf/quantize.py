@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from ftpack.core.atomic import atomic_path, check_free_space, human_bytes
+from ftpack.core.config import DEFAULT_QUANT
 from ftpack.core.errors import FtpackError, bad_input
 from ftpack.core.report import get_reporter
-
-DEFAULT_TYPE = "Q4_K_M"
 #: llama.cpp's quantize tool refuses these without an importance matrix (quality collapses)
 NEEDS_IMATRIX = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "Q2_K_S")
 _PROGRESS_RE = re.compile(r"\[\s*(\d+)\s*/\s*(\d+)\s*\]")
@@ -71,7 +70,7 @@ class QuantizeResult:
     requantized: bool
 
 
-def quantize_gguf(src: Path | str, dst: Path | str, quant_type: str = DEFAULT_TYPE, *,
+def quantize_gguf(src: Path | str, dst: Path | str, quant_type: str = DEFAULT_QUANT, *,
                   imatrix: Path | str | None = None, threads: int | None = None) -> QuantizeResult:
     """Quantize ``src`` into ``dst`` with llama.cpp (in a child process), atomically."""
     from ftpack.gguf.inspect import is_quantized, summarize_gguf
@@ -319,13 +318,13 @@ def _child_main(job: dict[str, Any]) -> int:
 def run_quantize_stage(ctx) -> "Any":
     """Stage ``quantize``: gguf/<name>.<outtype>.gguf (convert's output) → gguf/<name>.<QUANT>.gguf.
 
-    Uses ctx.config.quant (default Q4_K_M) and ctx.config.imatrix.
+    Uses ctx.config.quant (default :data:`DEFAULT_QUANT`) and ctx.config.imatrix.
     """
     from ftpack.core.runner import StageResult
 
     cfg = ctx.config
     src = ctx.upstream_path("convert")
-    name, _ = resolve_quant_type(cfg.quant or DEFAULT_TYPE)
+    name, _ = resolve_quant_type(cfg.quant or DEFAULT_QUANT)
     dst = ctx.layout.gguf_file(cfg.name, name)
     result = quantize_gguf(src, dst, name, imatrix=cfg.imatrix)
     return StageResult(outputs=[dst], main_output=dst, metrics={
