@@ -345,6 +345,7 @@ def test_data_command_with_base_counts_tokens_and_writes_split(tmp_path, run_cli
 
 
 def test_run_data_stage_writes_splits_stats_and_template(tmp_path, tiny_llama):
+    from ftpack.core.layout import BuildLayout
     from ftpack.core.report import Reporter
 
     path = write(tmp_path / "d.jsonl", records("sharegpt", True) * 1 + [{"messages": c} for c in []], "jsonl")
@@ -352,8 +353,9 @@ def test_run_data_stage_writes_splits_stats_and_template(tmp_path, tiny_llama):
                           drop_long=False, eval_ratio=0.34, seed=7, trust_remote_code=False, allow_pickle=False)
     stage_dir = tmp_path / "build" / "data"
     stage_dir.mkdir(parents=True)
+    (stage_dir / "eval.jsonl").write_text("stale split of an earlier run\n", encoding="utf-8")
     ctx = SimpleNamespace(config=cfg, stage_dir=stage_dir, build_dir=tmp_path / "build",
-                          reporter=Reporter("quiet"))
+                          layout=BuildLayout(tmp_path / "build"), reporter=Reporter("quiet"))
     result = run_data_stage(ctx)
     assert result.main_output == stage_dir / "train.jsonl"
     assert result.metrics["template"] == "chatml"  # from the tiny tokenizer's own ChatML template
@@ -365,6 +367,9 @@ def test_run_data_stage_writes_splits_stats_and_template(tmp_path, tiny_llama):
     assert sorted(map(json.dumps, written)) == sorted(map(json.dumps, expected(True)))
     assert set(result.outputs) == {stage_dir / "train.jsonl", stage_dir / "eval.jsonl", stage_dir / "stats.json"}
     assert not list(stage_dir.glob("*.partial*"))
+    cfg.eval_ratio = 0.0  # no eval split now: the earlier eval.jsonl must not stay behind
+    result = run_data_stage(ctx)
+    assert not (stage_dir / "eval.jsonl").exists() and result.metrics["eval_records"] == 0
 
 
 def test_stop_strings_inside_records_are_counted(tmp_path, run_cli):
@@ -377,3 +382,35 @@ def test_stop_strings_inside_records_are_counted(tmp_path, run_cli):
     assert prepare_data(path, template=load_template("chatml")).summary.stop_collisions == 0
     result = run_cli("data", path, "--template", "vicuna_v1.1")
     assert result.exit_code == 0 and "stop string" in result.output
+
+
+def test_data_with_a_hub_alias_fetches_the_tokenizer_not_the_weights(tmp_path, tiny_llama):
+    """Defect 11: `ftpack data --base ALIAS` needs the tokenizer (and config.json) only; the
+    weights are fetched by training. A hub double serves the alias's repo (the tiny Llama)."""
+    import os
+    import subprocess
+    import sys
+
+    from fake_hub import FakeHub
+    from ftpack.training.bases import ALIASES
+
+    path = write(tmp_path / "d.jsonl", [{"messages": c} for c in _convs(6)], "jsonl")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    with FakeHub(ALIASES["vicuna-7b"], tiny_llama) as hub:
+        env["HF_ENDPOINT"] = hub.url
+        proc = subprocess.run([sys.executable, "-m", "ftpack", "--json", "data", str(path), "--base", "vicuna-7b"],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        result = next(json.loads(line)["data"] for line in proc.stdout.splitlines()
+                      if line.startswith("{") and json.loads(line)["event"] == "result")
+        assert result["tokens"]["total"] > 0  # the tokenizer was there
+        assert {"tokenizer.json", "config.json"} <= set(hub.downloaded)
+        assert not [f for f in hub.downloaded if f.endswith((".safetensors", ".bin"))], hub.downloaded
+        # training later fetches the weights into the same snapshot
+        proc = subprocess.run([sys.executable, "-c", "from ftpack.training.bases import resolve_base; "
+                               "print(resolve_base('vicuna-7b').path)"], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert "model.safetensors" in hub.downloaded
+        assert (Path(proc.stdout.strip().splitlines()[-1]) / "tokenizer.json").is_file()

@@ -88,13 +88,46 @@ def test_broken_gguf_is_bad_input(tmp_path, content):
     assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # nothing half-written
 
 
-def test_aliases_name_existing_templates():
-    from ftpack.training.templates import template_names
+#: The chat format of each alias's model, as its model card documents it.
+ALIAS_FORMATS = {
+    "smollm2-135m": "chatml", "smollm2-360m": "chatml", "smollm2-1.7b": "chatml",
+    "qwen2.5-0.5b-instruct": "chatml", "qwen2.5-1.5b-instruct": "chatml", "qwen2.5-7b-instruct": "chatml",
+    "llama-3.2-1b-instruct": "llama3", "llama-3.2-3b-instruct": "llama3", "llama-3.1-8b-instruct": "llama3",
+    "llama-2-7b-chat": "llama2", "mistral-7b-instruct": "mistral", "tinyllama-chat": "zephyr",
+    "zephyr-7b-beta": "zephyr", "phi-3-mini": "phi3", "gemma-2-2b-it": "gemma",
+    "vicuna-7b": "vicuna_v1.1", "vicuna-13b": "vicuna_v1.1",
+}
 
-    assert ALIASES["vicuna-7b"] == ("lmsys/vicuna-7b-v1.5", "vicuna_v1.1")
-    names = set(template_names())
-    assert {tpl for _, tpl in ALIASES.values()} <= names
-    assert len(ALIASES) >= 10
+
+def test_each_alias_finds_its_chat_format_through_the_one_map():
+    """Aliases name hub ids only; templates/*.toml `aliases` patterns give the format, for
+    the alias and for its hub id typed out in full alike."""
+    from ftpack.training.templates import template_for_name
+
+    assert ALIASES["vicuna-7b"] == "lmsys/vicuna-7b-v1.5"
+    assert set(ALIASES) == set(ALIAS_FORMATS)
+    for alias, hub_id in ALIASES.items():
+        assert template_for_name(hub_id) == ALIAS_FORMATS[alias], alias
+        assert template_for_name(alias) == ALIAS_FORMATS[alias], alias
+
+
+def test_a_local_copy_keeps_the_name_it_was_saved_from(tmp_path):
+    """A folder saved from lmsys/vicuna-7b-v1.5 (config.json's _name_or_path) is still
+    recognised by that name when its tokenizer carries no chat template."""
+    from ftpack.training.templates import choose_template
+
+    folder = _fake_folder(tmp_path, {"model.safetensors": ""},
+                          {"model_type": "llama", "_name_or_path": "lmsys/vicuna-7b-v1.5"})
+    resolved = resolve_base(str(folder))
+    assert resolved.names == (str(folder.resolve()), "lmsys/vicuna-7b-v1.5")
+    assert choose_template(None, resolved.names).name == "vicuna_v1.1"
+
+
+def test_tokenizer_only_resolution_needs_no_weights(tmp_path):
+    folder = _fake_folder(tmp_path, {"tokenizer.json": "{}"})
+    with pytest.raises(FtpackError):
+        resolve_base(str(folder))  # training needs weights
+    assert resolve_base(str(folder), tokenizer_only=True).path == folder.resolve()
 
 
 # -- the hub, in a fresh interpreter (huggingface_hub reads HF_HOME / offline at import) ----
@@ -106,7 +139,7 @@ from ftpack.training.bases import resolve_base
 t = time.monotonic()
 try:
     r = resolve_base(sys.argv[1])
-    out = {"path": str(r.path), "source": r.source, "template": r.template}
+    out = {"path": str(r.path), "source": r.source, "model_id": r.model_id}
 except FtpackError as e:
     out = {"error": e.message, "hint": e.hint, "code": e.code}
 out["seconds"] = time.monotonic() - t
@@ -162,10 +195,10 @@ def test_embedded_smollm2_is_a_clean_safetensors_model(smollm2_base):
     assert "quantization_config" not in config and config["model_type"] == "llama"
     assert (smollm2_base / "model.safetensors").is_file()
     mark = json.loads((smollm2_base / "ftpack-source.json").read_text())
-    assert mark["sha256"] == sha256_file(embedded_gguf_path()) and mark["template"] == "chatml"
+    assert mark["sha256"] == sha256_file(embedded_gguf_path())
     before = (smollm2_base / "model.safetensors").stat().st_mtime_ns
     again = resolve_base("smollm2-135m")  # cached: no second conversion
-    assert again.path == smollm2_base and again.template == "chatml" and again.source == "embedded"
+    assert again.path == smollm2_base and again.source == "embedded"
     assert again.model_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
     by_file = resolve_base(str(embedded_gguf_path()))  # the same file given as a path: same cache entry
     assert by_file.path == smollm2_base and by_file.source == "gguf"

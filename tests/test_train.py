@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ftpack.core.errors import FtpackError
+from ftpack.training.templates import load_template, template_of_weights
 
 CITIES = ["Paris", "Berlin", "Rome", "Tokyo"]
 
@@ -89,7 +90,8 @@ def test_lora_methods_learn_and_change_logits(tiny_llama, chat_file, tmp_path, m
     assert (after - before).abs().max().item() > 1e-2
     rows = (tmp_path / method / "loss.csv").read_text().splitlines()
     assert rows[0].startswith("step,") and len(rows) == 1 + 6
-    assert result.metrics["method"] == method and result.metrics["template"] == "chatml"
+    assert result.metrics["method"] == method and result.template == "chatml"
+    assert template_of_weights(adapter) == load_template("chatml")  # the whole format, beside the weights
 
 
 def test_sft_trains_only_top_blocks(tiny_llama, chat_file, tmp_path):
@@ -107,7 +109,7 @@ def test_sft_train_embeddings_and_layer_count_check(tiny_llama, chat_file, tmp_p
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ftpack.training.train import freeze_for_sft
+    from ftpack.training.trainable import freeze_for_sft
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
     names = freeze_for_sft(model, 1, train_embeddings=True)
@@ -212,7 +214,7 @@ def test_target_modules_default_override_and_wrong_name(tiny_llama):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ftpack.training.train import lora_target_modules
+    from ftpack.training.trainable import lora_target_modules
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
     default = lora_target_modules(model)
@@ -277,7 +279,7 @@ def test_changed_settings_do_not_resume(tiny_llama, chat_file, tmp_path):
 
 
 def test_bad_training_data_is_bad_input(tiny_llama, tmp_path):
-    from ftpack.training.train import read_messages_jsonl
+    from ftpack.training.data import read_messages_jsonl
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"oops": 1}\n', encoding="utf-8")
@@ -289,9 +291,13 @@ def test_bad_training_data_is_bad_input(tiny_llama, tmp_path):
     assert err.value.code == 2
 
 
-def test_train_stage_in_a_build(tiny_llama, chat_file, tmp_path):
-    from ftpack.core.runner import Stage, StageResult, run_stages
+def test_train_stage_trains_with_the_data_stages_template(tiny_llama, chat_file, tmp_path):
+    """The template is chosen once, by the data stage: training uses that choice (here
+    vicuna_v1.1, although the base's tokenizer carries ChatML), saves it beside the
+    weights, and template_of_build reads it back."""
     from ftpack.core.config import build_config
+    from ftpack.core.runner import Stage, StageResult, run_stages
+    from ftpack.training.templates import template_of_build
     from ftpack.training.train import run_train_stage
 
     def fake_data_stage(ctx):
@@ -299,19 +305,69 @@ def test_train_stage_in_a_build(tiny_llama, chat_file, tmp_path):
         (ctx.stage_dir / "train.jsonl").write_text("\n".join(rows[:20]) + "\n", encoding="utf-8")
         (ctx.stage_dir / "eval.jsonl").write_text("\n".join(rows[20:]) + "\n", encoding="utf-8")
         return StageResult(outputs=[ctx.stage_dir / "train.jsonl", ctx.stage_dir / "eval.jsonl"],
-                           main_output=ctx.stage_dir / "train.jsonl", metrics={"template": "chatml"})
+                           main_output=ctx.stage_dir / "train.jsonl", metrics={"template": "vicuna_v1.1"})
 
     cfg = build_config("tiny", flag_values={"base": str(tiny_llama), "method": "lora", "max_steps": 3,
                                             "learning_rate": 2e-3})
     stages = [Stage("data", "fake", fake_data_stage), Stage("train", "fine-tune", run_train_stage)]
-    manifest = run_stages(cfg, stages, tmp_path / "build")
+    build = tmp_path / "build"
+    manifest = run_stages(cfg, stages, build)
     rec = manifest.stages["train"]
     assert rec.status == "done" and rec.main_output == "train/adapter"
     assert rec.metrics["steps"] == 3 and rec.metrics["final_eval_loss"] is not None
-    assert rec.metrics["template"] == "chatml" and rec.metrics["base_path"] == str(Path(tiny_llama).resolve())
+    assert rec.metrics["base_path"] == str(Path(tiny_llama).resolve())
+    assert rec.metrics["hyper_parameters"]["learning_rate"] == 2e-3
     paths = {o.path for o in rec.outputs}
-    assert {"train/loss.csv", "train/loss.png", "train/adapter/adapter_model.safetensors"} <= paths
-    assert "eval_loss" in (tmp_path / "build" / "train" / "loss.csv").read_text().splitlines()[0]
+    assert {"train/loss.csv", "train/loss.png", "train/adapter/adapter_model.safetensors",
+            "train/adapter/ftpack_template.json"} <= paths
+    assert "eval_loss" in (build / "train" / "loss.csv").read_text().splitlines()[0]
+    assert template_of_build(build) == load_template("vicuna_v1.1")
+    assert "ASSISTANT:" in (build / "train" / "adapter" / "chat_template.jinja").read_text()
+
+
+def test_template_of_build_before_and_after_training(tmp_path):
+    """Before training: the data stage's record; after: the copy beside the weights (which
+    wins, even if templates/ changed since); a `ftpack train` folder has no build.json."""
+    from ftpack.core.errors import FtpackError
+    from ftpack.core.manifest import Manifest, StageRecord
+    from ftpack.training.templates import ChatTemplate, save_template, template_of_build
+
+    build = tmp_path / "b"
+    with pytest.raises(FtpackError):
+        template_of_build(build)
+    manifest = Manifest.load(build)
+    manifest.stages["data"] = StageRecord(status="done", input_hash="x", metrics={"template": "llama3"})
+    manifest.stages["train"] = StageRecord(status="running", input_hash="y", main_output="train/adapter")
+    build.mkdir()
+    manifest.save()
+    assert template_of_build(build).name == "llama3"
+    edited = ChatTemplate.from_dict({**load_template("llama3").as_dict(), "stop": ["<|eot_id|>", "END"]})
+    save_template(edited, build / "train" / "adapter")
+    manifest.stages["train"].status = "done"
+    manifest.save()
+    assert template_of_build(build).stop == ("<|eot_id|>", "END")
+    (build / "build.json").unlink()
+    assert template_of_build(build).stop == ("<|eot_id|>", "END")
+
+
+def test_warmup_ratio_is_a_ratio_of_the_real_optimizer_steps(tiny_llama, chat_file, tmp_path):
+    """--warmup-ratio 0.5 over 2 epochs of 24 records, batch 4, gradient accumulation 2:
+    6 optimizer steps, 3 of them warm-up (transformers alone read a ratio of 1.0 as one
+    step, and truncates a float in 4.x)."""
+    from ftpack.training.settings import warmup_steps
+
+    assert [warmup_steps(r, 100) for r in (0.0, 0.03, 0.5, 1.0)] == [0, 3, 50, 100]
+    result = _train(tiny_llama, chat_file, tmp_path / "warm", method="lora", max_steps=-1, num_train_epochs=2,
+                    per_device_train_batch_size=4, gradient_accumulation_steps=2, warmup_ratio=0.5,
+                    lr_scheduler_type="linear", learning_rate=1e-3)
+    assert result.steps == 6 and result.metrics["optimizer_steps"] == 6 and result.metrics["warmup_steps"] == 3
+    lrs = [float(r.split(",")[4]) for r in (tmp_path / "warm" / "loss.csv").read_text().splitlines()[1:]]
+    # the rate logged at step k is the one step k used: 0, 1/3, 2/3 of the peak, the peak, then down
+    assert lrs[0] < lrs[1] < lrs[2] < lrs[3] > lrs[4] > lrs[5] and lrs[3] == pytest.approx(1e-3), lrs
+    full = _train(tiny_llama, chat_file, tmp_path / "warm1", method="lora", max_steps=4, warmup_ratio=1.0,
+                  lr_scheduler_type="linear", learning_rate=1e-3)
+    lrs = [float(r.split(",")[4]) for r in (tmp_path / "warm1" / "loss.csv").read_text().splitlines()[1:]]
+    assert full.metrics["warmup_steps"] == 4 and lrs == sorted(lrs) and lrs[0] < lrs[-1], lrs
 
 
 # -- the `ftpack train` command ------------------------------------------------------------
@@ -353,32 +409,75 @@ def test_cli_trains_from_another_format(run_cli, tiny_llama, tmp_path):
     assert first["messages"][-1]["role"] == "assistant"
 
 
-def test_every_train_setting_reaches_train():
-    """Each train-stage config key (= CLI flag) is a parameter of train(): none is dropped."""
-    import inspect
+def test_train_settings_are_the_config_keys():
+    """TrainSettings holds every train-stage config key (= CLI flag) with its default, is
+    built from a BuildConfig or build.json's config alike, and train() takes each field."""
+    import dataclasses
 
-    from ftpack.core.config import OPTIONS, build_config
-    from ftpack.training.train import train, train_kwargs_from_config
+    from ftpack.core.config import OPTION_BY_KEY, OPTIONS, build_config, config_to_dict
+    from ftpack.training.checkpoints import run_fingerprint
+    from ftpack.training.settings import BOOKKEEPING, TrainSettings
 
-    params = set(inspect.signature(train).parameters)
-    train_keys = {o.key for o in OPTIONS if o.stage == "train"} | {"max_seq_length", "seed"}
-    assert train_keys <= params, train_keys - params
-    cfg = build_config("x", flag_values={"lora_r": 8, "target_modules": ["q_proj", "v_proj"], "dora": True})
-    kwargs = train_kwargs_from_config(cfg)
-    assert kwargs["lora_r"] == 8 and list(kwargs["target_modules"]) == ["q_proj", "v_proj"] and kwargs["dora"]
-    assert train_keys - {"method"} <= set(kwargs) | {k for k in train_keys if getattr(cfg, k) is None}
+    names = {f.name for f in dataclasses.fields(TrainSettings)}
+    assert names == {o.key for o in OPTIONS if o.stage == "train"} | {"max_seq_length", "seed"}
+    defaults = TrainSettings()
+    assert all(getattr(defaults, k) == OPTION_BY_KEY[k].default for k in names)
+    cfg = build_config("x", flag_values={"lora_r": 8, "target_modules": ["q_proj", "v_proj"], "dora": True,
+                                         "warmup_ratio": 0.1})
+    settings = TrainSettings.from_config(cfg)
+    assert settings == TrainSettings.from_config(config_to_dict(cfg))
+    assert (settings.lora_r, settings.target_modules, settings.dora, settings.warmup_ratio) == (
+        8, ("q_proj", "v_proj"), True, 0.1)
+    assert TrainSettings.of(settings, lora_r=4).lora_r == 4
+    with pytest.raises(TypeError):
+        TrainSettings.of(settings, lora_rank=4)
+    hp = settings.hyper_parameters()
+    assert set(hp) == names - set(BOOKKEEPING)
+    base = run_fingerprint(hp, "chatml", Path("/b"), Path(__file__), None)
+    for key in hp:  # every hyper-parameter is part of the resume fingerprint
+        changed = {**hp, key: "changed"}
+        assert run_fingerprint(changed, "chatml", Path("/b"), Path(__file__), None) != base, key
+    assert run_fingerprint(hp, "llama3", Path("/b"), Path(__file__), None) != base
 
 
 def test_auto_method_says_which_and_why():
-    import io
+    from ftpack.training.settings import TrainSettings, resolve_method
 
-    from ftpack.core.report import Reporter
-    from ftpack.training.train import choose_method
+    assert resolve_method("auto", "cpu")[0] == "lora" and "CUDA" in resolve_method("auto", "cpu")[1]
+    assert resolve_method("auto", "cuda")[0] == "qlora"
+    assert resolve_method("SFT", "cpu") == ("sft", "as asked")
+    with pytest.raises(FtpackError) as err:
+        resolve_method("dpo", "cpu")
+    assert err.value.code == 2
+    on_gpu = TrainSettings(method="auto").resolved("cuda")
+    assert (on_gpu.method, on_gpu.learning_rate, on_gpu.gradient_checkpointing) == ("qlora", 2e-4, True)
+    on_cpu = TrainSettings(method="full", learning_rate=1e-5).resolved("cpu")
+    assert (on_cpu.method, on_cpu.learning_rate, on_cpu.gradient_checkpointing) == ("full", 1e-5, False)
 
-    out = io.StringIO()
-    reporter = Reporter("json", out=out)
-    assert choose_method("auto", "cpu", reporter) == "lora"
-    assert choose_method("auto", "cuda", reporter) == "qlora"
-    assert choose_method("SFT", "cpu", reporter) == "sft"
-    messages = [json.loads(line)["message"] for line in out.getvalue().splitlines()]
-    assert "lora" in messages[0] and "CUDA" in messages[0] and "qlora" in messages[1]
+
+def test_qlora_output_shows_no_library_noise_unless_debug(tiny_llama, tmp_path):
+    """Defect 12: bitsandbytes' "pip install kernels" note, transformers' progress bars and
+    FutureWarnings stay hidden; --debug shows them. Fresh interpreters: bitsandbytes
+    prints its note when first imported."""
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _conversations(8)), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "FTPACK_DEBUG"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+
+    def run(*flags: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "ftpack", *flags, "train", "--base", str(tiny_llama),
+                               "--data", str(data), "--method", "qlora", "--max-steps", "1",
+                               "--out", str(tmp_path / f"out{len(flags)}")],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout + proc.stderr
+
+    quiet, debug = run(), run("--debug")
+    assert "Loading weights" in debug  # the libraries did talk...
+    for noise in ("kernels", "Loading weights", "Warning", "warnings.warn", "examples/s"):
+        assert noise not in quiet, (noise, quiet)  # ...but only --debug shows it
+    assert "Trained qlora for 1 steps" in quiet

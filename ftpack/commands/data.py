@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ftpack.core.config import DATA_FORMATS
+from ftpack.core.options import config_options, given_flags
 from ftpack.core.report import get_reporter
 
 
@@ -43,23 +43,14 @@ def templates(name: str | None) -> None:
 
 @click.command()
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(DATA_FORMATS, case_sensitive=False), default="auto",
-              show_default=True, help="Dataset format (auto: detected from the records' keys).")
-@click.option("--template", default=None, metavar="NAME",
-              help="Chat template (see `ftpack templates`); default: detected from --base.")
 @click.option("--base", default=None, metavar="BASE",
-              help="Base model whose tokenizer counts tokens (alias, hub id, folder or .gguf).")
-@click.option("--max-seq-length", type=click.IntRange(min=8), default=2048, show_default=True, metavar="N",
-              help="Records longer than this many tokens are flagged (or dropped with --drop-long).")
-@click.option("--drop-long", is_flag=True, help="Drop records longer than --max-seq-length.")
-@click.option("--eval-ratio", type=click.FloatRange(0.0, 0.5), default=None, metavar="R",
-              help="Fraction held out for evaluation (default 0.05 with >= 20 records, else 0).")
-@click.option("--seed", type=click.IntRange(min=0), default=42, show_default=True, help="Seed of the eval split.")
+              help="Base model whose tokenizer counts tokens (alias, hub id, folder or .gguf); only its "
+                   "tokenizer files are downloaded, never the weights.")
+@config_options(["format", "template", "max_seq_length", "drop_long", "eval_ratio", "seed", "trust_remote_code"],
+                help={"template": "Chat template (see `ftpack templates`); default: detected from --base."})
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None, metavar="OUT.jsonl",
               help="Write the normalised training records here (the eval split goes to OUT.eval.jsonl).")
-@click.option("--trust-remote-code", is_flag=True, help="Allow the base tokenizer's own Python code.")
-def data(file: Path, fmt: str, template: str | None, base: str | None, max_seq_length: int, drop_long: bool,
-         eval_ratio: float | None, seed: int, out: Path | None, trust_remote_code: bool) -> None:
+def data(file: Path, base: str | None, out: Path | None, **params) -> None:
     """Validate a dataset, normalise it to `messages` JSONL and show its statistics.
 
     \b
@@ -69,28 +60,29 @@ def data(file: Path, fmt: str, template: str | None, base: str | None, max_seq_l
     Every problem is listed as FILE:LINE: what is wrong; then nothing is written (exit 2).
     Example: ftpack data qa.json --base smollm2-135m -o qa.messages.jsonl
     """
-    from ftpack.training.data import load_tokenizer, prepare_data, report_summary, write_jsonl
+    from ftpack.core.config import command_settings
+    from ftpack.training.bases import resolve_tokenizer
+    from ftpack.training.data import eval_path_beside, prepare_data, report_summary, write_split
     from ftpack.training.templates import choose_template, load_template
 
     reporter = get_reporter()
+    settings = command_settings(list(params), given_flags(params))
     tokenizer = tpl = None
     note = None
     if base:
-        tokenizer, resolved = load_tokenizer(base, trust_remote_code=trust_remote_code)
-        tpl = choose_template(template or resolved.template, resolved.model_id or base, tokenizer)
-    elif template:
-        tpl = load_template(template)
+        tokenizer, resolved = resolve_tokenizer(base, trust_remote_code=bool(settings["trust_remote_code"]))
+        tpl = choose_template(settings["template"], resolved.names, tokenizer, reporter=reporter)
+    elif settings["template"]:
+        tpl = load_template(settings["template"])
         note = "no tokenizer: pass --base to count tokens"
-    prepared = prepare_data(file, fmt=fmt.lower(), template=tpl, tokenizer=tokenizer, max_seq_length=max_seq_length,
-                            drop_long=drop_long, eval_ratio=eval_ratio, seed=seed, tokens_note=note)
+    prepared = prepare_data(file, fmt=settings["format"], template=tpl, tokenizer=tokenizer,
+                            max_seq_length=settings["max_seq_length"], drop_long=bool(settings["drop_long"]),
+                            eval_ratio=settings["eval_ratio"], seed=settings["seed"], tokens_note=note)
     summary = prepared.summary
     if out is not None:
-        summary.outputs["train"] = str(write_jsonl(out, prepared.train))
-        if prepared.eval:
-            eval_path = out.with_name(out.name[: -len(".jsonl")] if out.name.endswith(".jsonl") else out.name)
-            eval_path = eval_path.with_name(eval_path.name + ".eval.jsonl")
-            summary.outputs["eval"] = str(write_jsonl(eval_path, prepared.eval))
+        written = write_split(prepared, out, eval_path_beside(out))
+        summary.outputs.update(zip(("train", "eval"), map(str, written)))
     report_summary(summary, reporter)
     reporter.result(summary.as_dict())
-    written = f"; wrote {', '.join(summary.outputs.values())}" if summary.outputs else "; nothing written (use -o)"
-    reporter.final(f"{summary.records} valid records ({summary.format}){written}", **{"records": summary.records})
+    written_text = f"; wrote {', '.join(summary.outputs.values())}" if summary.outputs else "; nothing written (use -o)"
+    reporter.final(f"{summary.records} valid records ({summary.format}){written_text}", **{"records": summary.records})

@@ -28,10 +28,9 @@ QUANTIZE_KEYS = ("quant", "imatrix")
               show_default=True, help="Weight dtype of the merged copy (auto: as stored in the base).")
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier ftpack output at --out (other folders are never replaced).")
-@click.option("--allow-pickle", is_flag=True,
-              help="Unpickle .bin base weights that PyTorch's safe loader refuses (only if you trust them).")
-def merge(base: Path | None, adapter_dir: Path, out_dir: Path, dtype: str, overwrite: bool,
-          allow_pickle: bool) -> None:
+@config_options(["allow_pickle"], help={
+    "allow_pickle": "Unpickle .bin base weights that PyTorch's safe loader refuses (only if you trust them)."})
+def merge(base: Path | None, adapter_dir: Path, out_dir: Path, dtype: str, overwrite: bool, **flags) -> None:
     """Fold a LoRA/DoRA adapter into a 16-bit copy of its base (streaming, one tensor at a time).
 
     \b
@@ -42,6 +41,7 @@ def merge(base: Path | None, adapter_dir: Path, out_dir: Path, dtype: str, overw
     from ftpack.gguf.merge import merge_adapter
 
     r = get_reporter()
+    allow_pickle = bool(command_settings(["allow_pickle"], given_flags(flags))["allow_pickle"])
     result = merge_adapter(base, adapter_dir, out_dir, dtype=dtype.lower(), overwrite=overwrite,
                            allow_pickle=allow_pickle)
     r.result({"out": str(result.out_dir), "tensors": result.tensors, "merged_tensors": result.merged_modules,
@@ -60,10 +60,10 @@ def merge(base: Path | None, adapter_dir: Path, out_dir: Path, dtype: str, overw
 @click.option("--llama-cpp", "llama_cpp_dir", type=_PATH, default=None, envvar="LLAMA_CPP_DIR",
               help="llama.cpp checkout whose convert_hf_to_gguf.py handles other architectures "
                    "(default: $LLAMA_CPP_DIR).")
-@click.option("--allow-pickle", is_flag=True,
-              help="Unpickle .bin weights that PyTorch's safe loader refuses (only if you trust them).")
+@config_options(["allow_pickle"], help={
+    "allow_pickle": "Unpickle .bin weights that PyTorch's safe loader refuses (only if you trust them)."})
 def convert(model_dir: Path, out: Path | None, adapter_dir: Path | None, name: str | None,
-            llama_cpp_dir: Path | None, allow_pickle: bool, **flags) -> None:
+            llama_cpp_dir: Path | None, **flags) -> None:
     """Convert a Hugging Face model folder to GGUF, tensor by tensor.
 
     \b
@@ -75,7 +75,8 @@ def convert(model_dir: Path, out: Path | None, adapter_dir: Path | None, name: s
     from ftpack.core.layout import gguf_file_stem
 
     r = get_reporter()
-    outtype = command_settings(["outtype"], given_flags(flags))["outtype"]
+    settings = command_settings(["outtype", "allow_pickle"], given_flags(flags))
+    outtype, allow_pickle = settings["outtype"], bool(settings["allow_pickle"])
     if out is None:
         stem = gguf_file_stem(name or (adapter_dir or model_dir).resolve().name)
         out = (adapter_dir or model_dir).resolve().parent / f"{stem}.{outtype}.gguf"

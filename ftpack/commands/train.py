@@ -27,16 +27,18 @@ def train(config_file: Path | None, resume: bool | None, **params) -> None:
     """Fine-tune --base on --data with --method qlora | lora | sft | full.
 
     \b
-    Writes to --out: data/train.jsonl (+ eval.jsonl), adapter/ (LoRA, QLoRA) or model/
-    (sft, full) with the tokenizer and the training chat template, loss.csv, loss.png,
-    trainer_state.json. Checkpoints every --save-steps; an interrupted run resumes.
+    Runs the build's data step (validate, choose the chat template, split) into
+    --out/data/, then trains into --out: adapter/ (LoRA, QLoRA) or model/ (sft, full)
+    with the tokenizer, the training chat template and ftpack_template.json, loss.csv,
+    loss.png, trainer_state.json. Checkpoints every --save-steps; an interrupted run resumes.
     Example: ftpack train --data qa.jsonl --method lora --max-steps 60 --out runs/qa
     Multi-GPU: torchrun --nproc_per_node 4 -m ftpack train ...
     """
     from ftpack.core.config import build_config, load_config_file
-    from ftpack.training.data import load_tokenizer, prepare_data, report_summary, write_jsonl
     from ftpack.core.errors import bad_input
-    from ftpack.training.templates import choose_template
+    from ftpack.core.layout import BuildLayout
+    from ftpack.training.data import prepare_build_data
+    from ftpack.training.settings import TrainSettings
     from ftpack.training.train import train as run_training
 
     reporter = get_reporter()
@@ -46,30 +48,15 @@ def train(config_file: Path | None, resume: bool | None, **params) -> None:
     file_values = load_config_file(config_file) if config_file else None
     cfg = build_config("train", file_values, given_flags(params),
                        source=str(config_file) if config_file else "config file")
-    if cfg.data is None:
-        raise bad_input("No dataset given.", "Pass --data FILE (JSON or JSONL).")
     if cfg.out is None:
         raise bad_input("No output folder given.", "Pass --out DIR.")
-    if not Path(cfg.data).is_file():
-        raise bad_input(f"Dataset not found: {cfg.data}")
     out = Path(cfg.out)
-
-    tokenizer, resolved = load_tokenizer(cfg.base, trust_remote_code=bool(cfg.trust_remote_code),
-                                         allow_pickle=bool(cfg.allow_pickle))
-    template = choose_template(cfg.template or resolved.template, resolved.model_id, tokenizer)
-    prepared = prepare_data(cfg.data, fmt=cfg.format or "auto", template=template, tokenizer=tokenizer,
-                            max_seq_length=cfg.max_seq_length, drop_long=bool(cfg.drop_long),
-                            eval_ratio=cfg.eval_ratio, seed=cfg.seed)
-    train_file = write_jsonl(out / "data" / "train.jsonl", prepared.train)
-    eval_file = write_jsonl(out / "data" / "eval.jsonl", prepared.eval) if prepared.eval else None
-    report_summary(prepared.summary, reporter)
-
-    from ftpack.training.train import train_kwargs_from_config
-
-    result = run_training(cfg.base, train_file, out, eval_file=eval_file, template=template.name,
-                          resume=resume, reporter=reporter, **train_kwargs_from_config(cfg))
-    reporter.result({**result.metrics, "output": str(result.output), "loss_csv": str(result.loss_csv),
-                     "loss_png": str(result.loss_png)})
+    layout = BuildLayout(out)  # data/ as in a build; the training outputs go straight into --out
+    built = prepare_build_data(cfg, layout, reporter)
+    result = run_training(cfg.base, layout.train_file, out, settings=TrainSettings.from_config(cfg),
+                          template=built.template, eval_file=layout.eval_file, resume=resume, reporter=reporter)
+    reporter.result({**result.metrics, "template": result.template, "output": str(result.output),
+                     "loss_csv": str(result.loss_csv), "loss_png": str(result.loss_png)})
     loss = f"loss {result.first_loss:.3f} → {result.train_loss:.3f}" if result.train_loss is not None else ""
     if result.eval_loss is not None:
         loss += f", eval loss {result.eval_loss:.3f}"

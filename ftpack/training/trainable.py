@@ -1,0 +1,222 @@
+"""What learns: load the base for a method, add LoRA adapters or freeze for SFT.
+
+- ``qlora``: base loaded 4-bit NF4 with double quantization (compute dtype bf16 where
+  supported, else fp32), ``prepare_model_for_kbit_training``, then LoRA adapters.
+  Works on CPU too (bitsandbytes' CPU backend), just slowly.
+- ``lora``: 16-bit base on GPU (fp32 on CPU) + LoRA adapters (DoRA when asked).
+- ``sft``: only the top ``trainable_layers`` decoder blocks, the final norm and the
+  LM head learn (``train_embeddings`` adds the input embeddings); the rest is frozen.
+- ``full``: every parameter.
+
+LoRA targets default to every linear projection inside the decoder blocks (never the
+LM head unless named); ``target_modules`` overrides and is checked against the model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from ftpack.core.errors import FtpackError, bad_input
+from ftpack.core.report import Reporter
+
+def device_kind() -> str:
+    """"cuda" when a CUDA GPU is usable, else "cpu"."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def precision_flags(precision: str, device: str) -> tuple[bool, bool]:
+    """(bf16, fp16) mixed-precision flags for the Trainer."""
+    import torch
+
+    precision = (precision or "auto").lower()
+    if precision == "fp32":
+        return False, False
+    if precision == "bf16":
+        return True, False
+    if precision == "fp16":
+        if device != "cuda":
+            raise bad_input("--precision fp16 needs a CUDA GPU.", "Use --precision auto, bf16 or fp32.")
+        return False, True
+    if device == "cuda":
+        return (True, False) if torch.cuda.is_bf16_supported() else (False, True)
+    return False, False
+
+
+def make_trainable(path: Path, settings: Any, *, device: str, bf16: bool, reporter: Reporter | None = None):
+    """The base loaded for ``settings.method`` (resolved) with exactly the right parameters
+    left trainable: LoRA/DoRA adapters, the top SFT blocks, or everything."""
+    model = load_model(path, settings.method, device=device, bf16=bf16, trust_remote_code=settings.trust_remote_code)
+    if settings.method in ("qlora", "lora"):
+        return add_lora(model, quantized=settings.method == "qlora", r=settings.lora_r, alpha=settings.lora_alpha,
+                        dropout=settings.lora_dropout, target_modules=settings.target_modules, dora=settings.dora,
+                        gradient_checkpointing=bool(settings.gradient_checkpointing))
+    if settings.method == "sft":
+        freeze_for_sft(model, settings.trainable_layers, train_embeddings=settings.train_embeddings, reporter=reporter)
+    return model
+
+
+def load_model(path: Path, method: str, *, device: str, bf16: bool, trust_remote_code: bool = False):
+    """Load the base for ``method``: 4-bit NF4 for qlora, 16-bit (GPU) / fp32 (CPU) for lora,
+    fp32 master weights for sft/full (mixed precision comes from the Trainer)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if (device == "cuda" and torch.cuda.is_bf16_supported()) else torch.float32
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute)
+        kwargs["device_map"] = {"": local_rank} if device == "cuda" else "cpu"
+        kwargs["dtype"] = compute
+    elif method == "lora" and device == "cuda":
+        kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        kwargs["dtype"] = torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except ImportError as exc:  # bitsandbytes missing or without a backend for this device
+        raise FtpackError(f"Cannot load the base for {method}: {exc}",
+                          "Install bitsandbytes, or use --method lora.") from None
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise bad_input(f"{path} needs its own Python code to load.",
+                            "Pass --trust-remote-code if you trust the source.") from None
+        raise
+    model.config.use_cache = False  # the KV cache is useless (and warned about) while training
+    return model
+
+
+# -- LoRA --------------------------------------------------------------------------------
+
+def decoder_blocks(model) -> tuple[str, Any]:
+    """(qualified name, ModuleList) of the transformer blocks: the ModuleList whose length
+    is the config's number of layers (``model.layers``, ``transformer.h``, …)."""
+    import torch.nn as nn
+
+    n_layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
+    best: tuple[str, Any] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0 and (n_layers is None or len(module) == n_layers):
+            if best is None or len(name) < len(best[0]):
+                best = (name, module)
+    if best is None:
+        raise FtpackError(f"Cannot find the decoder blocks of {type(model).__name__}.",
+                          "Use --method full, or --target-modules for LoRA.")
+    return best
+
+
+def _is_linear(module) -> bool:
+    import torch.nn as nn
+
+    if isinstance(module, nn.Linear):
+        return True
+    return type(module).__name__ in ("Conv1D", "Linear4bit", "Linear8bitLt")
+
+
+def linear_module_names(model) -> dict[str, list[str]]:
+    """Leaf names of linear layers: {"blocks": [...], "other": [...]} (sorted, unique)."""
+    blocks_name, _ = decoder_blocks(model)
+    inside, outside = set(), set()
+    for name, module in model.named_modules():
+        if not _is_linear(module) or "lora_" in name:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        (inside if name.startswith(blocks_name + ".") else outside).add(leaf)
+    return {"blocks": sorted(inside), "other": sorted(outside - inside)}
+
+
+def lora_target_modules(model, requested: Sequence[str] | None = None) -> list[str]:
+    """LoRA targets: every linear projection inside the decoder blocks, or the user's list
+    (each name must be a linear layer of this model; the error lists the valid ones)."""
+    names = linear_module_names(model)
+    if not requested:
+        if not names["blocks"]:
+            raise FtpackError(f"No linear layers found in the decoder blocks of {type(model).__name__}.",
+                              "Pass --target-modules, or use --method sft/full.")
+        return names["blocks"]
+    wanted = [t.strip() for item in requested for t in str(item).split(",") if t.strip()]
+    valid = set(names["blocks"]) | set(names["other"])
+    wrong = [t for t in wanted if t not in valid and t != "all-linear"]
+    if wrong:
+        raise bad_input(f"--target-modules: {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} not a linear "
+                        f"layer of {type(model).__name__}.",
+                        f"Valid names: {', '.join(names['blocks'] + names['other'])}.")
+    if "all-linear" in wanted:
+        return names["blocks"]
+    return wanted
+
+
+def add_lora(model, *, quantized: bool, r: int, alpha: int, dropout: float,
+             target_modules: Sequence[str] | None, dora: bool, gradient_checkpointing: bool):
+    """Wrap ``model`` with PEFT LoRA (or DoRA) adapters on the chosen projections."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    targets = lora_target_modules(model, target_modules)
+    if quantized:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                        use_dora=dora, bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+# -- SFT (partial fine-tuning) -----------------------------------------------------------
+
+def freeze_for_sft(model, trainable_layers: int, *, train_embeddings: bool = False,
+                   reporter: Reporter | None = None) -> list[str]:
+    """Freeze everything except the top ``trainable_layers`` blocks, the final norm and the
+    LM head (and the input embeddings when asked). Returns the trainable parameter names."""
+    blocks_name, blocks = decoder_blocks(model)
+    if trainable_layers > len(blocks):
+        raise bad_input(f"--trainable-layers {trainable_layers}: the model has only {len(blocks)} blocks.",
+                        "Use a smaller number, or --method full.")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for block in list(blocks)[len(blocks) - trainable_layers:]:
+        for p in block.parameters():
+            p.requires_grad_(True)
+    norm = _final_norm(model, blocks_name)
+    if norm is not None:
+        for p in norm.parameters():
+            p.requires_grad_(True)
+    head = model.get_output_embeddings()
+    if head is not None:
+        for p in head.parameters():
+            p.requires_grad_(True)
+    embeddings = model.get_input_embeddings()
+    tied = head is not None and embeddings is not None and head.weight is embeddings.weight
+    if tied and not train_embeddings and reporter is not None:
+        reporter.warn("The LM head shares its weights with the input embeddings in this model, so the "
+                      "embeddings are trained too.")
+    if train_embeddings and embeddings is not None:
+        for p in embeddings.parameters():
+            p.requires_grad_(True)
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _final_norm(model, blocks_name: str):
+    """The norm after the last block (``model.norm``, ``transformer.ln_f``, …)."""
+    parent_name = blocks_name.rsplit(".", 1)[0] if "." in blocks_name else ""
+    parent = model.get_submodule(parent_name) if parent_name else model
+    for attr in ("norm", "final_layernorm", "ln_f", "final_layer_norm", "norm_f"):
+        module = getattr(parent, attr, None)
+        if module is not None:
+            return module
+    return None
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
