@@ -56,7 +56,7 @@ def test_step_commands_take_their_settings_from_the_options_table():
     from ftpack.core.config import OPTION_BY_KEY
 
     expected = {"data": {"format", "template", "max_seq_length", "drop_long", "eval_ratio", "seed"},
-                "convert": {"outtype"}, "quantize": {"quant", "imatrix"},
+                "convert": {"outtype", "allow_pickle"}, "merge": {"allow_pickle"}, "quantize": {"quant", "imatrix"},
                 "modelfile": {"template", "system", "parameters", "messages", "license"},
                 "verify": {"template", "max_answer_tokens"}}
     ctx = click.Context(cli)
