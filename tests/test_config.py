@@ -296,3 +296,21 @@ def test_tracked_libraries_are_pyprojects_dependencies():
     assert required["torch"] == next(d.split(">=")[1] for d in pyproject["project"]["dependencies"]
                                      if d.startswith("torch>="))
     assert set(library_versions()) == names | {"python", "ftpack"}
+
+
+def test_a_previous_train_run_is_an_output_folder_ftpack_may_reuse(tmp_path):
+    """`ftpack train --out DIR` again (to resume): the folder holds what training wrote, by the
+    names the writers use (so the marks cannot drift from them)."""
+    from ftpack.core.config import OUTPUT_MARKS
+    from ftpack.core.layout import BuildLayout
+    from ftpack.training.checkpoints import RUN_MARK
+    from ftpack.training.train import TrainOutputs
+
+    outputs = TrainOutputs(tmp_path, "lora")
+    written = {BuildLayout(tmp_path).manifest, outputs.train_info, outputs.checkpoints / RUN_MARK}
+    assert {str(p.relative_to(tmp_path)) for p in written} == set(OUTPUT_MARKS)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "data").mkdir()
+    (run / "checkpoints" / RUN_MARK).write_text("{}")
+    assert build_config("train", {"out": str(run)}).out == run

@@ -72,3 +72,9 @@ def test_step_commands_take_their_settings_from_the_options_table():
             for flag in getattr(p, "opts", ()):
                 opt = next((o for o in OPTION_BY_KEY.values() if o.cli_flag == flag), None)
                 assert opt is None or flag == "--out" or p.name == opt.key, (name, flag, p.name)
+
+
+def test_train_out_help_is_trains_own(run_cli):
+    text = " ".join(run_cli("train", "--help").output.split())
+    assert "--out PATH Output folder (required)" in text and "Build directory" not in text
+    assert "Build directory" in " ".join(run_cli("build", "--help").output.split())

@@ -22,7 +22,8 @@ TRAIN_KEYS = [o.key for o in OPTIONS if o.stage in ("data", "train")] + ["out"]
 @click.option("--resume/--no-resume", "resume", default=None,
               help="Continue from the last checkpoint in --out (default: automatically when one of the "
                    "same settings exists); --no-resume starts over.")
-@config_options(TRAIN_KEYS)
+@config_options(TRAIN_KEYS, help={"out": "Output folder (required): data/, adapter/ or model/, checkpoints/, "
+                                          "loss.csv, loss.png."})
 def train(config_file: Path | None, resume: bool | None, **params) -> None:
     """Fine-tune --base on --data with --method qlora | lora | sft | full.
 
