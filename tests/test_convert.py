@@ -186,13 +186,13 @@ def test_wrong_inputs_are_clear_errors(tiny_llama, tmp_path, run_cli):
     res = run_cli("convert", no_config, "-o", tmp_path / "x.gguf")
     assert res.exit_code == 2 and "no config.json" in res.output and "Traceback" not in res.output
 
-    gpt2 = tmp_path / "gpt2"
+    gpt2 = tmp_path / "gpt2"  # an architecture neither converter knows (GPT-2 itself goes to llama.cpp's)
     shutil.copytree(tiny_llama, gpt2)
     cfg = json.loads((gpt2 / "config.json").read_text())
-    cfg["architectures"], cfg["model_type"] = ["GPT2LMHeadModel"], "gpt2"
+    cfg["architectures"], cfg["model_type"] = ["NoSuchGPTLMHeadModel"], "nosuch"
     (gpt2 / "config.json").write_text(json.dumps(cfg))
     res = run_cli("convert", gpt2, "-o", tmp_path / "x.gguf", env={"LLAMA_CPP_DIR": ""})
-    assert res.exit_code == 2 and "GPT2LMHeadModel" in res.output and "--llama-cpp" in res.output
+    assert res.exit_code == 2 and "NoSuchGPTLMHeadModel" in res.output and "--llama-cpp" in res.output
     assert "Traceback" not in res.output
     res = run_cli("convert", gpt2, "-o", tmp_path / "x.gguf", "--llama-cpp", tmp_path)
     assert res.exit_code == 2 and "convert_hf_to_gguf.py" in res.output

@@ -59,7 +59,7 @@ def merge(base: Path | None, adapter_dir: Path, out_dir: Path, dtype: str, overw
 @click.option("--name", default=None, help="general.name in the GGUF (default: the folder name).")
 @click.option("--llama-cpp", "llama_cpp_dir", type=_PATH, default=None, envvar="LLAMA_CPP_DIR",
               help="llama.cpp checkout whose convert_hf_to_gguf.py handles other architectures "
-                   "(default: $LLAMA_CPP_DIR).")
+                   "(default: $LLAMA_CPP_DIR, else the one in the installed llama-cpp-python's source).")
 @config_options(["allow_pickle"], help={
     "allow_pickle": "Unpickle .bin weights that PyTorch's safe loader refuses (only if you trust them)."})
 def convert(model_dir: Path, out: Path | None, adapter_dir: Path | None, name: str | None,
@@ -68,7 +68,8 @@ def convert(model_dir: Path, out: Path | None, adapter_dir: Path | None, name: s
 
     \b
     Supports llama (incl. Vicuna, TinyLlama, SmolLM), mistral, qwen2 and qwen3; other
-    architectures go through llama.cpp's convert_hf_to_gguf.py (--llama-cpp DIR).
+    architectures go through llama.cpp's convert_hf_to_gguf.py, taken from the installed
+    llama-cpp-python's source distribution (fetched once with pip) or --llama-cpp DIR.
     Example: ftpack convert ./base --adapter builds/x/train/adapter -o x.f16.gguf
     """
     from ftpack.gguf.convert import convert_to_gguf

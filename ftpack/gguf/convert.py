@@ -687,15 +687,13 @@ def find_llama_cpp(llama_cpp_dir: Path | str | None) -> Path | None:
 
 def _convert_with_llama_cpp(model_dir: Path, out: Path, outtype: str, adapter_dir: Path | str | None,
                             arch_name: str | None, llama_cpp_dir: Path | str | None) -> ConvertResult:
-    supported = ", ".join(sorted(ARCHITECTURES))
-    folder = find_llama_cpp(llama_cpp_dir)
-    if folder is None:
-        raise bad_input(
-            f"Architecture {arch_name or '(none in config.json)'} is not supported by ftpack's converter "
-            f"(it converts {supported}).",
-            "Use llama.cpp's converter: git clone https://github.com/ggml-org/llama.cpp, "
-            "pip install -r llama.cpp/requirements/requirements-convert_hf_to_gguf.txt, then pass "
-            "--llama-cpp llama.cpp (or set LLAMA_CPP_DIR).")
+    from ftpack.gguf.vendored import conversion_route, converter_support, gguf_summary, llama_cpp_source, run_converter
+
+    # --llama-cpp / LLAMA_CPP_DIR, else llama.cpp's converter from the installed llama-cpp-python's sdist
+    llama_cpp = llama_cpp_source(llama_cpp_dir)
+    route, reason = conversion_route(load_hf_config(model_dir), converter_support(llama_cpp))
+    if route is None:
+        raise bad_input(reason, "Pass --llama-cpp DIR (a newer llama.cpp checkout) if it supports this model.")
     reporter = get_reporter()
     import shutil
     import tempfile
@@ -713,19 +711,15 @@ def _convert_with_llama_cpp(model_dir: Path, out: Path, outtype: str, adapter_di
         source = TensorSource(src)
         check_free_space(out.parent, source.total_bytes + (32 << 20), f"the GGUF file {out.name}")
         with atomic_path(out) as tmp:
-            cmd = [sys.executable, str(folder / "convert_hf_to_gguf.py"), str(src), "--outfile", str(tmp),
-                   "--outtype", outtype]
-            reporter.info(f"Converting {arch_name} with {folder / 'convert_hf_to_gguf.py'}")
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-                raise FtpackError(f"llama.cpp's convert_hf_to_gguf.py failed (exit {proc.returncode}):\n{tail}",
-                                  "Check that its Python requirements are installed and that it supports this model.")
+            reporter.info(reason)
+            run_converter(llama_cpp, src, tmp, outtype, what=arch_name)
     finally:
         if merged_dir is not None:
             shutil.rmtree(merged_dir, ignore_errors=True)
-    return ConvertResult(out, arch_name or "?", outtype, 0, out.stat().st_size, None, 0,
-                         {"converter": str(folder / "convert_hf_to_gguf.py")})
+    gguf_arch, tensors, pre = gguf_summary(out)
+    return ConvertResult(out, gguf_arch, outtype, tensors, out.stat().st_size, pre, 0,
+                         {"converter": str(llama_cpp.convert_script), "converter_origin": llama_cpp.origin,
+                          "llama_cpp_commit": llama_cpp.commit})
 
 
 # -- the pipeline stage -------------------------------------------------------------------
