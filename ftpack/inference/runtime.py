@@ -71,14 +71,7 @@ def count_tokens(llm, text: str, *, add_bos: bool = False) -> int:
 
 
 def _debug() -> bool:
-    """True under ``ftpack --debug``: then llama.cpp's own log is shown."""
-    try:
-        from ftpack.core.quiet import debug_enabled
-    except ImportError:
-        debug_enabled = None
-    if debug_enabled is not None:
-        return bool(debug_enabled())
-    import click
+    """True under ``ftpack --debug`` (ftpack.core.quiet): then llama.cpp's own log is shown."""
+    from ftpack.core.quiet import debug_enabled
 
-    ctx = click.get_current_context(silent=True)
-    return bool(ctx is not None and getattr(ctx.find_root().obj, "debug", False))
+    return debug_enabled()
