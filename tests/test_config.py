@@ -232,11 +232,14 @@ def _hf_folder(folder: Path, arch: str, model_type: str) -> Path:
 
 
 def test_base_architecture_is_checked_for_local_folders(tmp_path, monkeypatch):
+    """ftpack's own converter (llama family) or llama.cpp's (vendored: gemma2, phi3, gpt2...); else refused."""
     monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
-    gpt2 = _hf_folder(tmp_path / "gpt2", "GPT2LMHeadModel", "gpt2")
-    err = _error(base=str(gpt2))
-    assert "GPT2LMHeadModel" in err.message and "base (config file)" in err.message
-    assert build_config("m", {"base": str(_hf_folder(tmp_path / "llama", "LlamaForCausalLM", "llama"))})
+    unknown = _hf_folder(tmp_path / "unknown", "NoSuchModelForCausalLM", "no_such_model")
+    err = _error(base=str(unknown))
+    assert "NoSuchModelForCausalLM" in err.message and "base (config file)" in err.message
+    for arch, model_type in (("LlamaForCausalLM", "llama"), ("Gemma2ForCausalLM", "gemma2")):
+        folder = _hf_folder(tmp_path / model_type, arch, model_type)
+        assert build_config("m", {"base": str(folder)}).base == str(folder)
 
 
 def test_base_architecture_is_checked_for_cached_hub_ids(tmp_path, monkeypatch):
@@ -245,8 +248,8 @@ def test_base_architecture_is_checked_for_cached_hub_ids(tmp_path, monkeypatch):
     repo = tmp_path / "hub" / "models--someone--gpt2-chat"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("abc123")
-    _hf_folder(repo / "snapshots" / "abc123", "GPT2LMHeadModel", "gpt2")
-    assert "GPT2LMHeadModel" in _error(base="someone/gpt2-chat").message
+    _hf_folder(repo / "snapshots" / "abc123", "NoSuchModelForCausalLM", "no_such_model")
+    assert "NoSuchModelForCausalLM" in _error(base="someone/gpt2-chat").message
     # not downloaded yet: checked when it is materialised, not here
     assert build_config("m", {"base": "someone/other-model"}).base == "someone/other-model"
 

@@ -436,12 +436,19 @@ def _check_models_dir(value: Path, values: Mapping[str, Any], label: str) -> Pat
 
 
 def _check_base(value: str, values: Mapping[str, Any], label: str) -> str:
-    """A base whose architecture a GGUF can be made of (when its config.json is at hand)."""
+    """A base whose architecture can become a GGUF llama.cpp runs, when its config.json is at hand.
+
+    For an architecture outside ftpack's own converter this fetches llama.cpp's converter
+    (once per llama-cpp-python version): better here than after training.
+    """
     config = base_config_json(value)
-    problem = conversion_problem(config) if config is not None else None
-    if problem is not None:
-        raise bad_input(f"{label}: {value}: {problem}",
-                        "Pick a base of a supported architecture (see `ftpack convert --help`).")
+    if config is None:
+        return value
+    from ftpack.gguf.vendored import conversion_route
+
+    route, reason = conversion_route(config)
+    if route is None:
+        raise bad_input(f"{label}: {value}: {reason}", "Pick a base of an architecture llama.cpp supports.")
     return value
 
 
@@ -495,23 +502,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None  # missing or damaged: resolve_base says what is wrong
     return data if isinstance(data, dict) else None
-
-
-def conversion_problem(config_json: Mapping[str, Any]) -> str | None:
-    """Why a model of this config.json cannot become a GGUF, or None when it can."""
-    import os
-
-    from ftpack.gguf.convert import ARCHITECTURES, find_llama_cpp
-
-    archs = config_json.get("architectures") or []
-    arch = archs[0] if archs else None
-    if arch in ARCHITECTURES:
-        return None
-    if find_llama_cpp(os.environ.get("LLAMA_CPP_DIR")) is not None:
-        return None  # llama.cpp's own converter takes the other architectures
-    name = arch or f"(model_type {config_json.get('model_type')!r})"
-    return (f"architecture {name} cannot be converted to GGUF (ftpack converts "
-            f"{', '.join(sorted(ARCHITECTURES))}; set LLAMA_CPP_DIR to a llama.cpp checkout for others).")
 
 
 def _closest(key: str) -> str | None:
