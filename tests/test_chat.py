@@ -109,6 +109,9 @@ def test_chat_target_from_a_build_dir(tmp_path, tiny_gguf):
     gguf = build / "gguf" / "b.Q4_K_M.gguf"
     t = resolve_target(build)  # before the modelfile stage: the template's own stops
     assert t.gguf == gguf and t.template_name == "llama3" and t.options == {}
+    from ftpack.inference.heldout import build_outputs
+
+    assert build_outputs(build) == (gguf, "llama3", "")  # what the held-out comparison asks
     mf = build / "ollama" / "Modelfile"
     write_modelfile(mf, build_spec(gguf, mf, template_name="llama3", system="Be kind.",
                                    parameters=[("temperature", "0.2")], num_ctx=777))

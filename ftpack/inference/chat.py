@@ -36,7 +36,7 @@ def resolve_target(target: str | Path, *, template_name: str | None = None, syst
     stop: list[str] | None = None
     mf_system = None
     if target.is_dir():
-        gguf, build_template, modelfile = _build_outputs(target)
+        gguf, build_template, modelfile = built_model(target)
         template_name = template_name or build_template
         if modelfile.is_file():
             from ftpack.ollama.modelfile import read_modelfile
@@ -64,9 +64,9 @@ def resolve_target(target: str | Path, *, template_name: str | None = None, syst
                       stop=list(stop) if stop else list(tpl.stop), options=options, source=source)
 
 
-def _build_outputs(build_dir: Path) -> tuple[Path, str, Path]:
+def built_model(build_dir: Path) -> tuple[Path, str, Path]:
     """(quantized GGUF, chat template name, Modelfile path) of a build, read through its manifest
-    (a damaged build.json is an FtpackError naming the file)."""
+    (a damaged build.json is an FtpackError naming the file). Used by chat, verify and heldout."""
     from ftpack.core.layout import BuildLayout
     from ftpack.core.manifest import Manifest
     from ftpack.training.templates import template_of_build

@@ -62,16 +62,8 @@ def ask_all(gguf: Path, records: Sequence[dict], *, template_name: str, system: 
 
 def build_outputs(build_dir: Path) -> tuple[Path, str, str]:
     """(quantized GGUF, template name, base) of a finished build, read through its manifest."""
-    from ftpack.core.errors import FtpackError
-    from ftpack.core.layout import BuildLayout
     from ftpack.core.manifest import Manifest
-    from ftpack.training.templates import template_of_build
+    from ftpack.inference.chat import built_model
 
-    layout = BuildLayout(Path(build_dir))
-    if not layout.manifest.is_file():
-        raise bad_input(f"{build_dir} is not a build dir (no {layout.manifest.name}).")
-    m = Manifest.load(layout.root)
-    q = m.stages.get("quantize")
-    if q is None or q.status != "done" or not q.main_output:
-        raise FtpackError(f"{build_dir} has no finished quantize stage.", "Run `ftpack build` first.")
-    return layout.root / q.main_output, template_of_build(layout).name, m.config.get("base", "")
+    gguf, template, _ = built_model(Path(build_dir))
+    return gguf, template, Manifest.load(Path(build_dir)).config.get("base", "")
