@@ -250,6 +250,12 @@ def test_base_architecture_is_checked_for_cached_hub_ids(tmp_path, monkeypatch):
     (repo / "refs" / "main").write_text("abc123")
     _hf_folder(repo / "snapshots" / "abc123", "NoSuchModelForCausalLM", "no_such_model")
     assert "NoSuchModelForCausalLM" in _error(base="someone/gpt2-chat").message
+    # an alias is its hub id
+    tiny = tmp_path / "hub" / "models--TinyLlama--TinyLlama-1.1B-Chat-v1.0"
+    (tiny / "refs").mkdir(parents=True)
+    (tiny / "refs" / "main").write_text("def456")
+    _hf_folder(tiny / "snapshots" / "def456", "NoSuchModelForCausalLM", "no_such_model")
+    assert "NoSuchModelForCausalLM" in _error(base="tinyllama-chat").message
     # not downloaded yet: checked when it is materialised, not here
     assert build_config("m", {"base": "someone/other-model"}).base == "someone/other-model"
 
