@@ -310,7 +310,7 @@ def test_tracked_libraries_are_pyprojects_dependencies():
 def test_a_previous_train_run_is_an_output_folder_ftpack_may_reuse(tmp_path):
     """`ftpack train --out DIR` again (to resume): the folder holds what training wrote, by the
     names the writers use (so the marks cannot drift from them)."""
-    from ftpack.core.config import OUTPUT_MARKS
+    from ftpack.core.checks import OUTPUT_MARKS
     from ftpack.core.layout import BuildLayout
     from ftpack.training.checkpoints import RUN_MARK
     from ftpack.training.train import TrainOutputs

@@ -4,7 +4,9 @@ One table of options (:data:`OPTIONS`) is the single source of truth: it gives t
 config-file key (snake_case), the CLI flag (the same name in kebab-case, plus short
 aliases), the type, the default, the allowed values, and which stage's input hash
 the value belongs to. Names follow Hugging Face's TrainingArguments / PEFT and
-Ollama's words.
+Ollama's words. What a type cannot say (quant names, Ollama parameters, template
+names, files, the output folder, the base's architecture) :mod:`ftpack.core.checks`
+checks when the config is loaded.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from ftpack.core.checks import check_settings
 from ftpack.core.errors import bad_input
 
 #: Training methods; "auto" picks one per machine (ftpack.pipeline.resolve_method).
@@ -329,179 +332,6 @@ def command_settings(keys: Iterable[str], flag_values: Mapping[str, Any] | None 
         values[key] = _coerce(opt, value, opt.cli_flag)
         where[key] = opt.cli_flag
     return check_settings(values, where, keys=keys)
-
-
-# -- checks at load time: every mistake found before the first expensive step ----------------
-
-def check_settings(values: dict[str, Any], where: Mapping[str, str] | None = None, *,
-                   keys: Iterable[str] | None = None, default_out: Path | None = None) -> dict[str, Any]:
-    """Check what a value's type cannot say (names llama.cpp, Ollama and templates/ know,
-    files and folders on disk, the base's architecture), normalising names in place.
-
-    Runs at config load so that a typo fails in a second, not after training. ``keys``
-    limits the checks to a subcommand's settings; ``where`` names each value's source.
-    """
-    where = where or {}
-    for key, check in _CHECKS.items():
-        if keys is not None and key not in keys:
-            continue
-        value = values.get(key)
-        if key == "out" and value is None:
-            value = default_out
-        if value is None:
-            continue
-        label = f"{key} ({where[key]})" if key in where else key
-        checked = check(value, values, label)
-        if key in values and values[key] is not None:
-            values[key] = checked
-    return values
-
-
-def _check_dataset(value: Path, values: Mapping[str, Any], label: str) -> Path:
-    if not Path(value).is_file():
-        raise bad_input(f"Dataset not found: {value} ({label}).", "Pass --data FILE (JSON or JSONL).")
-    return value
-
-
-def _check_input_file(value: Path, values: Mapping[str, Any], label: str) -> Path:
-    if not Path(value).is_file():
-        raise bad_input(f"{label}: file not found: {value}")
-    return value
-
-
-def _check_quant(value: str, values: Mapping[str, Any], label: str) -> str:
-    """A type llama.cpp's quantizer offers (any case); the imatrix-only types need one."""
-    from ftpack.core.errors import FtpackError
-    from ftpack.gguf.quantize import NEEDS_IMATRIX, resolve_quant_type
-
-    try:
-        name, _ = resolve_quant_type(value)
-    except FtpackError as exc:
-        raise bad_input(f"{label}: {exc.message}", exc.hint) from None
-    if name in NEEDS_IMATRIX and values.get("imatrix") is None:
-        raise bad_input(f"{label}: {name} needs an importance matrix (--imatrix FILE); without one the model "
-                        "degrades badly.", "Pass --imatrix FILE, or pick Q4_K_M / Q5_K_M / Q6_K.")
-    return name
-
-
-def _check_parameters(value: tuple[str, ...], values: Mapping[str, Any], label: str) -> tuple[str, ...]:
-    """Ollama PARAMETER names and value types (what `ollama create` would refuse)."""
-    from ftpack.ollama.modelfile import parse_parameter_args, quote_value
-
-    for name, text in parse_parameter_args(value):
-        quote_value(text, f"{label}: {name}")
-    return value
-
-
-def _check_messages(value: tuple[str, ...], values: Mapping[str, Any], label: str) -> tuple[str, ...]:
-    """MESSAGE roles (system, user, assistant) and texts a Modelfile can hold."""
-    from ftpack.ollama.modelfile import parse_message_args, quote_value
-
-    for role, text in parse_message_args(value):
-        quote_value(text, f"{label}: {role}")
-    return value
-
-
-def _check_system(value: str, values: Mapping[str, Any], label: str) -> str:
-    from ftpack.ollama.modelfile import quote_value
-
-    quote_value(value, f"{label}, the Modelfile's SYSTEM")
-    return value
-
-
-def _check_template(value: str, values: Mapping[str, Any], label: str) -> str:
-    """A chat format in templates/ (any case, '-' for '_'); its canonical name."""
-    from ftpack.training.templates import load_template
-
-    return load_template(value).name
-
-
-def _check_out(value: Path, values: Mapping[str, Any], label: str) -> Path:
-    """The build folder: new, empty, or one ftpack wrote (never someone's folder or a file)."""
-    path = Path(value)
-    if path.exists() and not path.is_dir():
-        raise bad_input(f"{label}: {path} is a file, not a build folder.",
-                        "Choose a new folder for --out (or leave it out: builds/<name>).")
-    if path.is_dir() and any(path.iterdir()) and not any((path / m).exists() for m in OUTPUT_MARKS):
-        raise bad_input(f"{label}: {path} already holds files that ftpack did not write; a build there "
-                        "could overwrite them.",
-                        "Choose a new or empty folder for --out, or an earlier build folder of ftpack's.")
-    return value
-
-
-def _check_models_dir(value: Path, values: Mapping[str, Any], label: str) -> Path:
-    if Path(value).exists() and not Path(value).is_dir():
-        raise bad_input(f"{label}: {value} is a file, not an Ollama model store folder.")
-    return value
-
-
-def _check_base(value: str, values: Mapping[str, Any], label: str) -> str:
-    """A base whose architecture can become a GGUF llama.cpp runs, when its config.json is at hand.
-
-    For an architecture outside ftpack's own converter this fetches llama.cpp's converter
-    (once per llama-cpp-python version): better here than after training.
-    """
-    config = base_config_json(value)
-    if config is None:
-        return value
-    from ftpack.gguf.vendored import conversion_route
-
-    route, reason = conversion_route(config)
-    if route is None:
-        raise bad_input(f"{label}: {value}: {reason}", "Pick a base of an architecture llama.cpp supports.")
-    return value
-
-
-#: key -> check(value, all values, label) -> normalised value; run in this order.
-_CHECKS = {
-    "data": _check_dataset, "license": _check_input_file, "imatrix": _check_input_file,
-    "heldout": _check_input_file,
-    "quant": _check_quant, "parameters": _check_parameters, "messages": _check_messages,
-    "system": _check_system, "template": _check_template,
-    "out": _check_out, "models_dir": _check_models_dir, "base": _check_base,
-}
-
-#: Files that mark a folder as ftpack's own output: a build's manifest, a `ftpack train` run.
-OUTPUT_MARKS = ("build.json", "train_info.json", "checkpoints/ftpack-run.json")
-
-
-def base_config_json(base: str) -> dict[str, Any] | None:
-    """The config.json of a base, when it is on disk without downloading anything.
-
-    A local Hugging Face folder, or an alias / hub id already in the Hugging Face cache.
-    None for GGUF files, the embedded default and hub ids not downloaded yet: their
-    check happens when they are materialised.
-    """
-    path = Path(base).expanduser()
-    if path.is_dir():
-        return _read_json(path / "config.json")
-    if path.exists():
-        return None
-    from ftpack.training.bases import ALIASES, EMBEDDED_NAME
-
-    key = base.strip().lower()
-    if key == EMBEDDED_NAME:
-        return None
-    hub_id = ALIASES.get(key, base.strip())
-    if hub_id.count("/") != 1:
-        return None
-    from huggingface_hub import try_to_load_from_cache
-
-    from ftpack.core.locations import hf_hub_cache
-
-    try:
-        cached = try_to_load_from_cache(hub_id, "config.json", cache_dir=hf_hub_cache())
-    except ValueError:  # not a valid repo id: resolve_base explains later
-        return None
-    return _read_json(Path(cached)) if isinstance(cached, str) else None
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # missing or damaged: resolve_base says what is wrong
-    return data if isinstance(data, dict) else None
 
 
 def _closest(key: str) -> str | None:
