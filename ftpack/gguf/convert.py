@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ftpack.core.atomic import atomic_path, check_free_space, human_bytes
 from ftpack.core.config import OUTTYPES
 from ftpack.core.errors import FtpackError, bad_input
+from ftpack.core.quiet import quiet_libraries
 from ftpack.core.report import get_reporter
 from ftpack.gguf.hf_folder import ensure_safetensors, load_hf_config, tokenizer_dir
 from ftpack.gguf.lora import LoraAdapter, fill_tensor, load_adapter, resolve_adapter_base
@@ -167,7 +168,8 @@ def _convert_llama_family(model_dir: Path, out: Path, outtype: str, adapter: Lor
     write_hyperparameters(writer, config, spec)
     writer.add_file_type(file_type_of(outtype))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    pre = write_tokenizer(writer, tok_dir, config)
+    with quiet_libraries():  # gguf-py's notes on unusual tokenizers are not for users (--debug shows them)
+        pre = write_tokenizer(writer, tok_dir, config)
     meta["pre_tokenizer"] = pre
 
     for p in plan:
@@ -501,11 +503,8 @@ def _write_llama_vocab(writer, tok_dir: Path, tokens: list, scores: list, types:
 
 def write_tokenizer(writer, tok_dir: Path, config: dict[str, Any]) -> str | None:
     """tokenizer.ggml.* keys; returns the pre-tokenizer name (None for SentencePiece)."""
-    import logging
-
     import gguf
 
-    logging.getLogger("gguf").setLevel(logging.ERROR)  # its notes on unusual templates are not for users
     vocab_size = int(_need(config, "vocab_size"))
     tok_json = tok_dir / "tokenizer.json"
     hf = json.loads(tok_json.read_text(encoding="utf-8")) if tok_json.is_file() else None
