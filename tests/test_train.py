@@ -316,7 +316,7 @@ def test_train_stage_trains_with_the_data_stages_template(tiny_llama, chat_file,
     assert rec.status == "done" and rec.main_output == "train/adapter"
     assert rec.metrics["steps"] == 3 and rec.metrics["final_eval_loss"] is not None
     assert rec.metrics["base_path"] == str(Path(tiny_llama).resolve())
-    assert rec.metrics["hyper_parameters"]["learning_rate"] == 2e-3
+    assert rec.metrics["settings"]["learning_rate"] == 2e-3
     paths = {o.path for o in rec.outputs}
     assert {"train/loss.csv", "train/loss.png", "train/adapter/adapter_model.safetensors",
             "train/adapter/ftpack_template.json"} <= paths

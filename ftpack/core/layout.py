@@ -67,25 +67,32 @@ class BuildLayout:
     def train_dir(self) -> Path:
         return self.root / "train"
 
+    def training(self, method: str = "lora"):
+        """The train stage's outputs, named by :class:`ftpack.training.train.TrainOutputs`
+        (the one naming `ftpack train --out` uses too)."""
+        from ftpack.training.train import TrainOutputs
+
+        return TrainOutputs(self.train_dir, method)
+
     @property
     def adapter_dir(self) -> Path:
-        return self.train_dir / "adapter"
+        return self.training("lora").weights
 
     @property
     def model_dir(self) -> Path:
-        return self.train_dir / "model"
+        return self.training("full").weights
 
     @property
     def checkpoints_dir(self) -> Path:
-        return self.train_dir / "checkpoints"
+        return self.training().checkpoints
 
     @property
     def loss_csv(self) -> Path:
-        return self.train_dir / "loss.csv"
+        return self.training().loss_csv
 
     @property
     def loss_png(self) -> Path:
-        return self.train_dir / "loss.png"
+        return self.training().loss_png
 
     # -- gguf ------------------------------------------------------------------------------
     @property

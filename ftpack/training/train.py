@@ -23,7 +23,8 @@ per device; the Trainer (accelerate) then wraps the model in DDP:
     accelerate launch --num_processes 4 -m ftpack train …
     torchrun --nnodes 2 --node_rank 0 --master_addr host0 --nproc_per_node 8 -m ftpack train …
 
-On CPU the gloo backend is used. Only rank 0 writes outputs. For full fine-tuning of
+On CPU the gloo backend is used. Only rank 0 writes outputs (under FSDP every rank first
+joins in gathering the sharded weights). For full fine-tuning of
 models that do not fit one device, shard with FSDP or DeepSpeed through an accelerate
 config, e.g. ``accelerate config`` (choose FSDP, FULL_SHARD, TRANSFORMER_BASED_WRAP) and
 then ``accelerate launch --config_file fsdp.yaml -m ftpack train --method full …``; the
@@ -277,7 +278,7 @@ def save(run: TrainingRun, *, keep_checkpoints: bool = False) -> TrainResult:
         "base_path": str(run.base.path), "trainable_parameters": n_train, "total_parameters": n_total,
         "learning_rate": settings.learning_rate, "optimizer_steps": run.total_steps,
         "warmup_steps": run.warmup_steps, "resumed_from_step": result.resumed_from, "seconds": result.seconds,
-        "world_size": run.world, "hyper_parameters": settings.hyper_parameters(),
+        "world_size": run.world, "settings": settings.hyper_parameters(),  # the model card shows these
     }
     return result
 
@@ -298,7 +299,7 @@ def run_train_stage(ctx: Any) -> Any:
                           "Run the build again so the data stage runs first.")
     result = train(ctx.config.base, layout.train_file, layout.train_dir, settings=TrainSettings.from_config(ctx.config),
                    template=template_of_build(layout), eval_file=layout.eval_file, reporter=ctx.reporter)
-    outputs = TrainOutputs(layout.train_dir, result.method)
+    outputs = layout.training(result.method)
     return StageResult(outputs=[p for p in outputs.all() if p.exists()], main_output=result.output,
                        metrics=result.metrics)
 
