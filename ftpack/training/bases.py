@@ -28,9 +28,8 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-from ftpack.core.atomic import atomic_dir, check_free_space, sha256_file, write_json
+from ftpack.core.atomic import atomic_dir, check_free_space, file_lock, sha256_file, write_json
 from ftpack.core.locations import cache_dir, hf_hub_cache
 from ftpack.training.embedded import EMBEDDED_ID, EMBEDDED_NAME, embedded_gguf_path  # noqa: F401 (re-exported)
 from ftpack.core.errors import FtpackError, bad_input
@@ -285,7 +284,7 @@ def materialise_gguf(gguf_path: Path, *, name: str | None = None, cache_dir: Pat
         if _is_complete(existing, digest):  # the same file, materialised under another name
             return existing
     cache.mkdir(parents=True, exist_ok=True)
-    with _file_lock(cache / f".{target.name}.lock"):
+    with file_lock(cache / f".{target.name}.lock"):
         if _is_complete(target, digest):  # another process finished it while we waited
             return target
         from ftpack.core.report import get_reporter
@@ -306,18 +305,6 @@ def _is_complete(target: Path, digest: str) -> bool:
         return json.loads(mark.read_text(encoding="utf-8")).get("sha256") == digest
     except ValueError:
         return False
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    import fcntl
-
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _dequantize_gguf(gguf_path: Path, out_dir: Path) -> None:
