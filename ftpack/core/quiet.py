@@ -4,9 +4,10 @@ torch, transformers, TRL, PEFT, datasets, accelerate, bitsandbytes and llama.cpp
 through four channels: Python warnings (torch's "gemv_4bit has no autograd kernel",
 renamed-argument notes), the ``logging`` module (bitsandbytes' "pip install kernels" note,
 transformers' advisory warnings), tqdm progress bars, and C code writing to the stderr
-file descriptor. :func:`quiet_libraries` closes them for one block and restores every
-setting afterwards. ftpack's own output goes through the Reporter and is never hidden;
-what ftpack needs a user to know (an error, a real problem) it says itself.
+file descriptor or ``sys.stderr`` directly (llama.cpp, plain tqdm bars). :func:`quiet_libraries`
+closes the first three for one block, the fourth too when asked, and restores every
+setting afterwards. ftpack's own output goes through the Reporter; what a user needs to
+know (an error, a real problem) ftpack says itself.
 
 With ``--debug`` (:func:`set_debug`, or ``FTPACK_DEBUG=1`` in the environment, which
 child processes inherit) nothing is hidden.
@@ -47,12 +48,13 @@ def debug_enabled() -> bool:
 
 
 @contextlib.contextmanager
-def quiet_libraries(*, native: bool = False) -> Iterator[None]:
+def quiet_libraries(*, stderr: bool = False) -> Iterator[None]:
     """Silence library warnings, logs below ERROR and progress bars inside the block.
 
-    ``native=True`` also parks what C code writes to file descriptor 2 (llama.cpp's log,
-    ggml's notes) in a temporary file; it is replayed to stderr when the block raises,
-    so an error keeps its context. Python's ``sys.stderr`` keeps reaching the terminal.
+    ``stderr=True`` also parks everything written to stderr inside the block — plain tqdm
+    bars, C code writing to file descriptor 2 (llama.cpp, ggml) — in a temporary file,
+    replayed only when the block raises so that an error keeps its context. Use it only
+    around calls that report nothing through ftpack's Reporter (its warnings go to stderr).
     """
     if debug_enabled():
         yield
@@ -64,8 +66,8 @@ def quiet_libraries(*, native: bool = False) -> Iterator[None]:
         stack.enter_context(_progress_bars_off())
         stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore")  # ftpack itself never warns through `warnings`
-        if native:
-            stack.enter_context(_native_stderr_parked())
+        if stderr:
+            stack.enter_context(_stderr_parked())
         yield
 
 
@@ -114,20 +116,15 @@ def _progress_bars_off() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _native_stderr_parked() -> Iterator[None]:
-    try:
-        fd_is_stderr = sys.stderr is not None and sys.stderr.fileno() == 2
-    except (AttributeError, OSError, ValueError):  # pytest/CliRunner capture: not fd-backed
-        fd_is_stderr = False
+def _stderr_parked() -> Iterator[None]:
+    """Point file descriptor 2 and ``sys.stderr`` at a temporary file for the block."""
+    saved_stream = sys.stderr
+    if saved_stream is not None:
+        saved_stream.flush()
     with tempfile.TemporaryFile() as parked:
-        if sys.stderr is not None:
-            sys.stderr.flush()
         saved_fd = os.dup(2)
-        saved_stream = sys.stderr
         os.dup2(parked.fileno(), 2)
-        if fd_is_stderr:  # Python's own stderr keeps reaching the terminal
-            sys.stderr = os.fdopen(os.dup(saved_fd), "w", buffering=1, encoding=saved_stream.encoding,
-                                   errors="backslashreplace")
+        sys.stderr = os.fdopen(os.dup(parked.fileno()), "w", buffering=1, encoding="utf-8", errors="replace")
         failed = False
         try:
             yield
@@ -135,15 +132,11 @@ def _native_stderr_parked() -> Iterator[None]:
             failed = True
             raise
         finally:
-            if fd_is_stderr:
-                sys.stderr.flush()
-                sys.stderr.close()
-                sys.stderr = saved_stream
+            sys.stderr.close()
+            sys.stderr = saved_stream
             os.dup2(saved_fd, 2)
             os.close(saved_fd)
-            if failed:
+            if failed and saved_stream is not None:
                 parked.seek(0)
-                text = parked.read().decode("utf-8", errors="replace")
-                if text.strip() and sys.stderr is not None:
-                    sys.stderr.write(text)
-                    sys.stderr.flush()
+                saved_stream.write(parked.read().decode("utf-8", errors="replace"))
+                saved_stream.flush()

@@ -327,7 +327,7 @@ def _dequantize_gguf(gguf_path: Path, out_dir: Path) -> None:
     # for block scales) halves memory and disk for big ones (a 4-bit file > 1 GB is > ~2B params).
     dtype = torch.float32 if gguf_path.stat().st_size < 1_000_000_000 else torch.float16
     try:
-        with quiet_libraries():
+        with quiet_libraries(stderr=True):  # transformers' GGUF reader draws a plain tqdm bar
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
             loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=dtype)
     except (ValueError, KeyError, RuntimeError, NotImplementedError, IndexError, EOFError, struct.error) as exc:
