@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-llama_cpp = pytest.importorskip("llama_cpp")
+import torch
+import llama_cpp
 
 from test_merge import make_random_adapter  # noqa: E402
 

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-llama_cpp = pytest.importorskip("llama_cpp")
-spm = pytest.importorskip("sentencepiece")
+import torch
+import llama_cpp
+import sentencepiece as spm
 
 from test_convert import CHAT, TOKENIZER_STRINGS, gguf_fields, hf_logits, llama_logits  # noqa: E402
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
 PROMPT_IDS = [1, 3, 319, 261, 203, 76, 77, 4, 40, 51, 300, 12, 99, 250, 480, 7]
 

@@ -35,8 +35,8 @@ from ftpack.gguf import vendored
 from ftpack.gguf.vendored import (ConverterSupport, conversion_route, converter_support, llama_cpp_source,
                                   parse_converter_architectures, run_converter, vendored_source, verify_vendored)
 
-torch = pytest.importorskip("torch")
-llama_cpp = pytest.importorskip("llama_cpp")
+import torch
+import llama_cpp
 
 #: HF architecture -> llama.cpp architecture, as llama.cpp's converter registers them.
 EXPECTED = {
@@ -247,7 +247,7 @@ def _tokenize(gguf_path: Path, text: str) -> list[int]:
 @pytest.fixture(scope="module")
 def tiny_gemma2(tmp_path_factory):
     """A tiny random Gemma2 with a SentencePiece tokenizer trained on the spot (Gemma's ids)."""
-    spm = pytest.importorskip("sentencepiece")
+    import sentencepiece as spm
     from tiny_model import training_corpus
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
