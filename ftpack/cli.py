@@ -64,7 +64,7 @@ class App:
 OUTPUT_FLAGS = (
     (("--quiet", "-q"), "quiet", "Print only errors and the final line."),
     (("--json",), "json", "Print one JSON object per event (for scripts)."),
-    (("--debug",), "debug", "Show Python tracebacks on errors."),
+    (("--debug",), "debug", "Show Python tracebacks on errors, and the libraries' own warnings and logs."),
 )
 
 
