@@ -35,11 +35,47 @@ def _fake_folder(tmp_path: Path, files: dict[str, str], config: dict | None = No
 
 
 def test_pickle_weights_need_allow_pickle(tmp_path):
-    folder = _fake_folder(tmp_path, {"pytorch_model.bin": "not really a pickle"})
+    folder = _fake_folder(tmp_path, {"model.pt": "not really a pickle"})
     with pytest.raises(FtpackError) as err:
         resolve_base(str(folder))
     assert err.value.code == 2 and "--allow-pickle" in err.value.hint
     assert resolve_base(str(folder), allow_pickle=True).path == folder.resolve()
+
+
+def test_bin_weights_need_no_allow_pickle(tiny_llama, tmp_path):
+    """pytorch_model*.bin (what Vicuna v1.5 ships) is read with torch's safe loader and
+    resolved to a safetensors copy in the cache; the original folder is untouched."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "bin-model"
+    folder.mkdir()
+    for f in tiny_llama.iterdir():
+        if f.is_file() and not f.name.endswith(".safetensors") and "safetensors" not in f.name:
+            shutil.copy2(f, folder / f.name)
+    state = {}
+    for shard in tiny_llama.glob("*.safetensors"):
+        state.update(load_file(shard))
+    torch.save(state, folder / "pytorch_model.bin")
+    before = sorted(p.name for p in folder.iterdir())
+    r = resolve_base(str(folder))
+    assert r.path != folder.resolve() and sorted(p.name for p in r.path.glob("*.safetensors"))
+    assert r.model_id == str(folder.resolve()) and r.source == "local"
+    assert sorted(p.name for p in folder.iterdir()) == before
+    assert resolve_base(str(folder), tokenizer_only=True).path == folder.resolve()  # no conversion for tokens
+
+
+def test_hub_patterns_fetch_bin_only_when_the_repo_has_no_safetensors():
+    from ftpack.training.bases import hub_file_patterns
+
+    with_st = hub_file_patterns(has_safetensors=True)
+    assert "*.safetensors" in with_st and not any(p.endswith(".bin") for p in with_st)
+    bin_only = hub_file_patterns(has_safetensors=False)
+    assert "pytorch_model*.bin" in bin_only and "*.safetensors" not in bin_only
+    assert {"*.safetensors", "pytorch_model*.bin"} <= set(hub_file_patterns(has_safetensors=None))
+    assert not any("safetensors" in p or p.endswith(".bin") for p in hub_file_patterns(tokenizer_only=True))
 
 
 def test_folder_without_weights_or_config(tmp_path):

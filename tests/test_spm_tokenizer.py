@@ -77,8 +77,16 @@ def test_transformers_default_differs_so_the_fix_matters(vicuna_tokenizer_dir, l
 def test_saved_tokenizer_reloads_identically(vicuna_tokenizer_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    tok = spm_fast_tokenizer(vicuna_tokenizer_dir)
+    from ftpack.training.bases import load_tokenizer
+    from ftpack.training.spm_tokenizer import keep_spm_model
+
+    tok = load_tokenizer(vicuna_tokenizer_dir)  # what training loads
     tok.save_pretrained(tmp_path / "saved")
+    keep_spm_model(vicuna_tokenizer_dir, tmp_path / "saved")  # what training saves beside it
+    assert (tmp_path / "saved" / "tokenizer.model").read_bytes() == (vicuna_tokenizer_dir / "tokenizer.model").read_bytes()
+    for again in (AutoTokenizer.from_pretrained(tmp_path / "saved"), load_tokenizer(tmp_path / "saved")):
+        for text in HARD_STRINGS:
+            assert again(text)["input_ids"] == tok(text)["input_ids"], text
     again = AutoTokenizer.from_pretrained(tmp_path / "saved")
     for text in HARD_STRINGS:
         assert again(text)["input_ids"] == tok(text)["input_ids"]

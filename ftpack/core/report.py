@@ -254,3 +254,17 @@ def get_reporter() -> Reporter:
 def set_reporter(reporter: Reporter | None) -> None:
     global _current
     _current = reporter
+
+
+@contextlib.contextmanager
+def silenced() -> Iterator[None]:
+    """Drop everything reported inside the block (for helper work whose notes would mislead,
+    e.g. a vocab-only GGUF written with the model converter's warnings)."""
+    import io
+
+    previous = _current
+    set_reporter(Reporter("quiet", out=io.StringIO(), err=io.StringIO()))
+    try:
+        yield
+    finally:
+        set_reporter(previous)

@@ -19,8 +19,12 @@ SAMPLER_OPTIONS = ("top_k", "top_p", "min_p", "repeat_penalty", "presence_penalt
 
 
 def load_llama(gguf: str | Path, *, n_ctx: int = 2048, threads: int | None = None, seed: int = 0,
-               logits_all: bool = False, n_batch: int | None = None):
-    """A ``llama_cpp.Llama`` for ``gguf``; the caller closes it (or uses :func:`open_llama`)."""
+               logits_all: bool = False, n_batch: int | None = None, vocab_only: bool = False,
+               lora: str | Path | None = None):
+    """A ``llama_cpp.Llama`` for ``gguf``; the caller closes it (or uses :func:`open_llama`).
+
+    ``vocab_only``: only the tokenizer (a vocab-only GGUF, or any GGUF without its weights).
+    ``lora``: a llama.cpp LoRA adapter GGUF applied at scale 1 (what Ollama's ADAPTER does)."""
     try:
         import llama_cpp
     except ImportError:  # pragma: no cover - a hard dependency
@@ -32,10 +36,17 @@ def load_llama(gguf: str | Path, *, n_ctx: int = 2048, threads: int | None = Non
                               "verbose": _debug()}
     if n_batch is not None:
         kwargs["n_batch"] = n_batch
+    if vocab_only:
+        kwargs["vocab_only"] = True
+    if lora is not None:
+        if not Path(lora).is_file():
+            raise FtpackError(f"LoRA adapter GGUF not found: {lora}", code=2)
+        kwargs["lora_path"] = str(lora)
     try:
         return llama_cpp.Llama(model_path=str(gguf), **kwargs)
     except (ValueError, RuntimeError) as exc:
-        raise FtpackError(f"llama.cpp could not load {gguf}: {exc}",
+        what = f"{gguf} with the adapter {lora}" if lora is not None else str(gguf)
+        raise FtpackError(f"llama.cpp could not load {what}: {exc}",
                           "Check the file with `ftpack inspect`; rebuild it if it is damaged.") from None
 
 

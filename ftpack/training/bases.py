@@ -16,8 +16,11 @@ safetensors weights and a tokenizer. A base can be given five ways, tried in ord
 5. a Hugging Face hub id, downloaded into the HF cache (``HF_HOME``) with short timeouts;
    offline or unreachable hubs give an :class:`FtpackError` naming the id.
 
-Safety: weights must be safetensors unless ``allow_pickle``; model code from the hub
-only runs with ``trust_remote_code``.
+Safety: PyTorch ``pytorch_model*.bin`` weights (Vicuna v1.5 ships only those) are read
+with torch's safe loader and converted once to safetensors in ftpack's cache
+(:func:`ftpack.gguf.hf_folder.ensure_safetensors`); anything that loader refuses, and
+other pickle files, need ``allow_pickle``. Model code from the hub only runs with
+``trust_remote_code``.
 """
 
 from __future__ import annotations
@@ -59,9 +62,11 @@ ALIASES: dict[str, str] = {
 
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 # Files a tokenizer needs from the hub (plus config.json and the other small JSON files);
-# a causal LM adds its safetensors weights, pickle weights only when allowed.
+# a causal LM adds its safetensors weights — or, for a repo that has none, its PyTorch .bin
+# shards (read with the safe loader) — and other pickle weights only when allowed.
 _TOKENIZER_FILES = ["*.json", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
 _WEIGHT_FILES = ["*.safetensors"]
+_BIN_WEIGHTS = ["pytorch_model*.bin"]
 _CODE_FILES = ["*.py"]  # the model's own code: fetched only with trust_remote_code
 _PICKLE_FILES = ["*.bin", "*.pt", "*.pth"]
 _SOURCE_MARK = "ftpack-source.json"
@@ -89,13 +94,25 @@ class ResolvedBase:
 
 def load_tokenizer(path: Path, *, trust_remote_code: bool = False):
     """The tokenizer of a resolved base folder: the one place both the data stage (token
-    counts) and training load it, so they can never tokenize differently."""
+    counts) and training load it, so they can never tokenize differently.
+
+    Llama-style SentencePiece folders (Llama-2, Vicuna: ``tokenizer.model``) get a fast
+    tokenizer built the way SentencePiece and llama.cpp tokenize
+    (:mod:`ftpack.training.spm_tokenizer`); transformers' own rebuild differs on spaces.
+    """
     from ftpack.core.quiet import quiet_libraries
-    from transformers import AutoTokenizer
+    from ftpack.training.spm_tokenizer import is_llama_spm_folder, spm_fast_tokenizer
 
     try:
         with quiet_libraries():
+            if is_llama_spm_folder(Path(path)):
+                return spm_fast_tokenizer(Path(path))
+            from transformers import AutoTokenizer
+
             return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except ImportError as exc:
+        raise FtpackError(f"Cannot load the tokenizer from {path}: {exc}",
+                          "Reinstall ftpack's dependencies (pip install ftpack) in this environment.") from exc
     except (OSError, ValueError) as exc:
         raise FtpackError(f"Cannot load the tokenizer from {path}: {exc}") from exc
 
@@ -133,7 +150,8 @@ def resolve_base(base: str, *, trust_remote_code: bool = False, allow_pickle: bo
     if path.is_dir():
         _check_hf_folder(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
                          need_weights=not tokenizer_only)
-        return ResolvedBase(path.resolve(), str(path.resolve()), "local", trust_remote_code)
+        folder = path.resolve() if tokenizer_only else _safetensors_folder(path.resolve(), allow_pickle)
+        return ResolvedBase(folder, str(path.resolve()), "local", trust_remote_code)
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise bad_input(f"--base {base}: a file must be a .gguf model.",
@@ -151,6 +169,8 @@ def resolve_base(base: str, *, trust_remote_code: bool = False, allow_pickle: bo
                                     tokenizer_only=tokenizer_only)
         _check_hf_folder(folder, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
                          need_weights=not tokenizer_only)
+        if not tokenizer_only:
+            folder = _safetensors_folder(folder, allow_pickle)
         return ResolvedBase(folder, hub_id, "hub", trust_remote_code)
     if base.startswith((".", "/", "~")) or base.lower().endswith((".gguf", ".safetensors")) or base.count("/") > 1:
         raise bad_input(f"Base model {base!r}: no such file or folder.",
@@ -162,6 +182,13 @@ def resolve_base(base: str, *, trust_remote_code: bool = False, allow_pickle: bo
 
 
 # -- local folders ---------------------------------------------------------------------
+
+def _safetensors_folder(folder: Path, allow_pickle: bool) -> Path:
+    """The folder itself, or for ``.bin`` weights their safetensors copy in the cache."""
+    from ftpack.gguf.hf_folder import ensure_safetensors
+
+    return ensure_safetensors(folder, allow_pickle=allow_pickle)
+
 
 def _check_hf_folder(folder: Path, *, allow_pickle: bool, trust_remote_code: bool,
                      need_weights: bool = True) -> None:
@@ -176,14 +203,15 @@ def _check_hf_folder(folder: Path, *, allow_pickle: bool, trust_remote_code: boo
         raise bad_input(f"{config_path}: not valid JSON ({exc}).") from None
     names = {p.name for p in folder.iterdir()}
     has_safetensors = any(n.endswith(".safetensors") for n in names)
+    has_bin = any(n.startswith("pytorch_model") and n.endswith(".bin") for n in names)
     has_pickle = any(n.endswith((".bin", ".pt", ".pth")) and "training_args" not in n for n in names)
-    if need_weights and not has_safetensors:
+    if need_weights and not has_safetensors and not has_bin:
         if has_pickle and not allow_pickle:
-            raise bad_input(f"{folder} has only pickle weights (.bin/.pt), which can run code when loaded.",
+            raise bad_input(f"{folder} has only pickle weights (.pt/.pth), which can run code when loaded.",
                             "Convert them to safetensors, or pass --allow-pickle if you trust the source.")
         if not has_pickle:
-            raise bad_input(f"{folder} has no model weights (*.safetensors).",
-                            "A hub model that publishes only .bin weights needs --allow-pickle.")
+            raise bad_input(f"{folder} has no model weights (*.safetensors or pytorch_model*.bin).",
+                            "Give the folder saved with save_pretrained, with its weight files.")
     if config.get("auto_map") and not trust_remote_code and not _known_model_type(config.get("model_type")):
         raise bad_input(f"{folder} needs its own Python code (model type {config.get('model_type')!r}).",
                         "Pass --trust-remote-code if you trust the source.")
@@ -216,9 +244,10 @@ def download_hub_model(model_id: str, *, allow_pickle: bool = False, trust_remot
     from huggingface_hub import errors as hf_errors
 
     offline = _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
-    patterns = hub_file_patterns(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                                 tokenizer_only=tokenizer_only)
     try:
+        has_safetensors = None if offline or tokenizer_only else _hub_has_safetensors(model_id, timeout_s)
+        patterns = hub_file_patterns(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                                     tokenizer_only=tokenizer_only, has_safetensors=has_safetensors)
         folder = snapshot_download(model_id, allow_patterns=patterns, local_files_only=offline,
                                    etag_timeout=timeout_s, endpoint=os.environ.get("HF_ENDPOINT") or None)
     except (hf_errors.GatedRepoError,) as exc:
@@ -245,11 +274,27 @@ def download_hub_model(model_id: str, *, allow_pickle: bool = False, trust_remot
 
 
 def hub_file_patterns(*, allow_pickle: bool = False, trust_remote_code: bool = False,
-                      tokenizer_only: bool = False) -> list[str]:
-    """``allow_patterns`` for a hub snapshot: tokenizer + config always, weights unless
-    ``tokenizer_only`` (pickle ones only when allowed), model code only when trusted."""
-    weights = [] if tokenizer_only else _WEIGHT_FILES + (_PICKLE_FILES if allow_pickle else [])
+                      tokenizer_only: bool = False, has_safetensors: bool | None = True) -> list[str]:
+    """``allow_patterns`` for a hub snapshot: tokenizer + config always; weights unless
+    ``tokenizer_only``: safetensors, or the ``pytorch_model*.bin`` shards of a repo that has
+    no safetensors (``has_safetensors`` False; None = unknown, e.g. offline: either, from the
+    cache), other pickle files only when allowed; model code only when trusted."""
+    weights: list[str] = []
+    if not tokenizer_only:
+        weights = list(_WEIGHT_FILES) if has_safetensors is not False else []
+        if has_safetensors is not True:
+            weights += _BIN_WEIGHTS
+        if allow_pickle:
+            weights += [p for p in _PICKLE_FILES if p not in weights]
     return _TOKENIZER_FILES + weights + (_CODE_FILES if trust_remote_code else [])
+
+
+def _hub_has_safetensors(model_id: str, timeout_s: float) -> bool:
+    """Whether a hub repo publishes safetensors weights (Vicuna v1.5 publishes only .bin)."""
+    from huggingface_hub import HfApi
+
+    info = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None).model_info(model_id, timeout=timeout_s)
+    return any(s.rfilename.endswith(".safetensors") for s in (info.siblings or []))
 
 
 def _unreachable(model_id: str, exc: BaseException) -> FtpackError:

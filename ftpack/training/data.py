@@ -651,7 +651,8 @@ class BuildData:
 
     template: Any  # ChatTemplate: chosen here, once per build
     summary: DataSummary
-    outputs: list[Path]  # data/train.jsonl, data/eval.jsonl (when split), data/stats.json
+    outputs: list[Path]  # data/train.jsonl, data/eval.jsonl (when split), data/stats.json, data/vocab.gguf
+    token_check: Any = None  # ftpack.training.token_check.TokenCheck
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -659,6 +660,8 @@ class BuildData:
         metrics = {"template": self.template.name, "format": s.format, "records": s.records,
                    "train_records": s.train_records, "eval_records": s.eval_records, "too_long": s.too_long,
                    "dropped_long": s.dropped_long, "duplicates": s.duplicates}
+        if self.token_check is not None:
+            metrics.update(self.token_check.as_metrics())
         if s.tokens:
             metrics["tokens"] = s.tokens["total"]
             metrics["max_tokens"] = s.tokens["max"]
@@ -687,7 +690,23 @@ def prepare_build_data(cfg: Any, layout: Any, reporter: Any) -> BuildData:
     summary.outputs = {p.name: str(p) for p in outputs}
     outputs.append(write_json(layout.data_dir / STATS_FILE, summary.as_dict()))
     report_summary(summary, reporter)
-    return BuildData(template=template, summary=summary, outputs=outputs)
+    checked = check_build_tokenization(tokenizer, template, resolved.path, prepared, layout, reporter,
+                                       seed=int(cfg.seed or 0))
+    outputs.append(Path(checked.vocab_gguf))
+    return BuildData(template=template, summary=summary, outputs=outputs, token_check=checked)
+
+
+def check_build_tokenization(tokenizer: Any, template: Any, base_dir: Path, prepared: "PreparedData",
+                             layout: Any, reporter: Any, *, seed: int = 0) -> Any:
+    """Training ids == llama.cpp's ids on a sample of this dataset, with the vocabulary the
+    build's GGUF will carry (:mod:`ftpack.training.token_check`); stops the build otherwise."""
+    from ftpack.training.token_check import check_tokenization, write_vocab_gguf
+
+    vocab = write_vocab_gguf(base_dir, layout.data_dir / "vocab.gguf")
+    checked = check_tokenization(tokenizer, template, [*prepared.train, *prepared.eval], vocab, seed=seed)
+    reporter.info(f"Tokenization check: {checked.checked} conversations ({checked.tokens} tokens) tokenize "
+                  "identically for training and for llama.cpp/Ollama.")
+    return checked
 
 
 def run_data_stage(ctx: Any):

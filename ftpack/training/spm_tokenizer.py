@@ -39,6 +39,19 @@ def is_llama_spm_folder(folder: Path) -> bool:
     return proto.trainer_spec.model_type == 2 and proto.trainer_spec.byte_fallback  # 2 = BPE
 
 
+def keep_spm_model(base: Path, saved: Path) -> None:
+    """Copy the base's ``tokenizer.model`` beside a saved tokenizer of a Llama-SPM base.
+
+    ``save_pretrained`` writes only tokenizer.json; the GGUF converter must read the
+    SentencePiece pieces, scores and types from tokenizer.model (as llama.cpp's does) so
+    the GGUF's tokenizer is the one training used, not an approximation from the JSON.
+    """
+    import shutil
+
+    if is_llama_spm_folder(Path(base)):
+        shutil.copy2(Path(base) / SPM_FILE, Path(saved) / SPM_FILE)
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))

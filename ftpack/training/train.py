@@ -433,6 +433,7 @@ def _save_outputs(run: TrainingRun, result: TrainResult, state_dict: dict[str, A
     """Adapter or full weights + tokenizer (training template) + the whole chat format
     (ftpack_template.json), loss CSV/PNG, trainer state, info. ``state_dict``: the gathered
     weights under FSDP (the model itself only holds this rank's shards)."""
+    from ftpack.training.spm_tokenizer import keep_spm_model
     from ftpack.training.templates import save_template
 
     trainer, out = run.trainer, run.outputs
@@ -442,6 +443,7 @@ def _save_outputs(run: TrainingRun, result: TrainResult, state_dict: dict[str, A
             model = model.module
         model.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
         run.tokenizer.save_pretrained(str(tmp))
+        keep_spm_model(run.base.path, tmp)  # the converter reads SentencePiece scores from it
         save_template(run.template, tmp)
     history = trainer.state.log_history
     result.loss_csv = write_loss_csv(out.loss_csv, history)
