@@ -50,7 +50,10 @@ def templates(name: str | None) -> None:
                 help={"template": "Chat template (see `ftpack templates`); default: detected from --base."})
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None, metavar="OUT.jsonl",
               help="Write the normalised training records here (the eval split goes to OUT.eval.jsonl).")
-def data(file: Path, base: str | None, out: Path | None, **params) -> None:
+@click.option("--show-tokens", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Show the first N records as trained on: the exact training text, its tokens, and which "
+                   "tokens carry the loss (needs --base; with --json one object per record).")
+def data(file: Path, base: str | None, out: Path | None, show_tokens: int | None, **params) -> None:
     """Validate a dataset, normalise it to `messages` JSONL and show its statistics.
 
     \b
@@ -67,6 +70,10 @@ def data(file: Path, base: str | None, out: Path | None, **params) -> None:
 
     reporter = get_reporter()
     settings = command_settings(list(params), given_flags(params))
+    if show_tokens and not base:
+        from ftpack.core.errors import bad_input
+
+        raise bad_input("--show-tokens needs --base: tokens come from the base model's tokenizer.")
     tokenizer = tpl = None
     note = None
     if base:
@@ -83,6 +90,13 @@ def data(file: Path, base: str | None, out: Path | None, **params) -> None:
         written = write_split(prepared, out, eval_path_beside(out))
         summary.outputs.update(zip(("train", "eval"), map(str, written)))
     report_summary(summary, reporter)
+    if show_tokens:
+        from ftpack.training.data import load_dataset
+        from ftpack.training.token_check import trained_tokens
+
+        for i, messages in enumerate(load_dataset(file, settings["format"]).conversations[:show_tokens]):
+            view = trained_tokens(tokenizer, tpl, messages)
+            reporter.tokens(i, view.text, view.pieces, view.input_ids, view.train)
     reporter.result(summary.as_dict())
     written_text = f"; wrote {', '.join(summary.outputs.values())}" if summary.outputs else "; nothing written (use -o)"
     reporter.final(f"{summary.records} valid records ({summary.format}){written_text}", **{"records": summary.records})

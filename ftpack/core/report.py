@@ -140,6 +140,21 @@ class Reporter:
             return
         self.console.print(message, markup=False)
 
+    def tokens(self, record: int, text: str, pieces: Sequence[str], input_ids: Sequence[int],
+               train: Sequence[int]) -> None:
+        """One record as trained on: in --json the object ``{text, input_ids, train}``; in a
+        terminal the tokens, those that carry loss in green, the others dimmed."""
+        self.event("tokens", record=record, text=text, input_ids=list(input_ids), train=list(train))
+        if self.mode != "rich":
+            return
+        from rich.text import Text
+
+        line = Text(f"record {record}: {len(input_ids)} tokens, {sum(train)} trained\n", style="bold")
+        for piece, ids_, on in zip(pieces, input_ids, train):
+            line.append(piece.replace("\n", "\\n"), style="green" if on else "dim")
+            line.append("|", style="blue")
+        self.console.print(line)
+
     def result(self, data: Any) -> None:
         """A command's structured result: the JSON object in --json, nothing otherwise."""
         self.event("result", data=data)

@@ -95,6 +95,33 @@ def training_ids(tokenizer: Any, template: Any, messages: Sequence[Any]) -> list
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+@dataclass
+class TrainedTokens:
+    """One conversation as training sees it (what `ftpack data --show-tokens` prints)."""
+
+    text: str  # the exact training string; a BOS the template adds is written as its token text
+    input_ids: list[int]
+    train: list[int]  # 1 where the token carries loss (assistant text and its end of turn)
+    pieces: list[str]
+
+
+def trained_tokens(tokenizer: Any, template: Any, messages: Sequence[Any], *,
+                   train_on_prompts: bool = False) -> TrainedTokens:
+    """Text, ids and loss mask exactly as TRL builds them for assistant-only loss: the training
+    template (installed in the tokenizer) through ``apply_chat_template`` with
+    ``return_assistant_tokens_mask``."""
+    from ftpack.training.templates import training_chat_template
+
+    jinja = training_chat_template(template, tokenizer)
+    chat = [dict(m) for m in messages]
+    text = tokenizer.apply_chat_template(chat, chat_template=jinja, tokenize=False)
+    out = tokenizer.apply_chat_template(chat, chat_template=jinja, tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+    ids = list(out["input_ids"])
+    mask = [1] * len(ids) if train_on_prompts else [int(x) for x in out["assistant_masks"]]
+    return TrainedTokens(text, ids, mask, tokenizer.convert_ids_to_tokens(ids))
+
+
 def inference_text(tokenizer: Any, template: Any, messages: Sequence[Any]) -> str:
     """The text Ollama renders for the same conversation (no leading BOS: llama.cpp adds it)."""
     from ftpack.training.templates import render_chat
