@@ -53,3 +53,23 @@ def test_show_tokens_needs_a_base(tmp_path, run_cli):
     data = _records(tmp_path / "d.jsonl", ROWS)
     result = run_cli("data", data, "--show-tokens", "1")
     assert result.exit_code == 2 and "--base" in result.output
+
+
+def test_build_system_prompt_is_trained_on(tiny_llama, tmp_path):
+    """--system becomes the Modelfile SYSTEM, so conversations without one train with it too."""
+    from ftpack.core.config import build_config
+    from ftpack.core.layout import BuildLayout
+    from ftpack.core.report import get_reporter
+    from ftpack.training.data import prepare_build_data, read_messages_jsonl
+
+    data = _records(tmp_path / "d.jsonl", ROWS * 3)
+    cfg = build_config("sys", None, {"base": str(tiny_llama), "data": data, "template": "chatml",
+                                     "system": "You answer in French.", "eval_ratio": 0.0})
+    layout = BuildLayout(tmp_path / "build")
+    prepare_build_data(cfg, layout, get_reporter())
+    trained = read_messages_jsonl(layout.train_file)
+    assert len(trained) == 9
+    for conv in trained:
+        assert conv[0]["role"] == "system"
+        assert conv[0]["content"] in ("You answer in French.", "Be brief.")  # an explicit one is kept
+    assert sum(c[0]["content"] == "Be brief." for c in trained) == 3

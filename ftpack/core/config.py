@@ -72,7 +72,8 @@ OPTIONS: tuple[Option, ...] = (
     _o("data", Path, None, "Conversation dataset (JSON or JSONL).", "data"),
     _o("out", Path, None, "Build directory (default: builds/<name>).", ""),
     _o("template", str, None, "Chat template name (see `ftpack templates`); default: from the base.", "data"),
-    _o("system", str, None, "System prompt for the Ollama model (default: the template's).", "modelfile"),
+    _o("system", str, None, "System prompt: the Ollama model's SYSTEM, and trained on in every conversation "
+       "that has none (default: the template's).", "data"),
     # -- data ----------------------------------------------------------------------------
     _o("format", str, "auto", "Dataset format.", "data", choices=DATA_FORMATS),
     _o("eval_ratio", float, None, "Fraction held out for evaluation (default 0.05 with >= 20 records).",

@@ -524,13 +524,25 @@ class PreparedData:
     summary: DataSummary
 
 
+def with_default_system(conversations: Sequence[Conversation], system: str | None) -> list[Conversation]:
+    """Each conversation, with ``system`` as its first message when it has none."""
+    if not system:
+        return list(conversations)
+    return [c if c and c[0]["role"] == "system" else [{"role": "system", "content": system}, *c]
+            for c in conversations]
+
+
 def prepare_data(path: str | Path, *, fmt: str = "auto", template: Any = None, tokenizer: Any = None,
                  max_seq_length: int = 2048, drop_long: bool = False, eval_ratio: float | None = None,
-                 seed: int = 42, tokens_note: str | None = None) -> PreparedData:
+                 seed: int = 42, tokens_note: str | None = None, system: str | None = None) -> PreparedData:
     """Load + validate, count tokens (when a tokenizer and template are given), drop or
-    flag long records, and split. Pure apart from reading ``path``."""
+    flag long records, and split. Pure apart from reading ``path``.
+
+    ``system`` (the build's ``--system``, which also becomes the Modelfile's SYSTEM) is put
+    in front of every conversation that has no system message, so the model trains on the
+    system block Ollama will render for it."""
     dataset = load_dataset(path, fmt)
-    conversations = dataset.conversations
+    conversations = with_default_system(dataset.conversations, system)
     lengths: list[int] | None = None
     if tokenizer is not None and template is not None:
         lengths = count_tokens(conversations, tokenizer, template)
@@ -684,7 +696,7 @@ def prepare_build_data(cfg: Any, layout: Any, reporter: Any) -> BuildData:
     template = choose_template(cfg.template, resolved.names, tokenizer, reporter=reporter)
     prepared = prepare_data(cfg.data, fmt=cfg.format or "auto", template=template, tokenizer=tokenizer,
                             max_seq_length=cfg.max_seq_length, drop_long=bool(cfg.drop_long),
-                            eval_ratio=cfg.eval_ratio, seed=cfg.seed)
+                            eval_ratio=cfg.eval_ratio, seed=cfg.seed, system=getattr(cfg, "system", None))
     outputs = write_split(prepared, layout.train_file, layout.eval_file)
     summary = prepared.summary
     summary.outputs = {p.name: str(p) for p in outputs}
