@@ -227,7 +227,8 @@ def render_model_card(manifest: Manifest, *, heldout: dict[str, Any] | None = No
                 ("architecture", convert.metrics.get("architecture") if convert else None),
                 ("quantization type", quant_type), ("llama.cpp file type", qm.get("file_type")),
                 ("size", _size_change(qm.get("input_bytes"), qm.get("bytes"))),
-                ("importance matrix", qm.get("imatrix"))])
+                ("importance matrix", _imatrix_summary(qm))])
+    out += _candidates_section(qm.get("auto"))
 
     if reg:
         rm = reg.metrics
@@ -251,10 +252,46 @@ def render_model_card(manifest: Manifest, *, heldout: dict[str, Any] | None = No
     return "\n".join(out).rstrip() + "\n"
 
 
+def _imatrix_summary(qm: dict[str, Any]) -> str | None:
+    """One line on the importance matrix: where it came from, how much text, whether it was used."""
+    im = qm.get("imatrix")
+    if not im:
+        return qm.get("imatrix_note") or (None if not qm else "none")
+    if im.get("source") == "file":
+        text = f"from the file `{im.get('path')}`" + (f" ({im['chunks']} chunks)" if im.get("chunks") else "")
+    else:
+        text = (f"computed by ftpack from {im.get('tokens')} tokens in {im.get('chunks')} chunks of the train split "
+                f"(`{im.get('path')}`, {im.get('entries')} weights)")
+        if im.get("topup_tokens"):
+            text += (f"; the data gave {im.get('data_tokens')} tokens, topped up with {im['topup_tokens']} tokens "
+                     "of ftpack's fixed generic text")
+    if im.get("used") is False:
+        text += "; not used for the kept type (6 bits or more)"
+    if im.get("missing"):
+        text += f"; {len(im['missing'])} weight(s) had no entry"
+    return text
+
+
+def _candidates_section(auto: dict[str, Any] | None) -> list[str]:
+    """`--quant auto`: the table of the types tried, smallest first."""
+    if not auto:
+        return []
+    out = [f"Chosen by `--quant auto`: the smallest type whose mean KL divergence from the F16 model is at most "
+           f"{auto.get('max_kld')}, measured on {auto.get('texts')}"
+           + ("" if auto.get("within_budget") else " (none was within it: the lowest was kept)") + ":", ""]
+    out += _table(("type", "size", "importance matrix", "mean KLD", "p99 KLD", "top-1", "perplexity ratio", "kept"),
+                  [(row.get("quant"), human_bytes(row.get("bytes") or 0), "yes" if row.get("imatrix") else "no",
+                    row.get("mean_kld"), row.get("p99_kld"),
+                    f"{row['top1_agreement']:.1%}" if row.get("top1_agreement") is not None else None,
+                    row.get("perplexity_ratio"), "yes" if row.get("quant") == auto.get("chosen") else "")
+                   for row in auto.get("candidates") or []])
+    return out
+
+
 def _status_lines(name: str, enabled: list[str], verify, reg, roundtrip, manifest: Manifest) -> list[str]:
     lines = []
     if "verify" not in enabled:
-        lines.append("- **Not verified**: the build ran with `--no-verify`, so nobody checked that the quantized "
+        lines.append("- **Not verified**: the build ran with `--no-verify`, so it was not checked that the quantized "
                      "model answers and stops.")
     elif verify:
         lines.append(f"- Verified: answers and stops within {verify.metrics.get('max_answer_tokens')} tokens "
@@ -285,9 +322,11 @@ def _verify_section(enabled: list[str], verify, manifest: Manifest) -> list[str]
                                   f"{vm.get('limit_reason')})"),
                 ("stop strings", vm.get("stop"))])
     fid = vm.get("fidelity") or {}
-    out += ["Quantization fidelity (the quantized model against the F16 GGUF on the build's own data):", ""]
+    out += ["Quantization fidelity (the quantized model against the F16 GGUF"
+            + (f", on {vm['fidelity_texts']}" if vm.get("fidelity_texts") else " on the build's own data") + "):", ""]
     if fid:
         out += _kv([("tokens scored", fid.get("tokens")),
+                    ("mean KL divergence", fid.get("mean_kld")), ("99th percentile KL divergence", fid.get("p99_kld")),
                     ("perplexity, F16 -> quantized", _pair(fid.get("perplexity_reference"),
                                                           fid.get("perplexity_quantized"), " -> ")),
                     ("perplexity ratio", fid.get("perplexity_ratio")),

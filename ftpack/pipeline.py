@@ -40,6 +40,21 @@ def _registers(cfg: Any) -> bool:
     return cfg.register != "none"
 
 
+def _ships_adapter(cfg: Any) -> bool:
+    from ftpack.gguf.ship import ships_adapter
+
+    return ships_adapter(cfg)
+
+
+def _ships_merged(cfg: Any) -> bool:
+    return not _ships_adapter(cfg)
+
+
+def _adapter_keys(*keys: str) -> Callable[[Any], dict[str, Any]]:
+    """An adapter-build stage's config slice: its own keys plus what it is built on."""
+    return lambda cfg: {k: getattr(cfg, k, None) for k in ("ship", "base", *keys)}
+
+
 def build_stages() -> list[Stage]:
     """The stages of `ftpack build`, in order."""
     stages = [
@@ -47,13 +62,28 @@ def build_stages() -> list[Stage]:
               input_files=lambda cfg: [cfg.data]),
         Stage("train", "fine-tune", _lazy("ftpack.training.train:run_train_stage")),
         Stage("convert", "Hugging Face to GGUF (adapter fused on the fly)",
-              _lazy("ftpack.gguf.convert:run_convert_stage")),
-        Stage("quantize", "llama.cpp quantization", _lazy("ftpack.gguf.quantize:run_quantize_stage")),
+              _lazy("ftpack.gguf.convert:run_convert_stage"), enabled=_ships_merged),
+        Stage("quantize", "importance matrix and llama.cpp quantization",
+              _lazy("ftpack.gguf.quantize:run_quantize_stage"),
+              depends=("data", "convert"), input_files=_imatrix_file, enabled=_ships_merged),
+        # --ship adapter: the base's own GGUF and the LoRA as a llama.cpp adapter GGUF instead
+        Stage("base", "the base GGUF the adapter applies to", _lazy("ftpack.gguf.ship:run_base_stage"),
+              depends=("train",), config_keys=_adapter_keys("ollama_base", "outtype", "quant"),
+              input_files=_imatrix_file, enabled=_ships_adapter),
+        Stage("adapter", "the LoRA adapter as a llama.cpp adapter GGUF", _lazy("ftpack.gguf.ship:run_adapter_stage"),
+              depends=("train", "base"), config_keys=_adapter_keys("outtype"), enabled=_ships_adapter),
         Stage("verify", "llama.cpp smoke test (answers and stops) and quantization fidelity",
               _lazy("ftpack.inference.verify:run_verify_stage"), depends=("data", "convert", "quantize"),
-              enabled=lambda cfg: bool(cfg.verify)),
+              enabled=lambda cfg: bool(cfg.verify) and _ships_merged(cfg)),
+        Stage("verify", "llama.cpp smoke test of the base GGUF + adapter (answers and stops)",
+              _lazy("ftpack.inference.verify:run_verify_stage"), depends=("data", "base", "adapter"),
+              config_keys=_adapter_keys("max_answer_tokens"),
+              enabled=lambda cfg: bool(cfg.verify) and _ships_adapter(cfg)),
         Stage("modelfile", "render and check the Ollama Modelfile", _lazy("ftpack.ollama.modelfile:run_modelfile_stage"),
-              depends=("data", "quantize"), input_files=lambda cfg: [cfg.license]),
+              depends=("data", "quantize"), input_files=lambda cfg: [cfg.license], enabled=_ships_merged),
+        Stage("modelfile", "the Ollama Modelfile: FROM the base model, ADAPTER the LoRA GGUF",
+              _lazy("ftpack.ollama.shipping:run_adapter_modelfile_stage"), depends=("data", "base", "adapter"),
+              input_files=lambda cfg: [cfg.license], config_keys=_adapter_modelfile_keys, enabled=_ships_adapter),
         Stage("register", "create the model in Ollama", _lazy("ftpack.ollama.registration:run_register_stage"),
               depends=("modelfile",), enabled=_registers),
         Stage("roundtrip", "one chat through the Ollama server", _lazy("ftpack.inference.verify:run_roundtrip_stage"),
@@ -64,6 +94,18 @@ def build_stages() -> list[Stage]:
                         depends=tuple(s.name for s in stages), input_files=lambda cfg: [cfg.heldout],
                         config_keys=_whole_config))
     return stages
+
+
+def _imatrix_file(cfg: Any) -> list[Path]:
+    """`--imatrix FILE`: its content is an input of the quantize stage (auto/none are not files)."""
+    value = str(getattr(cfg, "imatrix", None) or "auto")
+    return [] if value in ("auto", "none") else [Path(value)]
+
+
+def _adapter_modelfile_keys(cfg: Any) -> dict[str, Any]:
+    from ftpack.core.config import stage_slice
+
+    return {**stage_slice(cfg, "modelfile"), "ship": cfg.ship, "ollama_base": cfg.ollama_base}
 
 
 def _whole_config(cfg: Any) -> dict[str, Any]:
@@ -97,15 +139,33 @@ def resolve_register(mode: str, host: str | None) -> tuple[str, str]:
     return "offline", f"no Ollama server at {probe.host} ({probe.reason}): writing Ollama's model store directly"
 
 
+def resolve_ship(config: Any, method: str) -> tuple[str, str]:
+    """(ship, why): `auto` ships an adapter on a base that comes from Ollama (its blob is reused),
+    a merged GGUF otherwise, or when the training cannot be expressed as a llama.cpp adapter."""
+    from ftpack.gguf.ship import ollama_model_of
+
+    if config.ship != "auto":
+        return config.ship, "as asked"
+    pulled = ollama_model_of(config.base)
+    if pulled is None:
+        return "merged", "the base is not an Ollama model: one GGUF with the fine-tune merged in"
+    if method in ("sft", "full"):
+        return "merged", f"--method {method} trains the weights themselves: there is no adapter to ship"
+    if config.dora:
+        return "merged", "DoRA cannot be expressed as a llama.cpp LoRA adapter"
+    return "adapter", f"the base is the Ollama model {pulled}: only the adapter is shipped, its blob is reused"
+
+
 def resolve_config(config: Any) -> tuple[Any, dict[str, str]]:
-    """A copy of ``config`` with ``method`` and ``register`` resolved, and why each was chosen.
+    """A copy of ``config`` with ``method``, ``register`` and ``ship`` resolved, and why each was chosen.
 
     Used by :func:`run_build` and by ``--print-config``, so both show the same values.
     """
     method, why_method = resolve_method(config.method)
     register, why_register = resolve_register(config.register, config.host)
-    return dataclasses.replace(config, method=method, register=register), {
-        "method": why_method, "register": why_register}
+    ship, why_ship = resolve_ship(config, method)
+    return dataclasses.replace(config, method=method, register=register, ship=ship), {
+        "method": why_method, "register": why_register, "ship": why_ship}
 
 
 def build_dir_of(config: Any) -> Path:
@@ -125,11 +185,14 @@ def check_build_inputs(config: Any, force: str | None = None) -> None:
         if not read_heldout(Path(config.heldout)):
             raise bad_input(f"{config.heldout}: no held-out questions in it.")
     if force is not None:
-        stages = {s.name: s for s in build_stages()}
-        if force not in stages:
-            raise bad_input(f"--force: unknown stage {force!r}.", f"Stages: {', '.join(stages)}.")
-        if not stages[force].enabled(config):
-            why = "--no-verify" if force == "verify" else "--no-register (register = none)"
+        stages = build_stages()
+        names = list(dict.fromkeys(s.name for s in stages))
+        if force not in names:
+            raise bad_input(f"--force: unknown stage {force!r}.", f"Stages: {', '.join(names)}.")
+        if not any(s.enabled(config) for s in stages if s.name == force):
+            why = ("--no-verify" if force == "verify" and not config.verify
+                   else f"--ship {config.ship}" if force in ("convert", "quantize", "base", "adapter")
+                   else "--no-register (register = none)")
             raise bad_input(f"--force {force} contradicts {why}: that stage does not run in this build.",
                             "Drop one of the two.")
 
@@ -156,9 +219,9 @@ def run_build(config: Any, *, force: str | None = None, reporter: Reporter | Non
         return run_stages(cfg, build_stages(), build_dir, force=force, reporter=reporter)
     except FtpackError as exc:
         manifest = Manifest.load(build_dir)
-        outcome = build_outcome(manifest)
-        if outcome.failed_stage in ("verify", "roundtrip"):
-            raise BuildFailed(outcome, manifest, exc) from exc
+        failed = manifest.stages.get("verify"), manifest.stages.get("roundtrip")
+        if any(r is not None and r.status == "failed" and r.error == exc.message for r in failed):
+            raise BuildFailed(build_outcome(manifest), manifest, exc) from exc
         raise
 
 
@@ -172,7 +235,7 @@ class BuildOutcome:
     hint: str | None
     verified: str  # passed | failed | skipped (--no-verify) | not run
     registered: str | None  # where the model is, in words; None when not registered by this build
-    roundtrip: str | None  # passed | failed | "not run: ..."; None when not registered
+    roundtrip: str | None  # passed | failed | "not run (why)"; None when not registered
     failed_stage: str | None
     next_command: str | None
     build_dir: Path
@@ -189,7 +252,8 @@ class BuildFailed(FtpackError):
     """Verify or the round trip failed; ``outcome`` says whether the model was registered."""
 
     def __init__(self, outcome: BuildOutcome, manifest: Manifest, cause: FtpackError):
-        super().__init__(outcome.message, outcome.hint, code=cause.code)
+        hint = " ".join(h for h in (cause.hint, outcome.hint) if h) or None
+        super().__init__(outcome.message, hint, code=cause.code)
         self.outcome = outcome
         self.manifest = manifest
         self.cause = cause
@@ -249,8 +313,8 @@ def build_outcome(manifest: Manifest) -> BuildOutcome:
         kept = (f" (a model {name} registered by an earlier run of this build is still in Ollama)"
                 if earlier is not None and earlier.status == "done" and "register" in enabled else "")
         return outcome("verify_failed", False, f"Verify failed, so the model was NOT registered{kept}: {error}.",
-                       "Fix the cause and run the same command again, or add --no-verify to register it "
-                       "without the check.", next_command=f"ftpack chat {build_dir}")
+                       "To register it without the check, run the same command with --no-verify.",
+                       next_command=f"ftpack chat {build_dir}")
     if failed == "roundtrip":
         error = (st["roundtrip"].error or "no answer").rstrip(".")
         checked = "verified" if verified == "passed" else "NOT verified (--no-verify)"
