@@ -23,19 +23,23 @@ REPO = Path(__file__).resolve().parent.parent
 NAMES = ("Ada Bo Cy Di Ed Flo Gus Hal Ivy Jo Kim Lu Max Ned Ola Pia Quin Rex Sue Tom Una Vic Wes Xia").split()
 
 
-@pytest.fixture(scope="module")
-def qa_data(tmp_path_factory) -> Path:
+def write_hello_data(path: Path) -> Path:
     """24 short conversations: a random tiny model learns their shape (and to stop) in 30 steps.
 
     The verify stage fails a model that never stops, so the tiny model must really learn
     to end its answer with the template's end-of-turn token.
     """
-    path = tmp_path_factory.mktemp("data") / "hello.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:
         for n in NAMES:
             fh.write(json.dumps({"messages": [{"role": "user", "content": f"Say hello to {n}."},
                                               {"role": "assistant", "content": f"Hello, {n}!"}]}) + "\n")
     return path
+
+
+@pytest.fixture(scope="module")
+def qa_data(tmp_path_factory) -> Path:
+    return write_hello_data(tmp_path_factory.mktemp("data") / "hello.jsonl")
 
 
 def _build_args(name: str, base: Path, data: Path, out: Path, method: str, *extra: str) -> list[str]:
@@ -52,7 +56,7 @@ def _statuses(events: list[dict]) -> dict[str, str]:
     return {e["stage"]: e["status"] for e in events if e["event"] == "stage_end"}
 
 
-ALL_STAGES = ["data", "train", "convert", "quantize", "modelfile", "register", "verify"]
+ALL_STAGES = ["data", "train", "convert", "quantize", "verify", "modelfile", "register", "roundtrip", "report"]
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora", "sft", "full"])
@@ -98,11 +102,70 @@ def test_build_each_method_then_rerun_skips(method, tiny_llama, qa_data, tmp_pat
     assert model_layer["digest"] == "sha256:" + sha256_file(quantized)
     assert entry["size"] >= quantized.stat().st_size
 
+    check_model_card(out, qa_data)
+
     # A second identical run does nothing.
     again = run_cli(*_build_args(name, tiny_llama, qa_data, out, method))
     assert again.exit_code == 0, again.output
     assert _statuses(_events(again.stdout)) == {s: "skipped" for s in ALL_STAGES}
-    assert (out / "report.md").is_file()
+    assert _events(again.stdout)[-1]["message"] == events[-1]["message"]
+
+
+def check_model_card(out: Path, data: Path) -> None:
+    """report.md states each fact once: data stats, hyper-parameters, losses, full sha256s,
+    fidelity, versions, all as build.json and the files on disk say."""
+    import csv
+    from importlib import metadata
+
+    import ftpack
+    from ftpack.core.atomic import sha256_file
+
+    manifest = json.loads((out / "build.json").read_text())
+    stages = manifest["stages"]
+    card = (out / "report.md").read_text(encoding="utf-8")
+    assert stages["report"]["main_output"] == "report.md"
+
+    pairs = [[c.strip() for c in line.strip().strip("|").split("|")] for line in card.splitlines()
+             if line.startswith("| ")]
+    keys = [p[0] for p in pairs if len(p) == 2 and p[0]]
+    assert len(keys) == len(set(keys)), sorted(k for k in keys if keys.count(k) > 1)  # no duplicated rows
+
+    def row(key: str, value: str) -> None:
+        assert f"| {key} | {value} |" in card, (key, value)
+
+    d = stages["data"]["metrics"]
+    row("records", "24")
+    row("split", f"{d['train_records']} train / {d['eval_records']} eval")
+    row("tokens", str(d["tokens"]))
+    row("sha256", f"`{sha256_file(data)}`")
+    row("chat template", d["template"])
+
+    row("lora_r", "16")
+    row("max_steps", "30")
+    row("learning_rate", "0.005")
+    row("per_device_train_batch_size", "4")
+    losses = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(open(out / "train" / "loss.csv"))
+              if r["loss"]]
+    low = min(losses, key=lambda p: p[1])
+    row("train loss: first / last", f"{losses[0][1]:.6g} / {losses[-1][1]:.6g}")
+    row("train loss: lowest", f"{low[1]:.6g} (step {low[0]})")
+    row("optimizer steps", "30")
+    assert "![training loss](train/loss.png)" in card and (out / "train" / "loss.png").is_file()
+
+    v = stages["verify"]["metrics"]
+    row("perplexity ratio", f"{v['perplexity_ratio']:.6g}")
+    row("top-1 token agreement", f"{v['top1_agreement']:.1%}")
+    row("answer", v["answer"].strip())
+
+    quantized = next(out.glob("gguf/*.Q4_K_M.gguf"))
+    for f in (quantized, next(out.glob("gguf/*.f16.gguf")), out / "ollama" / "Modelfile", out / "data" / "train.jsonl"):
+        assert f"`{sha256_file(f)}`" in card, f  # the whole digest, not a prefix
+    row("quantization type", "Q4_K_M")
+    assert "## Modelfile" in card and "FROM " in card
+
+    for lib in ("torch", "transformers", "peft", "llama-cpp-python", "gguf"):
+        row(lib, metadata.version(lib))
+    row("ftpack", ftpack.__version__)
 
 
 def test_changed_hyperparameter_reruns_from_train(tiny_llama, qa_data, tmp_path, run_cli, ollama_double):
