@@ -1,6 +1,7 @@
-"""`ftpack build` on the real embedded SmolLM2-135M: the Q4_K_M model registered with
-Ollama (the double) answers held-out phrasings of facts from the example data that the
-base model does not know.
+"""`ftpack build` with the README demo's own config (examples/smollm2-cpu-lora.toml) on
+the embedded SmolLM2-135M: the Q4_K_M model registered with Ollama (the double) answers
+held-out phrasings of facts from the example data that the base model does not know, and
+the model card shows both models' answers.
 """
 
 from __future__ import annotations
@@ -13,59 +14,47 @@ import pytest
 from ollama_double.fixtures import ollama_double, ollama_models_dir  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parent.parent
-KEYWORDS = ("Halvard", "Duluth", "LT3-440", "IP67")  # distinctive: no lucky guesses
-
-
-def _facts_subset(tmp_path: Path) -> tuple[Path, list[dict]]:
-    """The example records that teach the four facts, plus their held-out questions."""
-    records = [json.loads(line) for line in (REPO / "examples/qa.messages.jsonl").read_text().splitlines()]
-    held = [json.loads(line) for line in (REPO / "examples/heldout.jsonl").read_text().splitlines()]
-
-    def teaches(rec: dict, kw: str) -> bool:
-        return any(kw.lower() in m["content"].lower() for m in rec["messages"] if m["role"] == "assistant")
-
-    subset = [r for r in records if any(teaches(r, kw) for kw in KEYWORDS)]
-    questions = [h for h in held if h["keywords"][0] in KEYWORDS]
-    assert len(questions) == len(KEYWORDS)
-    train_questions = {m["content"] for r in subset for m in r["messages"] if m["role"] == "user"}
-    assert not train_questions & {q["question"] for q in questions}  # really held out
-    path = tmp_path / "facts.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in subset), encoding="utf-8")
-    return path, questions
+DEMO = REPO / "examples" / "smollm2-cpu-lora.toml"
 
 
 @pytest.mark.slow
-def test_smollm2_build_answers_heldout_questions(smollm2_base, tmp_path, run_cli, ollama_double):
-    from ftpack.inference.heldout import ask_all, build_outputs
-    from ftpack.training.bases import embedded_gguf_path
+def test_demo_config_builds_a_model_that_answers_heldout_questions(tmp_path, run_cli, ollama_double):
+    from ftpack.core.atomic import sha256_file
+    from ftpack.core.config import build_config, config_to_dict, load_config_file
 
-    data, questions = _facts_subset(tmp_path)
     out = tmp_path / "build"
-    result = run_cli("--json", "build", "facts-qa", "--data", str(data), "--out", str(out),
-                     "--method", "lora", "--template", "chatml", "--num-train-epochs", "8",
-                     "--per-device-train-batch-size", "4", "--learning-rate", "2e-3",
-                     "--lora-r", "16", "--lora-alpha", "32", "--lora-dropout", "0",
-                     "--max-seq-length", "192", "--eval-ratio", "0", "--register", "server")
+    result = run_cli("--json", "build", "demo-qa", "--config", str(DEMO), "--out", str(out))
     assert result.exit_code == 0, result.output[-3000:]
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert {e["stage"]: e["status"] for e in events if e["event"] == "stage_end"}["register"] == "done"
+    assert {e["stage"]: e["status"] for e in events if e["event"] == "stage_end"} == {
+        s: "done" for s in ("data", "train", "convert", "quantize", "verify", "modelfile", "register",
+                            "roundtrip", "report")}
+    final = events[-1]
+    assert final["state"] == "ready" and final["roundtrip"] == "passed", final  # register auto: the server
 
-    gguf, template, base = build_outputs(out)
-    assert gguf.name == "facts-qa.Q4_K_M.gguf" and template == "chatml" and base == "smollm2-135m"
-    tuned = ask_all(gguf, questions, template_name=template)
-    before = ask_all(embedded_gguf_path(), questions, template_name=template)
-    for b, t in zip(before, tuned):
-        print(f"\nQ: {t.question}\n  base: {b.answer}\n  tuned: {t.answer}")
-    assert not any(b.correct for b in before)  # the base cannot know these invented facts
-    right = sum(t.correct for t in tuned)
-    print(f"fine-tuned Q4_K_M: {right}/{len(tuned)} held-out questions right")
-    assert right >= 2
+    manifest = json.loads((out / "build.json").read_text())
+    demo = load_config_file(DEMO)
+    expected = config_to_dict(build_config("demo-qa", demo, {"out": str(out)}))
+    assert {k: manifest["config"][k] for k in demo} == {k: expected[k] for k in demo}  # the demo's own settings
+    assert manifest["stages"]["data"]["metrics"]["records"] == 190
+
+    heldout = manifest["stages"]["report"]["metrics"]["heldout"]
+    for a in heldout["answers"]:
+        print(f"\nQ: {a['question']}\n  base: {a['base']}\n  tuned: {a['tuned']}")
+    print(f"fine-tuned Q4_K_M: {heldout['tuned_correct']}/{heldout['questions']}, "
+          f"base: {heldout['base_correct']}/{heldout['questions']}")
+    assert heldout["questions"] == 20
+    assert heldout["base_correct"] <= 2  # the base cannot know these invented facts (README: 0 of 20)
+    assert heldout["tuned_correct"] >= 10  # README: 15 of 20
+    card = (out / "report.md").read_text(encoding="utf-8")
+    assert f"Fine-tuned: **{heldout['tuned_correct']}/20** right" in card
+    assert all(a["question"] in card for a in heldout["answers"])
 
     # The model Ollama holds is this very file, served with the training template.
-    from ftpack.core.atomic import sha256_file
-
-    manifest = json.loads(next((ollama_double.store.root / "manifests").rglob("facts-qa")).joinpath("latest")
-                          .read_text())
-    digests = {layer["mediaType"]: layer["digest"] for layer in manifest["layers"]}
+    gguf = out / manifest["stages"]["quantize"]["main_output"]
+    assert gguf.name == "demo-qa.Q4_K_M.gguf"
+    store_manifest = json.loads(next((ollama_double.store.root / "manifests").rglob("demo-qa"))
+                                .joinpath("latest").read_text())
+    digests = {layer["mediaType"]: layer["digest"] for layer in store_manifest["layers"]}
     assert digests["application/vnd.ollama.image.model"] == "sha256:" + sha256_file(gguf)
     assert "application/vnd.ollama.image.template" in digests
