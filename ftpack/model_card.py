@@ -149,20 +149,15 @@ def loss_summary(loss_csv: Path) -> dict[str, Any]:
 
 
 def hyper_parameters(manifest: Manifest) -> list[tuple[str, Any]]:
-    """The training settings as the train stage used them (its ``settings`` record), else the
-    config values of every option that feeds the train stage."""
-    from ftpack.core.config import OPTIONS
-
+    """The training settings as the train stage resolved and recorded them; for a build
+    trained before they were recorded, the config's values read the same way."""
     train = _done(manifest, "train")
-    settings = (train.metrics.get("settings") if train else None) or {}
-    if settings:
-        return [(k, v) for k, v in settings.items() if not isinstance(v, dict)]
-    cfg = manifest.config
-    keys = [o.key for o in OPTIONS if o.stage == "train"] + ["max_seq_length", "seed"]
-    pairs = [(k, cfg.get(k)) for k in keys if k in cfg]
-    if train and train.metrics.get("learning_rate") is not None:  # the method's default when not set
-        pairs = [(k, train.metrics["learning_rate"] if k == "learning_rate" else v) for k, v in pairs]
-    return pairs
+    settings = train.metrics.get("settings") if train else None
+    if not settings:
+        from ftpack.training.settings import TrainSettings
+
+        settings = TrainSettings.from_config(manifest.config).hyper_parameters()
+    return [(k, v) for k, v in settings.items() if not isinstance(v, dict)]
 
 
 def _enabled(manifest: Manifest) -> list[str]:

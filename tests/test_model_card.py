@@ -50,7 +50,9 @@ def _manifest(tmp_path: Path, *, verify: bool = True):
         "data": rec({"template": "chatml", "format": "messages", "records": 24, "train_records": 23,
                      "eval_records": 1, "tokens": 480, "max_tokens": 21}, [("data/train.jsonl", "a" * 64)]),
         "train": rec({"method": "lora", "steps": 30, "trainable_parameters": 1000, "total_parameters": 100000,
-                      "base": "tiny", "learning_rate": 0.005}, versions={"ftpack": "9.9", "torch": "2.15.0"}),
+                      "base": "tiny", "learning_rate": 0.005,
+                      "settings": {"method": "lora", "learning_rate": 0.005, "lora_r": 8}},
+                     versions={"ftpack": "9.9", "torch": "2.15.0"}),
         "quantize": rec({"quant": "Q4_K_M", "file_type": 15, "bytes": 300, "input_bytes": 1000},
                         [("gguf/x.Q4_K_M.gguf", "b" * 64)], main="gguf/x.Q4_K_M.gguf"),
     }
@@ -82,6 +84,16 @@ def test_card_holds_each_fact_once_with_whole_digests(tmp_path):
     assert "| trainable parameters | 1,000 of 100,000 (1.00%) |" in card
     assert "| torch | 2.14.0 (data, quantize, verify); 2.15.0 (train) |" in card  # a resumed build says so
     assert "Verified: answers and stops within 22 tokens" in card
+    assert "| lora_r | 8 |" in card and "| learning_rate | 0.005 |" in card  # as training recorded them
+
+
+def test_card_of_a_build_trained_before_settings_were_recorded_shows_the_config(tmp_path):
+    from ftpack.model_card import render_model_card
+
+    manifest = _manifest(tmp_path)
+    del manifest.stages["train"].metrics["settings"]
+    card = render_model_card(manifest)
+    assert "| lora_r | 16 |" in card and "| max_seq_length | 64 |" in card
 
 
 def test_card_says_when_verify_was_skipped(tmp_path):
