@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("ftpack.commands.gguf:merge", "Fold a LoRA/DoRA adapter into a 16-bit copy of its base (streaming)."),
     "convert": ("ftpack.commands.gguf:convert", "Convert a Hugging Face model (+ adapter) to GGUF, tensor by tensor."),
     "quantize": ("ftpack.commands.gguf:quantize", "Quantize a GGUF with llama.cpp (default Q4_K_M)."),
+    "imatrix": ("ftpack.commands.gguf:imatrix", "Compute an importance matrix for quantization from conversations."),
     "verify": ("ftpack.commands.verify:verify", "Check with llama.cpp that a build (or GGUF) answers and stops; fidelity."),
     "modelfile": ("ftpack.commands.ollama:modelfile", "Write an Ollama Modelfile for a GGUF (TEMPLATE, stops, SYSTEM...)."),
     "register": ("ftpack.commands.ollama:register", "Create a model in Ollama from a Modelfile (server or --offline store)."),

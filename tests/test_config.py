@@ -155,7 +155,11 @@ def test_quant_names_come_from_llama_cpp_and_are_normalised():
     assert build_config("m", {"quant": "q5_k_m"}).quant == "Q5_K_M"
     err = _error(quant="Q4_K_Z")
     assert "quant (config file)" in err.message and "Q4_K_Z" in err.message and "Q4_K_M" in err.hint
-    assert "importance matrix" in _error(quant="IQ2_XS").message
+    # IQ1/IQ2/IQ3 need an importance matrix: refused with --imatrix none, computed with auto (the default)
+    assert "importance matrix" in _error(quant="IQ2_XS", imatrix="none").message
+    assert "importance matrix" in _error(quant="iq3_m", imatrix="None").message
+    assert build_config("m", {"quant": "IQ2_XS"}).imatrix == "auto"
+    assert build_config("m", {"quant": "Auto", "max_kld": 0.02}).quant == "auto"
 
 
 @pytest.mark.parametrize("params, words", [

@@ -218,3 +218,32 @@ def test_smollm2_q4_k_m_perplexity_close_to_f16(smollm2_base, tmp_path):
           f"sizes {f16.stat().st_size / 1e6:.0f} MB -> {q4.stat().st_size / 1e6:.0f} MB")
     assert ppl_f16 < 30  # a real model on real text, not noise
     assert abs(ratio - 1) < 0.08
+
+
+def test_quant_auto_command_keeps_one_file_and_prints_the_table(tiny_f16, tmp_path, run_cli):
+    """`ftpack quantize --quant auto -o OUT`: candidates smallest first; the kept one becomes OUT,
+    the others are deleted; --max-kld 0 keeps none within budget: the lowest KLD, with a warning."""
+    import json
+
+    from ftpack.gguf.quantize import AUTO_CANDIDATES
+
+    out = tmp_path / "auto.gguf"
+    res = run_cli("--json", "quantize", tiny_f16, "-o", out, "--quant", "auto", "--max-kld", "0")
+    assert res.exit_code == 0, res.output
+    result = next(e for e in map(json.loads, res.output.splitlines()) if e.get("event") == "result")["data"]
+    table = result["candidates"]
+    assert [row["quant"] for row in table] == list(AUTO_CANDIDATES)  # none within 0: all tried
+    best = min(table, key=lambda row: row["mean_kld"])
+    assert result["type"] == best["quant"] and out.stat().st_size == best["bytes"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["auto.gguf"]
+    assert "No candidate is within --max-kld 0" in res.output
+    res = run_cli("--json", "quantize", tiny_f16, "-o", tmp_path / "loose.gguf", "--quant", "AUTO", "--max-kld", "10")
+    table = next(e for e in map(json.loads, res.output.splitlines()) if e.get("event") == "result")["data"]["candidates"]
+    assert [row["quant"] for row in table] == ["Q3_K_M"]  # the smallest is within a loose budget
+
+
+def test_iq3_without_an_importance_matrix_is_refused(tiny_f16, tmp_path, run_cli):
+    for flags in ([], ["--imatrix", "none"]):
+        res = run_cli("quantize", tiny_f16, "-o", tmp_path / "iq3.gguf", "--type", "IQ3_M", *flags)
+        assert res.exit_code == 2 and "importance matrix" in res.output and "ftpack imatrix" in res.output
+    assert not (tmp_path / "iq3.gguf").exists()

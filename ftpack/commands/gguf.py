@@ -16,7 +16,7 @@ from ftpack.core.report import get_reporter
 
 _PATH = click.Path(path_type=Path)
 #: The settings `ftpack quantize` shares with `ftpack build` (same flags, checks and defaults).
-QUANTIZE_KEYS = ("quant", "imatrix")
+QUANTIZE_KEYS = ("quant", "imatrix", "max_kld")
 
 
 @click.command()
@@ -94,16 +94,20 @@ def convert(model_dir: Path, out: Path | None, adapter_dir: Path | None, name: s
 @click.option("-o", "--out", "dst", type=_PATH, default=None,
               help="Output .gguf (default: next to the input, named after the type).")
 @config_options(QUANTIZE_KEYS, aliases={"quant": ["--type"]}, help={
-    "quant": "llama.cpp quantization type, any case (e.g. Q4_K_M, Q5_K_M, Q6_K, Q8_0, IQ4_XS).",
-    "imatrix": "Importance matrix (llama-imatrix output; recorded as quantize.imatrix.* in the file)."})
+    "quant": "llama.cpp quantization type, any case (e.g. Q4_K_M, Q5_K_M, Q6_K, Q8_0, IQ4_XS), or auto: the "
+             "smallest of Q3_K_M..Q8_0 within --max-kld of the input on ftpack's fixed text.",
+    "imatrix": "Importance matrix file (`ftpack imatrix` or llama-imatrix output; recorded as quantize.imatrix.* "
+               "in the file); auto and none quantize without one here (a build computes it from its data)."})
 @click.option("--threads", type=int, default=None, help="Threads (default: all cores).")
 @click.option("--list-types", is_flag=True, help="List the quantization types and exit.")
 def quantize(src: Path, dst: Path | None, threads: int | None, list_types: bool, **flags) -> None:
     """Quantize a GGUF with llama.cpp's quantizer.
 
+    \b
     Example: ftpack quantize model.f16.gguf -o model.Q4_K_M.gguf
+    With an importance matrix: ftpack imatrix BUILD -o imatrix.gguf, then --imatrix imatrix.gguf.
     """
-    from ftpack.gguf.quantize import quant_types, quantize_gguf
+    from ftpack.gguf.quantize import choose_quant, quant_types, quantize_gguf
 
     r = get_reporter()
     if list_types:
@@ -113,17 +117,68 @@ def quantize(src: Path, dst: Path | None, threads: int | None, list_types: bool,
         r.result(types)
         return
     settings = command_settings(QUANTIZE_KEYS, given_flags(flags))  # checked like build's --quant
-    name, imatrix = settings["quant"], settings["imatrix"]
-    if dst is None:
-        stem = src.name[:-5] if src.name.endswith(".gguf") else src.name
-        for suffix in (".f16", ".bf16", ".f32", ".F16", ".BF16", ".F32"):
-            stem = stem[: -len(suffix)] if stem.endswith(suffix) else stem
-        dst = src.with_name(f"{stem}.{name}.gguf")
-    result = quantize_gguf(src, dst, name, imatrix=imatrix, threads=threads)
+    name, choice = settings["quant"], settings["imatrix"]
+    imatrix = None if choice in ("auto", "none") else Path(choice)
+    stem = src.name[:-5] if src.name.endswith(".gguf") else src.name
+    for suffix in (".f16", ".bf16", ".f32", ".F16", ".BF16", ".F32"):
+        stem = stem[: -len(suffix)] if stem.endswith(suffix) else stem
+    table = None
+    if name == "auto":
+        from ftpack.inference.fidelity import FIXED_TEXT
+
+        # each candidate gets its own file; the kept one is renamed to -o when given
+        result, table = choose_quant(src, lambda t: (dst.with_name(f"{dst.name}.{t}.candidate") if dst is not None
+                                                     else src.with_name(f"{stem}.{t}.gguf")),
+                                     [FIXED_TEXT], max_kld=float(settings["max_kld"]), imatrix=imatrix,
+                                     threads=threads, texts_source="ftpack's fixed text (a build measures on its "
+                                     "eval split)")
+        if dst is not None:
+            result.path = result.path.replace(dst)
+    else:
+        result = quantize_gguf(src, dst or src.with_name(f"{stem}.{name}.gguf"), name, imatrix=imatrix,
+                               threads=threads)
     r.result({"out": str(result.path), "type": result.quant_type, "file_type": result.file_type,
               "bytes": result.bytes, "input_bytes": result.input_bytes, "seconds": round(result.seconds, 2),
-              "requantized": result.requantized})
+              "requantized": result.requantized, "imatrix": result.imatrix, "candidates": table})
     r.final(f"Quantized: {result.path}", out=str(result.path))
+
+
+@click.command("imatrix")
+@click.argument("target", type=_PATH)
+@config_options(["data", "template", "trust_remote_code"], help={
+    "data": "Conversations to compute it from (any format ftpack reads; a build's default: its train split).",
+    "template": "Chat template for a model folder (default: the one saved with the weights, else detected).",
+    "trust_remote_code": "Allow the model's own Python code."})
+@click.option("-o", "--out", "out", type=_PATH, default=Path("imatrix.gguf"), show_default=True,
+              help="Output imatrix GGUF.")
+@click.option("--chunks", type=int, default=None, help="Conversations to use at most (default: 128).")
+@click.option("--chunk-size", type=int, default=None, help="Tokens per conversation at most (default: 512).")
+@click.option("--adapter", "adapter_dir", type=_PATH, default=None, help="LoRA/DoRA adapter merged into MODEL.")
+@click.option("--gguf", "reference", type=_PATH, default=None,
+              help="The GGUF it is for: names and widths are checked against its tensors (a build's F16 by default).")
+def imatrix(target: Path, out: Path, chunks: int | None, chunk_size: int | None, adapter_dir: Path | None,
+            reference: Path | None, **flags) -> None:
+    """Compute an importance matrix (llama.cpp's GGUF imatrix format) from conversations.
+
+    \b
+    TARGET is a build folder (its trained model, chat template and train split) or a
+    Hugging Face model/adapter folder with --data. The conversations are rendered with
+    the chat template the model was trained with; forward hooks in torch sum x² per
+    input column of every linear layer (see ftpack/gguf/imatrix.py).
+    Example: ftpack imatrix builds/my-qa -o imatrix.gguf
+             ftpack quantize builds/my-qa/gguf/my-qa.f16.gguf --type IQ3_M --imatrix imatrix.gguf
+    """
+    from ftpack.gguf.imatrix import DEFAULT_CHUNK_SIZE, DEFAULT_CHUNKS, imatrix_for_target
+
+    r = get_reporter()
+    settings = command_settings(["data", "template", "trust_remote_code"], given_flags(flags))
+    result = imatrix_for_target(target, out, data=settings["data"], adapter_dir=adapter_dir,
+                                template_name=settings["template"], reference_gguf=reference,
+                                chunks=chunks or DEFAULT_CHUNKS, chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
+                                trust_remote_code=bool(settings["trust_remote_code"]))
+    r.result(result.as_dict())
+    r.final(f"Importance matrix: {result.path} ({result.entries} weights, {result.tokens} tokens)",
+            out=str(result.path))
 
 
 @click.command()

@@ -54,17 +54,31 @@ def _check_input_file(value: Path, values: Mapping[str, Any], label: str) -> Pat
 
 
 def _check_quant(value: str, values: Mapping[str, Any], label: str) -> str:
-    """A type llama.cpp's quantizer offers (any case); the imatrix-only types need one."""
+    """A type llama.cpp's quantizer offers (any case) or ``auto``; the IQ1/IQ2/IQ3 types
+    (and Q2_K_S) are refused with ``--imatrix none``."""
     from ftpack.gguf.quantize import NEEDS_IMATRIX, resolve_quant_type
 
+    if value.strip().lower() == "auto":
+        return "auto"
     try:
         name, _ = resolve_quant_type(value)
     except FtpackError as exc:
         raise bad_input(f"{label}: {exc.message}", exc.hint) from None
-    if name in NEEDS_IMATRIX and values.get("imatrix") is None:
-        raise bad_input(f"{label}: {name} needs an importance matrix (--imatrix FILE); without one the model "
-                        "degrades badly.", "Pass --imatrix FILE, or pick Q4_K_M / Q5_K_M / Q6_K.")
+    if name in NEEDS_IMATRIX and values.get("imatrix") == "none":
+        raise bad_input(f"{label}: {name} needs an importance matrix, and --imatrix is none; without one the "
+                        "model degrades badly.", "Use --imatrix auto (a build computes one from your data) or a file "
+                        "from `ftpack imatrix`, or pick Q4_K_M / Q5_K_M / Q6_K.")
     return name
+
+
+def _check_imatrix(value: str, values: Mapping[str, Any], label: str) -> str:
+    """``auto``, ``none`` (any case) or an existing file, made absolute."""
+    if str(value).strip().lower() in ("auto", "none"):
+        return str(value).strip().lower()
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise bad_input(f"{label}: file not found: {value}", "Give an importance matrix file, or auto / none.")
+    return str(path.absolute())
 
 
 def _check_parameters(value: tuple[str, ...], values: Mapping[str, Any], label: str) -> tuple[str, ...]:
@@ -139,7 +153,7 @@ def _check_base(value: str, values: Mapping[str, Any], label: str) -> str:
 
 #: key -> check(value, all values, label) -> normalised value; run in this order.
 _CHECKS = {
-    "data": _check_dataset, "license": _check_input_file, "imatrix": _check_input_file,
+    "data": _check_dataset, "license": _check_input_file, "imatrix": _check_imatrix,
     "heldout": _check_input_file,
     "quant": _check_quant, "parameters": _check_parameters, "messages": _check_messages,
     "system": _check_system, "template": _check_template,

@@ -33,6 +33,11 @@ RECORD_FORMATS = ("sharegpt", "messages", "alpaca", "io", "prompt-completion")
 DATA_FORMATS = ("auto", *RECORD_FORMATS)
 #: llama.cpp quantization type of a build and of `ftpack quantize`.
 DEFAULT_QUANT = "Q4_K_M"
+#: `--quant auto`: the largest mean KL divergence from F16 allowed. SmolLM2-135M with an importance
+#: matrix measures Q4_K_M 0.037 and Q3_K_M 0.093 (shared/FACTS.md): 0.05 keeps Q4_K_M-like fidelity.
+DEFAULT_MAX_KLD = 0.05
+#: `--imatrix` values besides a file.
+IMATRIX_MODES = ("auto", "none")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
               "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau",
               "cosine_with_min_lr", "warmup_stable_decay")
@@ -117,8 +122,12 @@ OPTIONS: tuple[Option, ...] = (
     _o("allow_pickle", bool, False, "Allow non-safetensors (pickle) weights.", "train"),
     # -- convert / quantize ------------------------------------------------------------
     _o("outtype", str, "f16", "GGUF type before quantization.", "convert", choices=OUTTYPES),
-    _o("quant", str, DEFAULT_QUANT, "llama.cpp quantization type (e.g. Q4_K_M, Q5_K_M, Q8_0).", "quantize"),
-    _o("imatrix", Path, None, "Importance matrix file for quantization.", "quantize"),
+    _o("quant", str, DEFAULT_QUANT, "llama.cpp quantization type (e.g. Q4_K_M, Q5_K_M, Q8_0), or auto: the "
+       "smallest of Q3_K_M..Q8_0 whose mean KL divergence from F16 is within --max-kld.", "quantize"),
+    _o("imatrix", str, "auto", "Importance matrix: auto (computed from the training data for types below 6 bits), "
+       "none, or a file (llama-imatrix GGUF or .dat).", "quantize"),
+    _o("max_kld", float, DEFAULT_MAX_KLD, "--quant auto: the largest mean KL divergence from the F16 model allowed, "
+       "measured on the eval split.", "quantize", min=0.0),
     # -- verify / report -----------------------------------------------------------------
     _o("verify", bool, True, "Check with llama.cpp that the quantized model answers and stops before "
        "registering it (--no-verify registers without the check).", ""),
@@ -280,6 +289,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     # Input files named in a config file are relative to that file, not to the cwd.
     for key in RELATIVE_TO_CONFIG:
         value = flat.get(key)
+        if key == "imatrix" and isinstance(value, str) and value.lower() in IMATRIX_MODES:
+            continue
         if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
             flat[key] = str(path.parent / value)
     return flat

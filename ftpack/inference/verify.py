@@ -69,7 +69,8 @@ class VerifyReport:
     limit_reason: str
     stopped: bool
     stop: list[str] = field(default_factory=list)  # the stop strings generation used
-    fidelity: dict[str, Any] | None = None  # perplexities, ratio, top-1 agreement
+    fidelity: dict[str, Any] | None = None  # mean/p99 KL divergence, perplexities, ratio, top-1 agreement
+    fidelity_texts: str | None = None  # what fidelity was measured on
     fidelity_note: str | None = None  # why fidelity was not measured, or what it warns about
 
     def as_dict(self) -> dict[str, Any]:
@@ -169,10 +170,10 @@ def quantization_fidelity(quantized: Path, reference: Path | None, texts: Sequen
         return None, note
     if Path(reference).resolve() == Path(quantized).resolve():
         return None, "skipped: the model was not quantized"
-    fid = measure_fidelity(Path(reference), Path(quantized), list(texts) or [FIXED_TEXT], max_tokens=1024,
-                           n_ctx=512)
-    reporter.info(f"fidelity: perplexity {fid['perplexity_reference']} -> {fid['perplexity_quantized']} "
-                  f"(x{fid['perplexity_ratio']}), top-1 agreement {fid['top1_agreement']:.1%}")
+    fid = measure_fidelity(Path(reference), Path(quantized), list(texts) or [FIXED_TEXT], n_ctx=512)
+    reporter.info(f"fidelity: mean KL divergence {fid['mean_kld']:.4f} (p99 {fid['p99_kld']:.4f}), perplexity "
+                  f"{fid['perplexity_reference']} -> {fid['perplexity_quantized']} (x{fid['perplexity_ratio']}), "
+                  f"top-1 agreement {fid['top1_agreement']:.1%}")
     problems = []
     if fid["perplexity_ratio"] > WARN_RATIO:
         problems.append(f"raised perplexity by x{fid['perplexity_ratio']} (more than x{WARN_RATIO})")
@@ -189,9 +190,12 @@ def quantization_fidelity(quantized: Path, reference: Path | None, texts: Sequen
 def verify_gguf(gguf: Path, *, template_name: str, conversations: Sequence[Conversation] = (),
                 system: str | None = None, stop: Sequence[str] | None = None,
                 max_answer_tokens: int | None = None, reference: Path | None = None, measure_fidelity: bool = True,
-                n_ctx: int = 2048, reporter=None) -> VerifyReport:
+                n_ctx: int = 2048, fidelity_texts: tuple[Sequence[str], str] | None = None,
+                reporter=None) -> VerifyReport:
     """Ask one training question with the build's template, and measure fidelity when a reference
-    is given. Never raises for a model that does not stop: see :func:`require_stop`."""
+    is given, on ``fidelity_texts`` (texts, where from; a build passes its eval split:
+    :func:`ftpack.inference.fidelity.heldout_texts`), else on the first conversations.
+    Never raises for a model that does not stop: see :func:`require_stop`."""
     from ftpack.core.report import get_reporter
     from ftpack.inference.runtime import open_llama
     from ftpack.training.templates import load_template
@@ -211,7 +215,8 @@ def verify_gguf(gguf: Path, *, template_name: str, conversations: Sequence[Conve
                           max_answer_tokens=limit.tokens, limit_reason=limit.why, stopped=result.stopped,
                           stop=result.stop)
     if result.stopped and measure_fidelity:
-        texts = [tpl.training_text(conv) for conv in list(conversations)[:32]]
+        texts, report.fidelity_texts = fidelity_texts or (
+            [tpl.training_text(conv) for conv in list(conversations)[:32]], "the first conversations of the data")
         report.fidelity, report.fidelity_note = quantization_fidelity(gguf, reference, texts, r)
     return report
 
@@ -245,6 +250,7 @@ def run_verify_stage(ctx):
     """
     from ftpack.core.atomic import write_json
     from ftpack.core.runner import StageResult
+    from ftpack.inference.fidelity import heldout_texts
     from ftpack.training.templates import template_of_build
 
     cfg = ctx.config
@@ -259,7 +265,7 @@ def run_verify_stage(ctx):
                          conversations=build_conversations(layout), system=cfg.system,
                          stop=list(tpl.stop) + [s for s in extra_stops(cfg.parameters) if s not in tpl.stop],
                          max_answer_tokens=cfg.max_answer_tokens, reference=reference,
-                         n_ctx=n_ctx, reporter=ctx.reporter)
+                         n_ctx=n_ctx, fidelity_texts=heldout_texts(layout, tpl), reporter=ctx.reporter)
     out = ctx.stage_dir / "verify.json"
     metrics = report.as_dict()
     metrics.pop("gguf")
@@ -340,11 +346,15 @@ def verify_target(path: str | Path, *, max_answer_tokens: int | None = None, tem
     target = resolve_target(path, template_name=template_name)
     conversations: list[Conversation] = []
     settings: dict[str, Any] = {}
+    fidelity_texts = None
     if path.is_dir():
+        from ftpack.inference.fidelity import heldout_texts
+
         layout = BuildLayout(path)
         manifest = Manifest.load(layout.root)
         settings = manifest.config
         conversations = build_conversations(layout)
+        fidelity_texts = heldout_texts(layout)  # rendered as trained: the build's own template
         convert = manifest.stages.get("convert")
         if reference is None and convert is not None and convert.status == "done" and convert.main_output:
             reference = layout.root / convert.main_output
@@ -357,6 +367,6 @@ def verify_target(path: str | Path, *, max_answer_tokens: int | None = None, tem
                          system=target.system, stop=target.stop, max_answer_tokens=max_answer_tokens,
                          reference=Path(reference) if reference else None,
                          measure_fidelity=measure_fidelity and (reference is not None or path.is_dir()),
-                         n_ctx=n_ctx, reporter=reporter)
+                         n_ctx=n_ctx, fidelity_texts=fidelity_texts, reporter=reporter)
     require_stop(_as_smoke(report), target.template_name)
     return report
