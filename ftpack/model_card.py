@@ -186,6 +186,9 @@ def render_model_card(manifest: Manifest, *, heldout: dict[str, Any] | None = No
             f"for llama.cpp and Ollama. Built by ftpack {_version(manifest, 'ftpack')} "
             f"(last change {manifest.updated}).", ""]
     out += _status_lines(name, enabled, verify, reg, roundtrip, manifest) + [""]
+    pulled = (data.metrics.get("ollama_base") or {}) if data else {}
+    if pulled.get("note"):  # a base from Ollama: say what training started from (a quantized blob?)
+        out += [f"Base: {pulled['note']} Blob `{pulled.get('digest')}`.", ""]
 
     out += ["## Data", ""]
     dm = data.metrics if data else {}

@@ -66,7 +66,7 @@ def data(file: Path, base: str | None, out: Path | None, show_tokens: int | None
     from ftpack.core.config import command_settings
     from ftpack.training.bases import resolve_tokenizer
     from ftpack.training.data import eval_path_beside, prepare_data, report_summary, write_split
-    from ftpack.training.templates import choose_template, load_template
+    from ftpack.training.templates import choose_base_template, load_template
 
     reporter = get_reporter()
     settings = command_settings(list(params), given_flags(params))
@@ -78,7 +78,7 @@ def data(file: Path, base: str | None, out: Path | None, show_tokens: int | None
     note = None
     if base:
         tokenizer, resolved = resolve_tokenizer(base, trust_remote_code=bool(settings["trust_remote_code"]))
-        tpl = choose_template(settings["template"], resolved.names, tokenizer, reporter=reporter)
+        tpl = choose_base_template(settings["template"], resolved, tokenizer, reporter=reporter)
     elif settings["template"]:
         tpl = load_template(settings["template"])
         note = "no tokenizer: pass --base to count tokens"

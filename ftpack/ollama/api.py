@@ -188,6 +188,24 @@ class OllamaServer:
         return next((m for m in self.list_models() if names_match(m.get("model") or m.get("name") or "", name)),
                     None)
 
+    def show(self, name: str) -> dict[str, Any] | None:
+        """POST /api/show (Modelfile, template, parameters, details); None when the server
+        does not have ``name``."""
+        import ollama
+
+        def show_or_none():
+            try:
+                return self.client.show(name)
+            except ollama.ResponseError as exc:
+                if exc.status_code == 404:
+                    return None
+                raise
+
+        resp = self._call(show_or_none, what=f"POST /api/show {name}")
+        if resp is None:
+            return None
+        return resp.model_dump() if hasattr(resp, "model_dump") else dict(resp)
+
     def delete(self, name: str) -> None:
         self._call(self.client.delete, name, what=f"DELETE /api/delete {name}",
                    not_found=f"Model {name} is not on the Ollama server at {self.host}.")

@@ -36,6 +36,10 @@ class GoTemplateError(Exception):
     """A TEMPLATE Go refuses to parse or execute (or one this interpreter cannot run)."""
 
 
+class UnsupportedTemplate(GoTemplateError):
+    """A TEMPLATE Go would run but this interpreter does not (it calls ``js`` or ``call``)."""
+
+
 # -- values ------------------------------------------------------------------------------
 
 class _Invalid:
@@ -929,15 +933,9 @@ def _indirect(v: Any) -> Any:
 
 
 def _basic_kind(v: Any) -> str:
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, int):
-        return "int"
-    if isinstance(v, float):
-        return "float"
-    if isinstance(v, str):
-        return "string"
-    return "invalid"
+    """text/template's basicKind: the kind comparisons work on ("invalid" for the rest)."""
+    return "invalid" if v is None or v is INVALID else {
+        "bool": "bool", "int": "int", "float64": "float", "string": "string"}.get(_go_type(v), "invalid")
 
 
 def _eq(a: Any, *bs: Any) -> bool:
@@ -1217,7 +1215,7 @@ def _query_escape(s: str) -> str:
 
 def _unsupported(name: str) -> Callable[..., Any]:
     def fn(*args: Any) -> Any:
-        raise GoTemplateError(f"the template calls {name}, which ftpack's renderer does not implement")
+        raise UnsupportedTemplate(f"the template calls {name}, which ftpack's renderer does not implement")
     return fn
 
 

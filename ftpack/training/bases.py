@@ -14,7 +14,9 @@ safetensors weights and a tokenizer. A base can be given five ways, tried in ord
 4. an alias (``vicuna-7b`` → ``lmsys/vicuna-7b-v1.5``); its chat format is found like any
    hub id's, by the ``aliases`` patterns in ``templates/*.toml`` (the one base → format map);
 5. a Hugging Face hub id, downloaded into the HF cache (``HF_HOME``) with short timeouts;
-   offline or unreachable hubs give an :class:`FtpackError` naming the id.
+   offline or unreachable hubs give an :class:`FtpackError` naming the id;
+6. ``ollama:NAME[:TAG]``: a model already in Ollama — its GGUF blob read from Ollama's store
+   (:mod:`ftpack.ollama.base`) and materialised like (2), cached by the blob's digest.
 
 Safety: PyTorch ``pytorch_model*.bin`` weights (Vicuna v1.5 ships only those) are read
 with torch's safe loader and converted once to safetensors in ftpack's cache
@@ -31,6 +33,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ftpack.core.atomic import atomic_dir, check_free_space, file_lock, sha256_file, write_json
 from ftpack.core.locations import cache_dir, hf_hub_cache
@@ -78,8 +81,9 @@ class ResolvedBase:
 
     path: Path  # HF folder: config.json + safetensors + tokenizer (tokenizer only when asked)
     model_id: str  # hub id, alias target, or the file/folder it came from
-    source: str  # "local" | "gguf" | "embedded" | "hub"
+    source: str  # "local" | "gguf" | "embedded" | "hub" | "ollama"
     trust_remote_code: bool = False
+    ollama: Any = None  # ftpack.ollama.base.OllamaBase: the Ollama model an "ollama:" base came from
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -117,11 +121,12 @@ def load_tokenizer(path: Path, *, trust_remote_code: bool = False):
         raise FtpackError(f"Cannot load the tokenizer from {path}: {exc}") from exc
 
 
-def resolve_tokenizer(base: str, *, trust_remote_code: bool = False, allow_pickle: bool = False):
+def resolve_tokenizer(base: str, *, trust_remote_code: bool = False, allow_pickle: bool = False,
+                      models_dir: Path | str | None = None):
     """(tokenizer, resolved base) for ``--base`` without fetching a hub model's weights: what
     `ftpack data` and the data stage need (token counts, the chat format)."""
     resolved = resolve_base(base, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-                            tokenizer_only=True)
+                            tokenizer_only=True, models_dir=models_dir)
     return load_tokenizer(resolved.path, trust_remote_code=trust_remote_code), resolved
 
 
@@ -136,16 +141,22 @@ def models_cache_dir() -> Path:
 
 
 def resolve_base(base: str, *, trust_remote_code: bool = False, allow_pickle: bool = False,
-                 cache_dir: Path | None = None, tokenizer_only: bool = False) -> ResolvedBase:
+                 cache_dir: Path | None = None, tokenizer_only: bool = False,
+                 models_dir: Path | str | None = None) -> ResolvedBase:
     """Resolve ``--base`` to a local HF folder (materialising or downloading it if needed).
 
     ``tokenizer_only``: a hub model is fetched without its weights (tokenizer files and
-    config.json), and a folder need not hold weights yet.
+    config.json), and a folder need not hold weights yet. ``models_dir``: the Ollama store
+    an ``ollama:`` base is read from (default: the one a local server uses).
     """
     if not base or not str(base).strip():
         raise bad_input("No base model given.", f"Use --base with one of: {aliases_text()}, "
-                        "a Hugging Face id, a local model folder or a .gguf file.")
+                        "a Hugging Face id, a local model folder, a .gguf file or ollama:NAME.")
     base = str(base).strip()
+    from ftpack.ollama.base import is_ollama_base
+
+    if is_ollama_base(base):
+        return resolve_ollama_base(base, models_dir=models_dir, cache_dir=cache_dir, tokenizer_only=tokenizer_only)
     path = Path(base).expanduser()
     if path.is_dir():
         _check_hf_folder(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
@@ -312,34 +323,75 @@ def _hf_cache_text() -> str:
     return str(hf_hub_cache())
 
 
-# -- GGUF files and the embedded model -------------------------------------------------
+# -- GGUF files, the embedded model, Ollama models ----------------------------------------
 
-def materialise_gguf(gguf_path: Path, *, name: str | None = None, cache_dir: Path | None = None) -> Path:
+def resolve_ollama_base(base: str, *, models_dir: Path | str | None = None, cache_dir: Path | None = None,
+                        tokenizer_only: bool = False) -> ResolvedBase:
+    """``ollama:NAME[:TAG]``: the model's GGUF blob in Ollama's store, materialised like a
+    ``.gguf`` base and cached by the blob's digest (its file name states it: no hashing);
+    ``tokenizer_only`` reads only its tokenizer (the data stage, `ftpack data`)."""
+    from ftpack.core.atomic import human_bytes
+    from ftpack.core.report import get_reporter
+    from ftpack.ollama.base import read_ollama_base
+
+    ob = read_ollama_base(base, models_dir=models_dir)
+    where = f"confirmed by the server at {ob.confirmed_by}" if ob.confirmed_by else "no server asked"
+    get_reporter().info(f"Base {ob.reference}: GGUF blob {ob.model_digest[:19]}… ({ob.architecture}, {ob.file_type}, "
+                        f"{human_bytes(ob.model_size)}) in the store {ob.store} ({where}).")
+    folder = materialise_gguf(ob.model_blob, name=f"ollama-{ob.name.model}-{ob.name.tag}", cache_dir=cache_dir,
+                              digest=ob.model_digest.split(":", 1)[-1], tokenizer_only=tokenizer_only)
+    return ResolvedBase(folder, ob.reference, "ollama", ollama=ob)
+
+
+def materialise_gguf(gguf_path: Path, *, name: str | None = None, cache_dir: Path | None = None,
+                     digest: str | None = None, tokenizer_only: bool = False) -> Path:
     """Dequantize a GGUF model once into a safetensors HF folder in the cache; return it.
 
-    The folder is keyed by the file's sha256, written atomically and guarded by a lock,
-    so parallel processes (e.g. torchrun ranks) convert it once and never see a half copy.
+    The folder is keyed by the file's sha256 (``digest`` when the caller knows it), written
+    atomically and guarded by a lock, so parallel processes (e.g. torchrun ranks) convert
+    it once and never see a half copy. ``tokenizer_only``: just the tokenizer (a folder of
+    its own; a finished full copy serves too).
     """
     gguf_path = Path(gguf_path).resolve()
-    digest = sha256_file(gguf_path)
+    digest = digest or sha256_file(gguf_path)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name or gguf_path.stem).strip("-").lower() or "model"
     cache = Path(cache_dir) if cache_dir is not None else models_cache_dir()
     target = cache / f"{slug}-{digest[:16]}"
     for existing in sorted(cache.glob(f"*-{digest[:16]}")) if cache.is_dir() else []:
         if _is_complete(existing, digest):  # the same file, materialised under another name
             return existing
+    if tokenizer_only:
+        target = cache / f"{slug}-{digest[:16]}-tokenizer"
     cache.mkdir(parents=True, exist_ok=True)
     with file_lock(cache / f".{target.name}.lock"):
         if _is_complete(target, digest):  # another process finished it while we waited
             return target
         from ftpack.core.report import get_reporter
 
+        if tokenizer_only:
+            with atomic_dir(target) as tmp:
+                _gguf_tokenizer(gguf_path, tmp)
+                write_json(tmp / _SOURCE_MARK, {"source": str(gguf_path), "sha256": digest})
+            return target
         get_reporter().info(f"Converting {gguf_path.name} to a safetensors model in {target} (once).")
         check_free_space(cache, 8 * gguf_path.stat().st_size, f"the dequantized copy of {gguf_path.name}")
         with atomic_dir(target) as tmp:
             _dequantize_gguf(gguf_path, tmp)
             write_json(tmp / _SOURCE_MARK, {"source": str(gguf_path), "sha256": digest})
     return target
+
+
+def _gguf_tokenizer(gguf_path: Path, out_dir: Path) -> None:
+    """The tokenizer (and its chat template) of a GGUF, saved as a Hugging Face tokenizer."""
+    from transformers import AutoTokenizer
+
+    from ftpack.core.quiet import quiet_libraries
+
+    try:
+        with quiet_libraries(stderr=True):
+            AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name).save_pretrained(out_dir)
+    except (ValueError, KeyError, RuntimeError, NotImplementedError, IndexError, EOFError) as exc:
+        raise bad_input(f"{gguf_path}: transformers cannot read this GGUF's tokenizer ({exc}).") from None
 
 
 def _is_complete(target: Path, digest: str) -> bool:

@@ -434,6 +434,11 @@ def count_tokens(conversations: Sequence[Conversation], tokenizer: Any, template
     the BOS rule of :mod:`ftpack.training.templates`) rendered and tokenized as TRL does."""
     from ftpack.training.templates import render_chat, training_chat_template
 
+    if getattr(template, "renders_ollama", False):  # an Ollama model's own TEMPLATE: its longest sequence
+        from ftpack.training.ollama_format import encode_conversation
+
+        return [max(len(r["input_ids"]) for r in encode_conversation(template, tokenizer, conv, masks=False))
+                for conv in conversations]
     jinja = training_chat_template(template, tokenizer)
     specials = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
     texts = [render_chat(jinja, conv, **specials) for conv in conversations]
@@ -665,6 +670,7 @@ class BuildData:
     summary: DataSummary
     outputs: list[Path]  # data/train.jsonl, data/eval.jsonl (when split), data/stats.json, data/vocab.gguf
     token_check: Any = None  # ftpack.training.token_check.TokenCheck
+    ollama_base: dict[str, Any] | None = None  # a base from Ollama: its blob, quantization (OllamaBase.as_record)
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -674,6 +680,8 @@ class BuildData:
                    "dropped_long": s.dropped_long, "duplicates": s.duplicates}
         if self.token_check is not None:
             metrics.update(self.token_check.as_metrics())
+        if self.ollama_base is not None:
+            metrics["ollama_base"] = self.ollama_base
         if s.tokens:
             metrics["tokens"] = s.tokens["total"]
             metrics["max_tokens"] = s.tokens["max"]
@@ -687,13 +695,16 @@ def prepare_build_data(cfg: Any, layout: Any, reporter: Any) -> BuildData:
     into ``layout`` (a BuildLayout). Used by the build's data stage and `ftpack train`.
     """
     from ftpack.training.bases import resolve_tokenizer
-    from ftpack.training.templates import choose_template
+    from ftpack.training.templates import choose_base_template, save_template
 
     if cfg.data is None:
         raise bad_input("No dataset given.", "Pass --data FILE (JSON or JSONL).")
     tokenizer, resolved = resolve_tokenizer(cfg.base, trust_remote_code=bool(getattr(cfg, "trust_remote_code", False)),
-                                            allow_pickle=bool(getattr(cfg, "allow_pickle", False)))
-    template = choose_template(cfg.template, resolved.names, tokenizer, reporter=reporter)
+                                            allow_pickle=bool(getattr(cfg, "allow_pickle", False)),
+                                            models_dir=getattr(cfg, "models_dir", None))
+    template = choose_base_template(cfg.template, resolved, tokenizer, reporter=reporter)
+    if resolved.ollama is not None and resolved.ollama.quantized:
+        reporter.warn(resolved.ollama.quantization_note)
     prepared = prepare_data(cfg.data, fmt=cfg.format or "auto", template=template, tokenizer=tokenizer,
                             max_seq_length=cfg.max_seq_length, drop_long=bool(cfg.drop_long),
                             eval_ratio=cfg.eval_ratio, seed=cfg.seed, system=getattr(cfg, "system", None))
@@ -702,19 +713,25 @@ def prepare_build_data(cfg: Any, layout: Any, reporter: Any) -> BuildData:
     summary.outputs = {p.name: str(p) for p in outputs}
     outputs.append(write_json(layout.data_dir / STATS_FILE, summary.as_dict()))
     report_summary(summary, reporter)
+    if template.renders_ollama:  # not in templates/: template_of_build reads this copy
+        outputs.append(save_template(template, layout.data_dir))
+    ollama = resolved.ollama
     checked = check_build_tokenization(tokenizer, template, resolved.path, prepared, layout, reporter,
-                                       seed=int(cfg.seed or 0))
-    outputs.append(Path(checked.vocab_gguf))
-    return BuildData(template=template, summary=summary, outputs=outputs, token_check=checked)
+                                       seed=int(cfg.seed or 0), vocab=ollama.model_blob if ollama else None)
+    if ollama is None:
+        outputs.append(Path(checked.vocab_gguf))
+    return BuildData(template=template, summary=summary, outputs=outputs, token_check=checked,
+                     ollama_base=ollama.as_record() if ollama is not None else None)
 
 
 def check_build_tokenization(tokenizer: Any, template: Any, base_dir: Path, prepared: "PreparedData",
-                             layout: Any, reporter: Any, *, seed: int = 0) -> Any:
+                             layout: Any, reporter: Any, *, seed: int = 0, vocab: Path | None = None) -> Any:
     """Training ids == llama.cpp's ids on a sample of this dataset, with the vocabulary the
-    build's GGUF will carry (:mod:`ftpack.training.token_check`); stops the build otherwise."""
+    build's GGUF will carry (:mod:`ftpack.training.token_check`); stops the build otherwise.
+    ``vocab``: a GGUF that already carries it (a base from Ollama: its own blob)."""
     from ftpack.training.token_check import check_tokenization, write_vocab_gguf
 
-    vocab = write_vocab_gguf(base_dir, layout.data_dir / "vocab.gguf")
+    vocab = vocab or write_vocab_gguf(base_dir, layout.data_dir / "vocab.gguf")
     checked = check_tokenization(tokenizer, template, [*prepared.train, *prepared.eval], vocab, seed=seed)
     reporter.info(f"Tokenization check: {checked.checked} conversations ({checked.tokens} tokens) tokenize "
                   "identically for training and for llama.cpp/Ollama.")

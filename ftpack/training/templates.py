@@ -30,6 +30,11 @@ The BOS rule (why training and inference see the same token ids)
 (FastChat's vicuna_v1.1): both templates fall back to it when a conversation has none,
 so training, the GGUF template and Ollama agree even without a Modelfile SYSTEM.
 
+A base pulled into Ollama (``--base ollama:NAME``) brings its own format: its TEMPLATE maps
+to a file here when it renders identically, else a ChatTemplate with ``renderer = "ollama"``
+renders that TEMPLATE itself (:mod:`ftpack.training.ollama_format`; no Jinja, no
+``{% generation %}``: its sequences reach TRL tokenized, with their assistant masks).
+
 One choice per build
 --------------------
 The data stage chooses the format once (:func:`choose_template`: ``--template``, else the
@@ -75,10 +80,20 @@ class ChatTemplate:
     aliases: tuple[str, ...] = ()  # regexes matched against lower-cased base names
     fingerprint: tuple[str, ...] = ()  # substrings that identify a tokenizer's own template
     priority: int = 50  # lower is tried first when several formats match
+    renderer: str = "jinja"  # "ollama": training text is ollama_template rendered as Ollama does
     path: Path | None = field(default=None, compare=False)
+
+    @property
+    def renders_ollama(self) -> bool:
+        """True for an Ollama model's own TEMPLATE (no Jinja: see ftpack.training.ollama_format)."""
+        return self.renderer == "ollama"
 
     def inference_prompt(self, messages: Sequence[Message]) -> str:
         """The text Ollama renders for ``messages`` (ending with a user turn), without BOS."""
+        if self.renders_ollama:
+            from ftpack.training.ollama_format import ollama_prompt
+
+            return ollama_prompt(self, messages)
         return render_chat(self, messages, add_generation_prompt=True)
 
     def training_text(self, messages: Sequence[Message]) -> str:
@@ -90,7 +105,7 @@ class ChatTemplate:
         return {"name": self.name, "description": self.description, "chat_template": self.chat_template,
                 "ollama_template": self.ollama_template, "stop": list(self.stop), "end_of_turn": self.end_of_turn,
                 "default_system": self.default_system, "bos": self.bos, "aliases": list(self.aliases),
-                "fingerprint": list(self.fingerprint), "priority": self.priority}
+                "fingerprint": list(self.fingerprint), "priority": self.priority, "renderer": self.renderer}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], path: Path | None = None) -> "ChatTemplate":
@@ -99,7 +114,7 @@ class ChatTemplate:
                    end_of_turn=data["end_of_turn"], default_system=data.get("default_system", ""),
                    bos=data.get("bos", "runtime"), aliases=tuple(data.get("aliases", ())),
                    fingerprint=tuple(data.get("fingerprint", ())), priority=int(data.get("priority", 50)),
-                   path=path)
+                   renderer=str(data.get("renderer", "jinja")), path=path)
 
 
 # -- registry ---------------------------------------------------------------------------
@@ -167,8 +182,16 @@ def render_chat_with_spans(tpl_or_jinja: ChatTemplate | str, messages: Sequence[
     """Render like ``tokenizer.apply_chat_template`` and return the ``{% generation %}`` spans.
 
     Uses transformers' own Jinja environment (sandbox, trim_blocks, lstrip_blocks, the
-    generation tag), so the text is exactly what TRL trains on.
+    generation tag), so the text is exactly what TRL trains on. A format rendered from an
+    Ollama TEMPLATE gives its training text and trained spans (its last sequence).
     """
+    if isinstance(tpl_or_jinja, ChatTemplate) and tpl_or_jinja.renders_ollama:
+        from ftpack.training.ollama_format import ollama_prompt, training_sequences
+
+        if add_generation_prompt:
+            return ollama_prompt(tpl_or_jinja, messages), []
+        text, spans = training_sequences(tpl_or_jinja, messages)[-1]
+        return text, list(spans)
     from transformers.utils.chat_template_utils import render_jinja_template
 
     chat = [dict(m) for m in messages]
@@ -207,8 +230,12 @@ def training_chat_template(tpl: ChatTemplate, tokenizer: Any = None, *, adds_bos
     """The Jinja to install in the tokenizer for training (and to ship in the GGUF).
 
     ``{{ bos_token }}`` + the format's template when the tokenizer adds a BOS (TRL
-    tokenizes chats with ``add_special_tokens=False``), the plain template otherwise.
+    tokenizes chats with ``add_special_tokens=False``), the plain template otherwise. A
+    format rendered from an Ollama TEMPLATE trains without Jinja: the tokenizer keeps the
+    base's own chat template.
     """
+    if tpl.renders_ollama:
+        return str(getattr(tokenizer, "chat_template", None) or "")
     if adds_bos is None:
         adds_bos = tokenizer is not None and tokenizer_adds_bos(tokenizer)
     return ("{{ bos_token }}" + tpl.chat_template) if adds_bos else tpl.chat_template
@@ -217,8 +244,32 @@ def training_chat_template(tpl: ChatTemplate, tokenizer: Any = None, *, adds_bos
 def install_chat_template(tpl: ChatTemplate, tokenizer: Any) -> str:
     """Set ``tokenizer.chat_template`` to the training template; returns it."""
     text = training_chat_template(tpl, tokenizer)
-    tokenizer.chat_template = text
+    if not tpl.renders_ollama:
+        tokenizer.chat_template = text
     return text
+
+
+def trainer_rows(tpl: ChatTemplate, tokenizer: Any, rows: Sequence[Mapping[str, Any]], *,
+                 train_on_prompts: bool = False) -> list[dict[str, Any]]:
+    """The rows TRL trains on: ``{"messages": …}`` as they are (TRL renders the Jinja), or for a
+    format rendered from an Ollama TEMPLATE the tokenized sequences with their assistant
+    masks (TRL then takes them as they are: SFTConfig.assistant_only_loss must be off)."""
+    if not tpl.renders_ollama:
+        return [dict(r) for r in rows]
+    from ftpack.training.ollama_format import pretokenized_rows
+
+    return pretokenized_rows(tpl, tokenizer, rows, train_on_prompts=train_on_prompts)
+
+
+def choose_base_template(explicit: str | None, resolved: Any, tokenizer: Any = None, *,
+                         reporter: Any = None) -> ChatTemplate:
+    """:func:`choose_template` for a resolved base; a base from Ollama brings its own format
+    (:func:`ftpack.training.ollama_format.template_for_ollama_base`)."""
+    if getattr(resolved, "ollama", None) is not None:
+        from ftpack.training.ollama_format import template_for_ollama_base
+
+        return template_for_ollama_base(resolved.ollama, explicit=explicit, reporter=reporter)
+    return choose_template(explicit, resolved.names, tokenizer, reporter=reporter)
 
 
 # -- choosing a format for a base model -------------------------------------------------
@@ -287,6 +338,8 @@ def choose_template(explicit: str | None, base: str | Sequence[str] | None, toke
 
 def check_generation_markers(tpl: ChatTemplate) -> None:
     """Fail when a template's generation markers are unbalanced (TRL needs them paired)."""
+    if tpl.renders_ollama:  # no Jinja: the spans come from ftpack.training.ollama_format
+        return
     opens = len(_GENERATION_RE.findall(tpl.chat_template))
     closes = len(_END_GENERATION_RE.findall(tpl.chat_template))
     if opens == 0 or opens != closes:
@@ -353,6 +406,9 @@ def template_of_build(build: Any) -> ChatTemplate:
             if saved is not None:
                 return saved
         if data is not None and data.status == "done" and data.metrics.get("template"):
+            chosen = template_of_weights(layout.data_dir)  # a format that is not in templates/ (Ollama's)
+            if chosen is not None and chosen.name == data.metrics["template"]:
+                return chosen
             return load_template(data.metrics["template"])
     else:
         saved = [t for t in (template_of_weights(d) for d in (layout.adapter_dir, layout.model_dir)) if t]

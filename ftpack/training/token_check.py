@@ -90,6 +90,10 @@ def training_ids(tokenizer: Any, template: Any, messages: Sequence[Any]) -> list
     renders it, tokenized with ``add_special_tokens=False`` (see ftpack.training.templates)."""
     from ftpack.training.templates import render_chat, training_chat_template
 
+    if getattr(template, "renders_ollama", False):  # an Ollama model's TEMPLATE: ftpack.training.ollama_format
+        from ftpack.training.ollama_format import encode_conversation
+
+        return encode_conversation(template, tokenizer, messages, masks=False)[-1]["input_ids"]
     text = render_chat(training_chat_template(template, tokenizer), messages,
                        bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "")
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -112,6 +116,13 @@ def trained_tokens(tokenizer: Any, template: Any, messages: Sequence[Any], *,
     ``return_assistant_tokens_mask``."""
     from ftpack.training.templates import training_chat_template
 
+    if getattr(template, "renders_ollama", False):  # an Ollama model's TEMPLATE: ftpack.training.ollama_format
+        from ftpack.training.ollama_format import conversation_text, encode_conversation
+
+        row = encode_conversation(template, tokenizer, messages)[-1]
+        ids = row["input_ids"]
+        mask = [1] * len(ids) if train_on_prompts else row["assistant_masks"]
+        return TrainedTokens(conversation_text(template, messages), ids, mask, tokenizer.convert_ids_to_tokens(ids))
     jinja = training_chat_template(template, tokenizer)
     chat = [dict(m) for m in messages]
     text = tokenizer.apply_chat_template(chat, chat_template=jinja, tokenize=False)

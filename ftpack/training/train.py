@@ -114,7 +114,7 @@ class TrainResult:
 def train(base: str | Path, train_file: Path, out_dir: Path, *, settings: TrainSettings | None = None,
           template: Any = None, eval_file: Path | None = None, resume: bool | None = None,
           keep_checkpoints: bool = False, reporter: Reporter | None = None, callbacks: Sequence[Any] = (),
-          **overrides: Any) -> TrainResult:
+          models_dir: Path | str | None = None, **overrides: Any) -> TrainResult:
     """Fine-tune ``base`` on the conversations in ``train_file``; write outputs to ``out_dir``.
 
     ``settings`` (default: the defaults), with any field replaced by a keyword of the same
@@ -123,9 +123,10 @@ def train(base: str | Path, train_file: Path, out_dir: Path, *, settings: TrainS
     detects it from the base like the data stage does. ``resume``: None = continue from a
     checkpoint of the same run if there is one; True = a checkpoint must exist; False =
     start over. ``callbacks`` are extra ``transformers.TrainerCallback`` objects (tests).
+    ``models_dir``: the Ollama store an ``ollama:NAME`` base is read from.
     """
     run = setup(base, train_file, out_dir, TrainSettings.of(settings, **overrides), template=template,
-                eval_file=eval_file, resume=resume, reporter=reporter, callbacks=callbacks)
+                eval_file=eval_file, resume=resume, reporter=reporter, callbacks=callbacks, models_dir=models_dir)
     fit(run)
     return save(run, keep_checkpoints=keep_checkpoints)
 
@@ -155,14 +156,15 @@ class TrainingRun:
 
 def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSettings, *, template: Any = None,
           eval_file: Path | None = None, resume: bool | None = None, reporter: Reporter | None = None,
-          callbacks: Sequence[Any] = ()) -> TrainingRun:
+          callbacks: Sequence[Any] = (), models_dir: Path | str | None = None) -> TrainingRun:
     """Resolve the settings, load base + tokenizer + template, make the model trainable,
     build the trainer and work out the schedule (warm-up steps from the real step count)."""
     from ftpack.training.bases import load_tokenizer, resolve_base
     from ftpack.training.checkpoints import checkpoint_to_resume, run_fingerprint
     from ftpack.training.data import read_messages_jsonl
     from ftpack.training.settings import optimizer_steps, resolve_method, warmup_steps
-    from ftpack.training.templates import ChatTemplate, check_generation_markers, choose_template, install_chat_template
+    from ftpack.training.templates import (ChatTemplate, check_generation_markers, choose_template,
+                                           install_chat_template, trainer_rows)
     from ftpack.training.trainable import count_parameters, device_kind, make_trainable, precision_flags
 
     r = reporter or get_reporter()
@@ -180,7 +182,7 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
     bf16, fp16 = precision_flags(settings.precision, device)
 
     resolved = resolve_base(str(base), trust_remote_code=settings.trust_remote_code,
-                            allow_pickle=settings.allow_pickle)
+                            allow_pickle=settings.allow_pickle, models_dir=models_dir)
     tokenizer = load_tokenizer(resolved.path, trust_remote_code=settings.trust_remote_code)
     if not isinstance(template, ChatTemplate):
         template = choose_template(template, resolved.names, tokenizer)
@@ -188,6 +190,9 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
     install_chat_template(template, tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # An Ollama model's own TEMPLATE has no Jinja: its rows reach TRL tokenized, with their masks.
+    train_rows = trainer_rows(template, tokenizer, train_rows, train_on_prompts=settings.train_on_prompts)
+    eval_rows = trainer_rows(template, tokenizer, eval_rows, train_on_prompts=settings.train_on_prompts)
 
     outputs = TrainOutputs(Path(out_dir), settings.method)
     fingerprint = run_fingerprint(settings.hyper_parameters(), template.name, resolved.path, train_file, eval_file)
@@ -204,6 +209,8 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
     estimate = optimizer_steps(-(-len(train_rows) // (settings.per_device_train_batch_size * world)), settings)
     args = _sft_config(outputs.checkpoints, settings, device=device, world=world, bf16=bf16, fp16=fp16,
                        eval_steps=estimate // 5 if eval_rows and estimate >= 10 else None)  # + a final evaluation
+    if template.renders_ollama:
+        args.assistant_only_loss = False  # pre-tokenized rows: their assistant_masks are the loss mask
 
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
@@ -298,7 +305,8 @@ def run_train_stage(ctx: Any) -> Any:
         raise FtpackError(f"{layout.train_file} is missing: the data stage has not produced it.",
                           "Run the build again so the data stage runs first.")
     result = train(ctx.config.base, layout.train_file, layout.train_dir, settings=TrainSettings.from_config(ctx.config),
-                   template=template_of_build(layout), eval_file=layout.eval_file, reporter=ctx.reporter)
+                   template=template_of_build(layout), eval_file=layout.eval_file, reporter=ctx.reporter,
+                   models_dir=getattr(ctx.config, "models_dir", None))
     outputs = layout.training(result.method)
     return StageResult(outputs=[p for p in outputs.all() if p.exists()], main_output=result.output,
                        metrics=result.metrics)
