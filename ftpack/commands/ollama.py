@@ -79,12 +79,14 @@ def register(name: str, modelfile_path: Path, host: str | None, offline: bool, m
 @_where_options
 @click.option("--all", "show_all", is_flag=True, help="Also show models ftpack did not create.")
 def list_cmd(host: str | None, offline: bool, models_dir: Path | None, show_all: bool) -> None:
-    """Show the Ollama models created by ftpack (build dir, base, method, quant, size).
+    """Show the Ollama models created by ftpack (shipped form, build dir, base, method, quant, size).
 
     ftpack recognises its models by the index it keeps when registering
     (FTPACK_HOME/registered.json): a model counts as ftpack's while its manifest digest
     is still the one ftpack created, whether it was registered through a server or
-    written offline into the store that server uses.
+    written offline into the store that server uses. "shipped" is gguf (the model's own
+    weights) or adapter (a LoRA adapter on another model's weights, which it shares: its
+    size is the adapter's, "+ NAME" the base it needs).
     """
     from ftpack.core.atomic import human_bytes
     from ftpack.ollama.index import place_of
@@ -96,13 +98,19 @@ def list_cmd(host: str | None, offline: bool, models_dir: Path | None, show_all:
     rows, data = [], []
     for m in shown:
         e = m.ftpack or {}
-        rows.append((m.name, "yes" if m.ftpack else "no", e.get("build_dir") or "-", e.get("base") or "-",
-                     e.get("method") or "-", m.quant or e.get("quant") or "-", human_bytes(m.size)))
-        data.append({"name": m.name, "ftpack": m.ftpack is not None, "build_dir": e.get("build_dir"),
-                     "base": e.get("base"), "method": e.get("method"), "quant": m.quant or e.get("quant"),
-                     "size": m.size, "digest": m.digest, "modified": m.modified})
+        size = human_bytes(m.size)
+        if m.shipped == "adapter" and m.own_size is not None:
+            size = f"{human_bytes(m.own_size)} + {m.base_model or 'its base'}"
+        rows.append((m.name, "yes" if m.ftpack else "no", m.shipped or "-", e.get("build_dir") or "-",
+                     e.get("base") or "-", e.get("method") or ("base" if e.get("role") == "base" else "-"),
+                     m.quant or e.get("quant") or "-", size))
+        data.append({"name": m.name, "ftpack": m.ftpack is not None, "shipped": m.shipped or None,
+                     "base_model": m.base_model, "build_dir": e.get("build_dir"),
+                     "base": e.get("base"), "method": e.get("method"), "role": e.get("role"),
+                     "quant": m.quant or e.get("quant"), "size": m.size, "own_size": m.own_size,
+                     "digest": m.digest, "modified": m.modified})
     r.table(f"Ollama models ({place_of(where)})",
-            ("name", "ftpack", "build dir", "base", "method", "quant", "size"), rows, data=data)
+            ("name", "ftpack", "shipped", "build dir", "base", "method", "quant", "size"), rows, data=data)
     r.result({"where": where, "models": data})
     r.final(f"{len(shown)} model(s)" + ("" if show_all else " created by ftpack") +
             ("" if shown or show_all else " (use --all to see every model)"), count=len(shown))
@@ -114,7 +122,10 @@ def list_cmd(host: str | None, offline: bool, models_dir: Path | None, show_all:
 @_where_options
 @click.option("--force", is_flag=True, help="Also remove a model ftpack did not create.")
 def remove(name: str, host: str | None, offline: bool, models_dir: Path | None, force: bool) -> None:
-    """Delete model NAME from Ollama (blobs other models share are kept)."""
+    """Delete model NAME from Ollama (blobs other models share are kept).
+
+    A base that another model's adapter is built on is never removed: remove those first.
+    """
     from ftpack.ollama.index import place_of
     from ftpack.ollama.registration import remove as do_remove
 

@@ -151,6 +151,31 @@ def _check_base(value: str, values: Mapping[str, Any], label: str) -> str:
     return value
 
 
+def _check_ship(value: str, values: Mapping[str, Any], label: str) -> str:
+    """``--ship adapter`` needs weights llama.cpp's LoRA GGUF can carry: refused before training otherwise."""
+    if value != "adapter":
+        return value
+    if values.get("dora"):
+        raise bad_input(f"{label}: adapter with --dora: llama.cpp's LoRA adapter format has no place for DoRA's "
+                        "learned magnitudes, so a DoRA adapter cannot be shipped on its own.",
+                        "Drop --dora (plain LoRA), or use --ship merged (the adapter fused into one GGUF).")
+    if values.get("method") in ("sft", "full"):
+        raise bad_input(f"{label}: adapter with --method {values['method']}: that method trains the weights "
+                        "themselves, so there is no adapter to ship.",
+                        "Use --method lora or qlora, or --ship merged.")
+    return value
+
+
+def _check_ollama_base(value: str, values: Mapping[str, Any], label: str) -> str:
+    from ftpack.ollama.names import parse_model_name
+
+    try:
+        parse_model_name(value)
+    except FtpackError as exc:
+        raise bad_input(f"{label}: {exc.message}", exc.hint) from None
+    return value
+
+
 #: key -> check(value, all values, label) -> normalised value; run in this order.
 _CHECKS = {
     "data": _check_dataset, "license": _check_input_file, "imatrix": _check_imatrix,
@@ -158,6 +183,7 @@ _CHECKS = {
     "quant": _check_quant, "parameters": _check_parameters, "messages": _check_messages,
     "system": _check_system, "template": _check_template,
     "out": _check_out, "models_dir": _check_models_dir, "base": _check_base,
+    "ship": _check_ship, "ollama_base": _check_ollama_base,
 }
 
 #: Files that mark a folder as ftpack's own output: a build's manifest, a `ftpack train` run.

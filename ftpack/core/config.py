@@ -26,6 +26,9 @@ from ftpack.core.errors import bad_input
 TRAINING_METHODS = ("qlora", "lora", "sft", "full")
 METHODS = ("auto", *TRAINING_METHODS)
 REGISTER_MODES = ("auto", "server", "offline", "none")
+#: What a build registers: a LoRA adapter GGUF on the base's own GGUF, or one merged GGUF;
+#: "auto" picks one per base (ftpack.pipeline.resolve_ship).
+SHIP_MODES = ("auto", "adapter", "merged")
 #: GGUF tensor types the converter writes before quantization.
 OUTTYPES = ("f16", "bf16", "f32", "q8_0")
 #: Dataset record layouts (ftpack.training.data); "auto" detects one per file.
@@ -145,6 +148,11 @@ OPTIONS: tuple[Option, ...] = (
        "none; auto = the server when reachable, else offline.",
        "register", choices=REGISTER_MODES),
     _o("host", str, None, "Ollama server URL (default: OLLAMA_HOST or http://127.0.0.1:11434).", "register"),
+    _o("ship", str, "auto", "What to register: adapter (a small LoRA GGUF on the base's own GGUF, which is "
+       "reused, not copied), merged (one full GGUF); auto = adapter when the base comes from Ollama "
+       "(--base ollama:NAME), else merged.", "", choices=SHIP_MODES),
+    _o("ollama_base", str, None, "--ship adapter on a base that ftpack converts: the Ollama model the base is "
+       "registered as, shared by every adapter on it (default: NAME-base).", ""),
     _o("models_dir", Path, None, "Ollama model store for --offline (default: OLLAMA_MODELS, else "
        "~/.ollama/models, else a Linux service install's /usr/share/ollama/.ollama/models).", "register"),
 )
@@ -155,7 +163,8 @@ OPTION_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
 RELATIVE_TO_CONFIG = ("data", "license", "imatrix", "heldout")
 
 # Order of the stages; each stage's hash includes its own options and all upstream outputs.
-STAGES = ("data", "train", "convert", "quantize", "verify", "modelfile", "register", "roundtrip", "report")
+STAGES = ("data", "train", "convert", "quantize", "base", "adapter", "verify", "modelfile", "register", "roundtrip",
+          "report")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,79})?$")
 
@@ -229,7 +238,8 @@ def _coerce(opt: Option, value: Any, source: str) -> Any:
             raise bad_input(f"{where}: expected text, got {value!r}.")
         out = value
     if opt.choices is not None and out not in opt.choices:
-        if opt.key == "method" or opt.key in ("format", "outtype", "register", "precision", "lr_scheduler_type"):
+        if opt.key == "method" or opt.key in ("format", "outtype", "register", "precision", "lr_scheduler_type",
+                                              "ship"):
             lowered = out.lower() if isinstance(out, str) else out
             if lowered in opt.choices:
                 return lowered

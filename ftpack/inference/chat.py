@@ -25,6 +25,7 @@ class ChatTarget:
     stop: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)  # Modelfile PARAMETERs (temperature, num_ctx...)
     source: str = ""
+    adapter: Path | None = None  # an adapter build's LoRA GGUF, applied to ``gguf`` (its base)
 
 
 def resolve_target(target: str | Path, *, template_name: str | None = None, system: str | None = None) -> ChatTarget:
@@ -35,8 +36,10 @@ def resolve_target(target: str | Path, *, template_name: str | None = None, syst
     options: dict[str, Any] = {}
     stop: list[str] | None = None
     mf_system = None
+    adapter = None
     if target.is_dir():
         gguf, build_template, modelfile = built_model(target)
+        adapter = built_adapter(target)
         template_name = template_name or build_template
         if modelfile.is_file():
             from ftpack.ollama.modelfile import read_modelfile
@@ -61,7 +64,7 @@ def resolve_target(target: str | Path, *, template_name: str | None = None, syst
         stop = [stop]
     return ChatTarget(gguf=gguf, template_name=tpl.name,
                       system=system if system is not None else (mf_system or tpl.default_system or None),
-                      stop=list(stop) if stop else list(tpl.stop), options=options, source=source)
+                      stop=list(stop) if stop else list(tpl.stop), options=options, source=source, adapter=adapter)
 
 
 def built_model(build_dir: Path) -> tuple[Path, str, Path]:
@@ -74,10 +77,27 @@ def built_model(build_dir: Path) -> tuple[Path, str, Path]:
     layout = BuildLayout(build_dir)
     if not layout.manifest.is_file():
         raise bad_input(f"{build_dir} is neither a GGUF file nor a build dir (no {layout.manifest.name}).")
-    q = Manifest.load(layout.root).stages.get("quantize")
+    manifest = Manifest.load(layout.root)
+    if manifest.config.get("ship") == "adapter":  # the base GGUF; built_adapter gives the LoRA on it
+        from ftpack.gguf.ship import shipped_base
+
+        return shipped_base(manifest).gguf, template_of_build(layout).name, layout.modelfile
+    q = manifest.stages.get("quantize")
     if q is None or q.status != "done" or not q.main_output:
         raise bad_input(f"The build in {build_dir} has no quantized GGUF yet.", "Run `ftpack build` to finish it.")
     return layout.root / q.main_output, template_of_build(layout).name, layout.modelfile
+
+
+def built_adapter(build_dir: Path) -> Path | None:
+    """The LoRA adapter GGUF of an adapter build (``--ship adapter``), None for a merged build."""
+    from ftpack.core.manifest import Manifest
+
+    manifest = Manifest.load(Path(build_dir))
+    if manifest.config.get("ship") != "adapter":
+        return None
+    from ftpack.gguf.ship import shipped_adapter
+
+    return shipped_adapter(manifest)
 
 
 def template_from_gguf(gguf: Path) -> str | None:
@@ -115,7 +135,7 @@ class ChatSession:
         self.reporter = reporter or get_reporter()
         self.history: list[dict[str, str]] = []
         self.resets = 0  # times a full context started the conversation over
-        self.llm = load_llama(target.gguf, n_ctx=self.n_ctx)
+        self.llm = load_llama(target.gguf, n_ctx=self.n_ctx, lora=target.adapter)
         self.last_finish_reason: str | None = None
 
     def close(self) -> None:

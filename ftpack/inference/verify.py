@@ -191,11 +191,12 @@ def verify_gguf(gguf: Path, *, template_name: str, conversations: Sequence[Conve
                 system: str | None = None, stop: Sequence[str] | None = None,
                 max_answer_tokens: int | None = None, reference: Path | None = None, measure_fidelity: bool = True,
                 n_ctx: int = 2048, fidelity_texts: tuple[Sequence[str], str] | None = None,
-                reporter=None) -> VerifyReport:
+                lora: Path | None = None, reporter=None) -> VerifyReport:
     """Ask one training question with the build's template, and measure fidelity when a reference
     is given, on ``fidelity_texts`` (texts, where from; a build passes its eval split:
     :func:`ftpack.inference.fidelity.heldout_texts`), else on the first conversations.
-    Never raises for a model that does not stop: see :func:`require_stop`."""
+    Never raises for a model that does not stop: see :func:`require_stop`. ``lora``: a llama.cpp
+    LoRA adapter GGUF applied to ``gguf`` (an adapter build, run as Ollama runs an ADAPTER)."""
     from ftpack.core.report import get_reporter
     from ftpack.inference.runtime import open_llama
     from ftpack.training.templates import load_template
@@ -203,14 +204,15 @@ def verify_gguf(gguf: Path, *, template_name: str, conversations: Sequence[Conve
     r = reporter or get_reporter()
     tpl = load_template(template_name)
     messages = sample_question(conversations, system if system is not None else (tpl.default_system or None))
-    with open_llama(gguf, n_ctx=n_ctx) as llm:
+    with open_llama(gguf, n_ctx=n_ctx, lora=lora) as llm:
         limit = answer_limit(llm, conversations, max_answer_tokens=max_answer_tokens)
         result = smoke_test(llm, messages, template_name=tpl.name, limit=limit, stop=stop)
     r.info(f"Q: {messages[-1]['content']}")
     r.info(f"A: {result.answer.strip()}")
     r.info(f"{'stopped' if result.stopped else 'did NOT stop'} after {result.tokens} tokens "
            f"(limit {limit.tokens}: {limit.why})")
-    report = VerifyReport(gguf=str(gguf), template=tpl.name, question=messages[-1]["content"], answer=result.answer,
+    report = VerifyReport(gguf=str(gguf) + (f" + {lora}" if lora else ""), template=tpl.name,
+                          question=messages[-1]["content"], answer=result.answer,
                           finish_reason=result.finish_reason, answer_tokens=result.tokens,
                           max_answer_tokens=limit.tokens, limit_reason=limit.why, stopped=result.stopped,
                           stop=result.stop)
@@ -256,16 +258,14 @@ def run_verify_stage(ctx):
     cfg = ctx.config
     layout = ctx.layout
     tpl = template_of_build(layout)
-    try:
-        reference = ctx.upstream_path("convert")
-    except FtpackError:
-        reference = None
+    gguf, lora, reference, note = _verified_files(ctx)
     n_ctx = max(512, min(int(cfg.max_seq_length or 2048), 4096))
-    report = verify_gguf(ctx.upstream_path("quantize"), template_name=tpl.name,
+    report = verify_gguf(gguf, template_name=tpl.name, lora=lora, measure_fidelity=lora is None,
                          conversations=build_conversations(layout), system=cfg.system,
                          stop=list(tpl.stop) + [s for s in extra_stops(cfg.parameters) if s not in tpl.stop],
                          max_answer_tokens=cfg.max_answer_tokens, reference=reference,
                          n_ctx=n_ctx, fidelity_texts=heldout_texts(layout, tpl), reporter=ctx.reporter)
+    report.fidelity_note = report.fidelity_note or note
     out = ctx.stage_dir / "verify.json"
     metrics = report.as_dict()
     metrics.pop("gguf")
@@ -274,6 +274,27 @@ def run_verify_stage(ctx):
     write_json(out, metrics)
     require_stop(_as_smoke(report), tpl.name)
     return StageResult(outputs=[out], main_output=out, metrics=metrics)
+
+
+def _verified_files(ctx) -> tuple[Path, Path | None, Path | None, str | None]:
+    """(GGUF, LoRA adapter GGUF or None, F16 reference or None, why fidelity is not measured) of a build.
+
+    A merged build runs its quantized GGUF against the F16 one; an adapter build (``--ship
+    adapter``) runs the base GGUF with the adapter, as Ollama will: ftpack quantized
+    nothing of the fine-tune, so there is no quantization fidelity to measure.
+    """
+    from ftpack.gguf.ship import base_of, ships_adapter
+
+    if ships_adapter(ctx.config):
+        base = base_of(ctx)
+        return (base.gguf, ctx.upstream_path("adapter"), None,
+                f"not measured: an adapter build ships the base GGUF ({base.file_type}) as it is, with the "
+                "adapter on top, so ftpack quantized nothing of the fine-tune")
+    try:
+        reference = ctx.upstream_path("convert")
+    except FtpackError:
+        reference = None
+    return ctx.upstream_path("quantize"), None, reference, None
 
 
 def _as_smoke(report: VerifyReport) -> SmokeResult:
@@ -364,9 +385,11 @@ def verify_target(path: str | Path, *, max_answer_tokens: int | None = None, tem
         raise bad_input(f"Reference GGUF not found: {reference}")
     n_ctx = max(512, min(int(settings.get("max_seq_length") or target.options.get("num_ctx") or 2048), 4096))
     report = verify_gguf(target.gguf, template_name=target.template_name, conversations=conversations,
+                         lora=getattr(target, "adapter", None),
                          system=target.system, stop=target.stop, max_answer_tokens=max_answer_tokens,
                          reference=Path(reference) if reference else None,
-                         measure_fidelity=measure_fidelity and (reference is not None or path.is_dir()),
+                         measure_fidelity=measure_fidelity and getattr(target, "adapter", None) is None
+                         and (reference is not None or path.is_dir()),
                          n_ctx=n_ctx, fidelity_texts=fidelity_texts, reporter=reporter)
     require_stop(_as_smoke(report), target.template_name)
     return report

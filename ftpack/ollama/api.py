@@ -164,11 +164,27 @@ class OllamaServer:
                               "nothing writes it and run the same command again.")
         raise _http_error(f"upload of {path.name}", r.status_code, text, self.host)
 
-    def create(self, name: str, files: dict[str, str], adapters: dict[str, str] | None,
+    def accepts_adapters(self) -> tuple[bool, str | None]:
+        """(whether /api/create takes ``adapters``, the server's words when not), without side effects.
+
+        A create with one (never uploaded) adapter digest and an invalid model name: servers
+        that take adapters check the name and answer "invalid model name"; newer ones that
+        dropped LoRA adapters refuse the adapter first. Nothing is created either way.
+        """
+        r = self._raw("POST", "/api/create", json={"model": "!probe", "stream": False,
+                                                  "adapters": {"probe.gguf": "sha256:" + "0" * 64}})
+        text = _error_text(r) if r.status_code != 200 else ""
+        if "adapter" in text.lower():
+            return False, f"Ollama {self.version()} at {self.host}: {text}"
+        return True, None
+
+    def create(self, name: str, files: dict[str, str] | None, adapters: dict[str, str] | None,
                req: RegistrationRequest) -> Iterator[str]:
-        """POST /api/create (streamed); yields the server's status lines."""
+        """POST /api/create (streamed); yields the server's status lines. ``req.from_model``
+        becomes ``from`` (the new model starts from that model's layers)."""
         stream = self._call(
-            self.client.create, name, files=files, adapters=adapters or None, template=req.template or None,
+            self.client.create, name, from_=req.from_model or None, files=files or None, adapters=adapters or None,
+            template=req.template or None,
             system=req.system or None, parameters=req.parameters or None,
             messages=req.messages or None, license=req.licenses or None, stream=True, what="POST /api/create")
         it = iter(stream)

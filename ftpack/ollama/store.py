@@ -224,11 +224,21 @@ def _copy_blob(models_dir: Path, src: Path, reporter, what: str) -> tuple[str, i
 
 
 def build_layers_offline(models_dir: Path, req: RegistrationRequest, reporter) -> tuple[dict, list[dict], int]:
-    """Write every blob of ``req`` into the store; return (config layer, layers, bytes copied)."""
+    """Write every blob of ``req`` into the store; return (config layer, layers, bytes copied).
+
+    With ``req.from_model`` the new model starts from that model's layers (Ollama's
+    ``parseFromModel``: the same digests, each marked ``from`` the base's name, nothing
+    copied); ``req``'s template, system, parameters and messages then replace the base's
+    and its licenses are added, exactly as ``server/create.go`` does.
+    """
     copied = 0
     layers: list[dict[str, Any]] = []
     config: dict[str, Any] = {"model_format": "", "model_family": "", "model_families": None, "model_type": "",
                               "file_type": "", "architecture": "amd64", "os": "linux"}
+    if req.from_model is not None:
+        base = base_model_layers(models_dir, req.from_model)
+        layers += base.layers
+        _describe_model(config, read_gguf_summary(blob_path(models_dir, base.model_digest)))
     for path, key in ((req.model_path, "model"), (req.adapter_path, "adapter")):
         if path is None:
             continue
@@ -241,25 +251,83 @@ def build_layers_offline(models_dir: Path, req: RegistrationRequest, reporter) -
             layer["from"] = Path(path).name  # Ollama keeps the file name on layers it does not re-encode
         layers.append(layer)
         if media == MEDIA_MODEL:
-            config["model_format"] = config["model_format"] or "gguf"
-            config["model_family"] = config["model_family"] or summary.architecture
-            config["model_type"] = config["model_type"] or human_number(summary.parameter_count)
-            config["file_type"] = config["file_type"] or summary.file_type
-            config["model_families"] = (config["model_families"] or []) + [summary.architecture]
+            _describe_model(config, summary)
     if req.template:
-        layers.append(_write_blob_bytes(models_dir, req.template.encode("utf-8"), MEDIA_TEMPLATE))
+        layers = _replace(layers, MEDIA_TEMPLATE, _write_blob_bytes(models_dir, req.template.encode("utf-8"),
+                                                                    MEDIA_TEMPLATE))
     if req.system:
-        layers.append(_write_blob_bytes(models_dir, req.system.encode("utf-8"), MEDIA_SYSTEM))
+        layers = _replace(layers, MEDIA_SYSTEM, _write_blob_bytes(models_dir, req.system.encode("utf-8"), MEDIA_SYSTEM))
     for text in req.licenses:
         layers.append(_write_blob_bytes(models_dir, text.encode("utf-8"), MEDIA_LICENSE))
-    if req.parameters:
-        params = go_json(as_go_decoded(req.parameters), sort_keys=True) + "\n"
-        layers.append(_write_blob_bytes(models_dir, params.encode("utf-8"), MEDIA_PARAMS))
+    params = dict(req.parameters)
+    for layer in layers:  # Ollama's setParameters: the base's values stay unless the request sets them
+        if layer["mediaType"] == MEDIA_PARAMS:
+            for k, v in json.loads(blob_path(models_dir, layer["digest"]).read_bytes()).items():
+                params.setdefault(k, v)
+    if params:
+        text = go_json(as_go_decoded(params), sort_keys=True) + "\n"
+        layers = _replace(layers, MEDIA_PARAMS, _write_blob_bytes(models_dir, text.encode("utf-8"), MEDIA_PARAMS))
     if req.messages:
         msgs = [{"role": m["role"].lower(), "content": m["content"]} for m in req.messages]
-        layers.append(_write_blob_bytes(models_dir, (go_json(msgs) + "\n").encode("utf-8"), MEDIA_MESSAGES))
+        layers = _replace(layers, MEDIA_MESSAGES,
+                          _write_blob_bytes(models_dir, (go_json(msgs) + "\n").encode("utf-8"), MEDIA_MESSAGES))
     cfg_layer = _write_blob_bytes(models_dir, (go_json(config) + "\n").encode("utf-8"), CONFIG_MEDIA_TYPE)
     return cfg_layer, layers, copied
+
+
+def _describe_model(config: dict[str, Any], summary: GGUFSummary) -> None:
+    """What Ollama's createModel puts in the config blob for a model layer (first one wins)."""
+    config["model_format"] = config["model_format"] or "gguf"
+    config["model_family"] = config["model_family"] or summary.architecture
+    config["model_type"] = config["model_type"] or human_number(summary.parameter_count)
+    config["file_type"] = config["file_type"] or summary.file_type
+    config["model_families"] = (config["model_families"] or []) + [summary.architecture]
+
+
+def _replace(layers: list[dict[str, Any]], media_type: str, layer: dict[str, Any]) -> list[dict[str, Any]]:
+    """Ollama's removeLayer + append: layers of that media type go, the new one comes last."""
+    return [x for x in layers if x["mediaType"] != media_type] + [layer]
+
+
+@dataclass
+class BaseLayers:
+    """The layers a model created ``FROM`` an existing one starts with (Ollama's parseFromModel)."""
+
+    name: ModelName
+    layers: list[dict[str, Any]]
+    model_digest: str
+    model_size: int
+
+
+def base_model_layers(models_dir: Path, name: str) -> BaseLayers:
+    """The layers of model ``name`` in the store, each marked ``from`` its name, as Ollama copies
+    them into a model created from it; an error when it is not there or holds no GGUF."""
+    parsed = parse_model_name(name)
+    base = find_store_model(models_dir, parsed) if Path(models_dir).exists() else None
+    if base is None:
+        raise FtpackError(f"The base model {parsed.display} is not in the Ollama store at {models_dir}.",
+                          "An adapter model builds on its base: register the base there first (a build with "
+                          "--ship adapter does), or point --models-dir at the store that has it.", code=2)
+    model = base.layer(MEDIA_MODEL)
+    if model is None:
+        raise FtpackError(f"{base.name.display} in {models_dir} has no GGUF model layer to build on.", code=2)
+    layers = []
+    for src in base.manifest.get("layers", []):
+        layer = {"mediaType": src["mediaType"], "digest": src["digest"], "size": int(src["size"]),
+                 "from": base.name.display}
+        if src.get("name"):
+            layer["name"] = src["name"]
+        layers.append(layer)
+    return BaseLayers(base.name, layers, model["digest"], int(model["size"]))
+
+
+def models_built_on(models_dir: str | os.PathLike, model: StoreModel) -> list[StoreModel]:
+    """The other models in the store that carry an adapter on ``model``'s own model blob."""
+    own = model.layer(MEDIA_MODEL)
+    if own is None:
+        return []
+    return [m for m in store_models(models_dir) if m.path != model.path and m.layer(MEDIA_ADAPTER) is not None
+            and (m.layer(MEDIA_MODEL) or {}).get("digest") == own["digest"]]
 
 
 @dataclass
@@ -270,6 +338,7 @@ class StoreResult:
     model_digest: str
     bytes_copied: int
     replaced: bool
+    adapter_digest: str | None = None
 
 
 def write_model(models_dir: str | os.PathLike, name: str, req: RegistrationRequest, *, force: bool = False,
@@ -301,8 +370,10 @@ def write_model(models_dir: str | os.PathLike, name: str, req: RegistrationReque
     if existing is not None:
         _remove_unused_layers(models_dir, existing.manifest)
     reporter.info(f"wrote manifest {path} ({len(layers)} layers, {human_bytes(copied)} copied)")
-    return StoreResult(parsed, path, hashlib.sha256(data).hexdigest(), layers[0]["digest"], copied,
-                       existing is not None)
+    model = next(x for x in layers if x["mediaType"] == MEDIA_MODEL)
+    adapter = next((x for x in layers if x["mediaType"] == MEDIA_ADAPTER), None)
+    return StoreResult(parsed, path, hashlib.sha256(data).hexdigest(), model["digest"], copied,
+                       existing is not None, adapter["digest"] if adapter else None)
 
 
 def remove_model(models_dir: str | os.PathLike, name: str) -> list[str]:

@@ -92,12 +92,13 @@ def llama_generator():
     """
     cache: dict = {}
 
-    def generate(model_path, prompt, stop, options):
+    def generate(model_path, prompt, stop, options, adapter_path=None):
         from ftpack.inference.runtime import load_llama, stream_answer
 
-        if model_path not in cache:
-            cache[model_path] = load_llama(model_path, n_ctx=int(options.get("num_ctx", 1024)))
-        for piece, _ in stream_answer(cache[model_path], prompt, stop=stop,
+        key = (model_path, adapter_path)  # an ADAPTER layer is applied as Ollama's runner does (--lora)
+        if key not in cache:
+            cache[key] = load_llama(model_path, n_ctx=int(options.get("num_ctx", 1024)), lora=adapter_path)
+        for piece, _ in stream_answer(cache[key], prompt, stop=stop,
                                       max_tokens=int(options.get("num_predict", 128)),
                                       temperature=float(options.get("temperature", 0.8)), options=options):
             if piece:

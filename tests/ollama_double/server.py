@@ -244,9 +244,14 @@ class OllamaDouble:
     """The double: ``start()`` serves on 127.0.0.1:<random port>; ``url`` is its OLLAMA_HOST."""
 
     def __init__(self, models_dir: Path, *, version: str = "0.32.15", renderer: Renderer | None = None,
-                 generator: Generator | None = None, template_check: Callable[[str], str | None] | None = None):
+                 generator: Generator | None = None, template_check: Callable[[str], str | None] | None = None,
+                 adapters: str = "accept"):
+        """``adapters``: "accept" (Ollama 0.5.5 up to at least 0.32), "reject" (newer releases
+        that dropped LoRA adapters: 400 before anything else is looked at), or "fail" (take
+        the request, then fail creating the model, as a broken adapter would)."""
         self.store = Store(models_dir)
         self.version = version
+        self.adapters = adapters
         self.renderer = renderer
         self.generator = generator
         self.template_check = template_check
@@ -314,6 +319,8 @@ class OllamaDouble:
                 raise ApiError(400, "file path must be relative")
             if not digest:
                 raise ApiError(400, "invalid digest format")
+        if adapters and self.adapters == "reject":
+            raise ApiError(400, "LoRA adapters are no longer supported")
         for digest in adapters.values():
             if not digest:
                 raise ApiError(400, "invalid digest format")
@@ -323,17 +330,36 @@ class OllamaDouble:
         with self.lock:
             parts = self.store.existing_name(parts)
             old = self.store.read_manifest(parts)
-            if req.get("from"):
-                yield {"error": "the double supports files-based create only", "status": 400}
-                return
-            if not files:
-                yield {"error": "neither 'from' or 'files' was specified", "status": 400}
-                return
-            yield {"status": "parsing GGUF"}
             layers: list[dict] = []
             config = {"model_format": "", "model_family": "", "model_families": None, "model_type": "",
                       "file_type": "", "architecture": "amd64", "os": "linux"}
-            for group, is_adapter in ((files, False), (adapters, True)):
+            if req.get("from"):  # parseFromModel: the base's layers, by digest, marked with its name
+                base_parts = parse_name(req["from"])
+                if base_parts is None:
+                    yield {"error": "invalid model name", "status": 400}
+                    return
+                base_parts = self.store.existing_name(base_parts)
+                base = self.store.read_manifest(base_parts)
+                if base is None:  # Ollama would try to pull it; the double has no registry
+                    yield {"error": "pull model manifest: file does not exist"}
+                    return
+                for src in base["layers"]:
+                    layer = {"mediaType": src["mediaType"], "digest": src["digest"], "size": src["size"],
+                             "from": display_shortest(base_parts)}
+                    if src.get("name"):
+                        layer["name"] = src["name"]
+                    layers.append(layer)
+                    if src["mediaType"] == MEDIA["model"]:
+                        self._describe(config, gguf_info(self.store.blob_path(src["digest"])))
+            elif not files:
+                yield {"error": "neither 'from' or 'files' was specified", "status": 400}
+                return
+            else:
+                yield {"status": "parsing GGUF"}
+            if adapters and self.adapters == "fail":
+                yield {"error": "failed to load the adapter: model arch and LoRA arch mismatch"}
+                return
+            for group, is_adapter in (({} if req.get("from") else files, False), (adapters, True)):
                 if is_adapter and len(group) > 1:
                     yield {"error": "only one adapter is currently supported", "status": 400}
                     return
@@ -359,31 +385,37 @@ class OllamaDouble:
                         layer["from"] = rel  # HEAD keeps "from" on layers it does not re-encode
                     layers.append(layer)
                     if media == MEDIA["model"]:
-                        config["model_format"] = config["model_format"] or "gguf"
-                        config["model_family"] = config["model_family"] or info["architecture"]
-                        config["model_type"] = config["model_type"] or human_number(info["parameter_count"])
-                        config["file_type"] = config["file_type"] or info["file_type"]
-                        config["model_families"] = (config["model_families"] or []) + [info["architecture"]]
+                        self._describe(config, info)
             statuses = [f"using existing layer {layer['digest']}" for layer in layers]
+
+            def set_layer(media: str, layer: dict) -> None:  # removeLayer, then append
+                layers[:] = [x for x in layers if x["mediaType"] != media] + [layer]
+
             if req.get("template"):
                 if self.template_check is not None:
                     err = self.template_check(req["template"])
                     if err:
                         yield {"error": f"template error: {err}", "status": 400}
                         return
-                layers.append(self.store.new_layer(req["template"].encode(), MEDIA["template"]))
+                set_layer(MEDIA["template"], self.store.new_layer(req["template"].encode(), MEDIA["template"]))
             if req.get("system"):
-                layers.append(self.store.new_layer(req["system"].encode(), MEDIA["system"]))
+                set_layer(MEDIA["system"], self.store.new_layer(req["system"].encode(), MEDIA["system"]))
             lic = req.get("license")
             for text in ([lic] if isinstance(lic, str) and lic else lic if isinstance(lic, list) else []):
                 layers.append(self.store.new_layer(text.encode(), MEDIA["license"]))
-            params = _go_decoded(req.get("parameters") or {})
+            params = dict(req.get("parameters") or {})
+            for layer in [x for x in layers if x["mediaType"] == MEDIA["params"]]:  # setParameters keeps the rest
+                for k, v in json.loads(self.store.blob_path(layer["digest"]).read_bytes()).items():
+                    params.setdefault(k, v)
+            params = _go_decoded(params)
             if params:
-                layers.append(self.store.new_layer((go_json(params, sort_keys=True) + "\n").encode(), MEDIA["params"]))
+                set_layer(MEDIA["params"], self.store.new_layer((go_json(params, sort_keys=True) + "\n").encode(),
+                                                                MEDIA["params"]))
             msgs = req.get("messages") or []
             if msgs:
                 encoded = [{"role": str(m.get("role", "")).lower(), "content": m.get("content", "")} for m in msgs]
-                layers.append(self.store.new_layer((go_json(encoded) + "\n").encode(), MEDIA["messages"]))
+                set_layer(MEDIA["messages"], self.store.new_layer((go_json(encoded) + "\n").encode(),
+                                                                  MEDIA["messages"]))
             cfg = {k: v for k, v in config.items()}
             cfg_layer = self.store.new_layer((go_json(cfg) + "\n").encode(), CONFIG_MEDIA)
             for layer in layers:
@@ -397,6 +429,15 @@ class OllamaDouble:
             if old is not None:
                 self.store.remove_layers(old)
         yield {"status": "success"}
+
+    @staticmethod
+    def _describe(config: dict, info: dict) -> None:
+        """createModel's config fields for a model layer (the first one wins)."""
+        config["model_format"] = config["model_format"] or "gguf"
+        config["model_family"] = config["model_family"] or info["architecture"]
+        config["model_type"] = config["model_type"] or human_number(info["parameter_count"])
+        config["file_type"] = config["file_type"] or info["file_type"]
+        config["model_families"] = (config["model_families"] or []) + [info["architecture"]]
 
     def tags(self) -> dict:
         models = []
@@ -426,12 +467,14 @@ class OllamaDouble:
         if m is None:
             raise ApiError(404, f"model '{name}' not found")
         out: dict[str, Any] = {"messages": [], "license": [], "params": {}, "template": "{{ .Prompt }}",
-                               "system": "", "model_path": None}
+                               "system": "", "model_path": None, "adapter_path": None}
         for layer in m["layers"]:
             blob = self.store.blob_path(layer["digest"])
             mt = layer["mediaType"]
             if mt == MEDIA["model"]:
                 out["model_path"] = blob
+            elif mt == MEDIA["adapter"]:
+                out["adapter_path"] = blob
             elif mt == MEDIA["template"]:
                 out["template"] = blob.read_text()
             elif mt == MEDIA["system"]:
@@ -464,6 +507,8 @@ class OllamaDouble:
         if model["messages"]:
             resp["messages"] = model["messages"]
         resp["modelfile"] = f"# Modelfile generated by the Ollama double\nFROM {model['model_path']}\n"
+        if model["adapter_path"] is not None:
+            resp["modelfile"] += f"ADAPTER {model['adapter_path']}\n"
         return resp
 
     def delete(self, req: dict) -> None:
@@ -501,7 +546,7 @@ class OllamaDouble:
         options = {**model["params"], **(req.get("options") or {})}
         stop = options.pop("stop", [])
         pieces = []
-        for piece in self.generator(model["model_path"], prompt, list(stop), options):
+        for piece in self.generator(model["model_path"], prompt, list(stop), options, model["adapter_path"]):
             pieces.append(piece)
             yield {"model": name, "created_at": created, "message": {"role": "assistant", "content": piece},
                    "done": False}

@@ -1,0 +1,287 @@
+"""The Ollama side of an adapter build (``--ship adapter``): its Modelfile and its registration.
+
+The model is ``FROM <base model>`` + ``ADAPTER <name>.lora.gguf`` with the build's
+TEMPLATE, stops and SYSTEM: in Ollama its layers are the base's own model blob (the
+same digest, never copied or uploaded again), the adapter blob and the small text
+layers. Registering it:
+
+1. a base ftpack made (a converted Hugging Face base, a ``.gguf`` base) is registered
+   first as ``--ollama-base`` (default ``NAME-base``), or reused when that model already
+   holds exactly this GGUF; a base pulled into Ollama is checked to still be the blob
+   training read;
+2. the adapter model is created from it (server: HEAD/upload of the adapter blob, then
+   ``/api/create`` with ``from`` + ``adapters``; offline: the store written as Ollama
+   would);
+3. a server that does not take adapters (newer Ollama releases dropped LoRA adapters; a
+   side-effect-free probe asks first) or fails creating the model makes the build ship
+   the merged model instead, with a warning: the fine-tune fused into one GGUF
+   (converted and quantized then, smoke-tested like verify does) and registered the
+   usual way. A base registered in step 1 by this run is removed again, so nothing is
+   left half-registered. build.json's register record says what was shipped and why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from ftpack.core.errors import FtpackError, bad_input
+from ftpack.gguf.ship import ShippedBase, base_of
+from ftpack.ollama.names import parse_model_name
+from ftpack.ollama.request import RegistrationRequest
+
+#: Where the register stage writes the Modelfile of the merged model it falls back to.
+FALLBACK_MODELFILE = "Modelfile.merged"
+
+
+def _spec_for(ctx, gguf: Path, out: Path, *, adapter: Path | None = None, comment: str):
+    """The build's Modelfile content (template as trained, stops, SYSTEM, PARAMETERs, MESSAGEs,
+    LICENSE) for ``gguf`` (+ ``adapter``), written relative to ``out``."""
+    from ftpack.ollama.modelfile import build_spec, parse_message_args, parse_parameter_args
+    from ftpack.training.templates import template_of_build
+
+    cfg = ctx.config
+    template = template_of_build(ctx.layout)
+    license_text = None
+    if cfg.license is not None:
+        lic = Path(cfg.license)
+        if not lic.is_file():
+            raise bad_input(f"License file not found: {lic}")
+        license_text = lic.read_text(encoding="utf-8")
+    return template, build_spec(gguf, out, template=template, system=cfg.system,
+                                parameters=parse_parameter_args(cfg.parameters or ()),
+                                messages=parse_message_args(cfg.messages or ()), license_text=license_text,
+                                adapter=adapter, num_ctx=cfg.max_seq_length, comment=comment)
+
+
+def run_adapter_modelfile_stage(ctx):
+    """Stage `modelfile` of an adapter build: ``FROM <base model>`` + ``ADAPTER ../gguf/<name>.lora.gguf``.
+
+    Reads the ``base`` stage's record (the Ollama model holding the base), the ``adapter``
+    stage's GGUF, the build's chat format as trained and the Modelfile settings (as the
+    merged build's Modelfile stage). `ollama create NAME -f Modelfile` works with it as
+    it is once the base model exists in Ollama.
+    """
+    from ftpack.core.runner import StageResult
+    from ftpack.ollama.modelfile import write_modelfile
+
+    cfg = ctx.config
+    base = base_of(ctx)
+    adapter = ctx.upstream_path("adapter")
+    out = ctx.layout.modelfile
+    pulled = "" if base.in_ollama_already else f" (ftpack registers {base.model} first)"
+    template, spec = _spec_for(ctx, adapter, out, adapter=adapter, comment=(
+        f"Modelfile for {cfg.name}, written by ftpack: the LoRA adapter on the base model "
+        f"{base.model}{pulled}.\nCreate the model: ollama create {cfg.name} -f Modelfile"))
+    spec = dataclasses.replace(spec, from_path=base.model)
+    write_modelfile(out, spec)
+    ctx.reporter.info(f"wrote {out} (FROM {base.model}, ADAPTER {spec.adapter}, template {template.name})")
+    return StageResult(outputs=[out], main_output=out,
+                       metrics={"template": template.name, "from": spec.from_path, "adapter": spec.adapter,
+                                "stop": [v for n, v in spec.parameters if n == "stop"],
+                                "parameters": spec.typed_parameters()})
+
+
+# -- registration -------------------------------------------------------------------------------
+
+def register_adapter_build(ctx, build) -> tuple[Any, dict[str, Any], list[Path]]:
+    """(result, register-stage metrics, extra outputs) of an adapter build's registration; the
+    merged model when the server will not take the adapter (see the module docstring)."""
+    from ftpack.ollama.registration import AdaptersRejected, register_request
+
+    cfg = ctx.config
+    reporter = ctx.reporter
+    base = base_of(ctx)
+    req = RegistrationRequest.from_modelfile(ctx.upstream_path("modelfile"))
+    if req.from_model is None or req.adapter_path is None:
+        raise FtpackError(f"{ctx.upstream_path('modelfile')} is not an adapter Modelfile (FROM <model> + ADAPTER).",
+                          "Run the build again with --force modelfile.")
+    where = {"mode": cfg.register, "host": cfg.host, "models_dir": cfg.models_dir}
+    created_base = False
+    try:
+        if cfg.register == "server":
+            _require_adapters(cfg.host)
+        base_state, created_base, base_sent = ensure_base(base, req, build=build, reporter=reporter, **where)
+        build = dataclasses.replace(build, base_quant=base.file_type)
+        result = register_request(cfg.name, req, force="own", reporter=reporter, build=build, **where)
+    except AdaptersRejected as exc:
+        if created_base:
+            _unregister_base(base.model, reporter=reporter, **where)
+        reporter.warn(f"{exc.message.rstrip('.')}. Shipping the merged model instead: the fine-tune fused into "
+                      "one GGUF, the base's blob not reused.",
+                      "Update Ollama to a release that takes LoRA adapters, or pass --ship merged to skip the try.")
+        return register_merged_fallback(ctx, build, reason=exc.message)
+    metrics = {"shipped": "adapter", "base_model": base.model, "base_source": base.source, "base": base_state,
+               "base_digest": base.digest, "base_bytes": base.bytes, "base_uploaded_bytes": base_sent,
+               "adapter_digest": result.adapter_digest,
+               "adapter_bytes": result.adapter_bytes, "model_digest": result.model_digest or base.digest}
+    reporter.info(f"shipped as an adapter: {result.adapter_bytes:,} bytes on {base.model} ({base.bytes:,} bytes, "
+                  f"{base_state})")
+    return dataclasses.replace(result, model_digest=result.model_digest or base.digest), metrics, []
+
+
+def _require_adapters(host: str | None) -> None:
+    """Ask the server whether it takes adapters before anything is registered."""
+    from ftpack.ollama.api import OllamaServer
+    from ftpack.ollama.registration import AdaptersRejected
+
+    with OllamaServer(host) as server:
+        server.require_create_api()
+        accepted, why = server.accepts_adapters()
+    if not accepted:
+        raise AdaptersRejected(f"{why}.")
+
+
+def _base_request(base: ShippedBase, req: RegistrationRequest) -> RegistrationRequest:
+    """The base model as its own Ollama model: its GGUF with the build's chat format (TEMPLATE,
+    stops, num_ctx), so `ollama run NAME-base` chats like the adapters on it."""
+    params = {k: v for k, v in req.parameters.items() if k in ("stop", "num_ctx")}
+    return RegistrationRequest(model_path=base.gguf, template=req.template, parameters=params,
+                               licenses=list(req.licenses))
+
+
+def ensure_base(base: ShippedBase, req: RegistrationRequest, *, mode: str, host: str | None,
+                models_dir: str | Path | None, build, reporter) -> tuple[str, bool, int]:
+    """Make sure the Ollama model ``base.model`` holds ``base.gguf``: (what was found, created now,
+    bytes uploaded or copied for it).
+
+    A pulled base must still be the blob training read; a base ftpack made is registered
+    when missing and reused when that model already holds exactly this GGUF; any other
+    model of that name is refused (it is someone else's, or another base).
+    """
+    from ftpack.ollama.registration import register_request
+
+    found = _base_digest(base.model, mode=mode, host=host, models_dir=models_dir)
+    if base.in_ollama_already:
+        if found is None:
+            raise FtpackError(f"The base model {base.model} is not in Ollama ({_place(mode, host, models_dir)}).",
+                              f"Pull it there (`ollama pull {base.model}`), or register where it is.", code=2)
+        if found is not True and found != base.digest:
+            raise FtpackError(f"The Ollama model {base.model} no longer holds the weights this adapter was trained "
+                              f"on (its model blob is {found[:19]}…, training read {base.digest[:19]}…).",
+                              "Train again on the current model (`ftpack build … --force train`).", code=2)
+        return "pulled into Ollama", False, 0
+    if found is not None:
+        if found is True or found == base.digest:
+            reporter.info(f"base {base.model} already holds this GGUF: reused, nothing uploaded")
+            return "already registered", False, 0
+        raise FtpackError(f"Ollama already has a model {base.model} with other weights (model blob {found[:19]}…); "
+                          "it cannot serve as this adapter's base.",
+                          "Name the base for this build with --ollama-base NAME (a new name), or remove that model "
+                          "if it is an old base nothing uses.", code=2)
+    reporter.info(f"registering the base {base.model} ({base.bytes:,} bytes) for adapter models to build on")
+    base_build = dataclasses.replace(build, role="base", method=None)
+    result = register_request(base.model, _base_request(base, req), mode=mode, host=host, models_dir=models_dir,
+                              force=False, reporter=reporter, build=base_build)
+    return "registered by this build", True, result.uploaded_bytes
+
+
+def _base_digest(name: str, *, mode: str, host: str | None, models_dir: str | Path | None) -> str | bool | None:
+    """The model blob digest ``name`` holds; True when it exists and ftpack's index vouches for
+    its GGUF but the server does not say its blob; None when there is no such model."""
+    from ftpack.core.locations import ollama_models_dir
+    from ftpack.ollama.index import find_registration
+
+    parsed = parse_model_name(name)
+    if mode == "offline":
+        from ftpack.ollama.store import MEDIA_MODEL, find_store_model
+
+        store = Path(models_dir).expanduser() if models_dir else ollama_models_dir()
+        model = find_store_model(store, parsed) if store.exists() else None
+        if model is None:
+            return None
+        layer = model.layer(MEDIA_MODEL)
+        return layer["digest"] if layer else "sha256:" + "0" * 64
+    from ftpack.ollama.api import OllamaServer
+
+    with OllamaServer(host) as server:
+        listed = server.find_model(parsed)
+        if listed is None:
+            return None
+        entry = find_registration(parsed, listed.get("digest"))
+        if entry is not None and entry.get("model_digest"):
+            return entry["model_digest"]  # what ftpack uploaded (Ollama >= 0.30 stores a re-encoded copy)
+        return _blob_of_show(server, parsed.display) or True
+
+
+def _blob_of_show(server, name: str) -> str | None:
+    """The model blob digest in ``/api/show``'s Modelfile (``FROM …/blobs/sha256-<hex>``), if it says."""
+    import re
+
+    try:
+        shown = server.client.show(name)
+    except Exception:  # an older server or an odd answer: the caller falls back to trusting the name
+        return None
+    m = re.search(r"^FROM\s+\S*sha256[-:]([0-9a-f]{64})\s*$", str(getattr(shown, "modelfile", "") or ""), re.M)
+    return "sha256:" + m.group(1) if m else None
+
+
+def _place(mode: str, host: str | None, models_dir: str | Path | None) -> str:
+    from ftpack.core.locations import ollama_models_dir
+    from ftpack.ollama.api import resolve_host
+
+    if mode == "offline":
+        return f"the store at {Path(models_dir).expanduser() if models_dir else ollama_models_dir()}"
+    return f"the server at {resolve_host(host)}"
+
+
+def _unregister_base(name: str, *, mode: str, host: str | None, models_dir: str | Path | None, reporter) -> None:
+    """Remove a base this run registered when its adapter model could not be created."""
+    from ftpack.ollama.registration import remove
+
+    try:
+        remove(name, offline=mode == "offline", host=host, models_dir=models_dir)
+        reporter.info(f"removed the base {name} registered for the adapter again")
+    except FtpackError as exc:  # e.g. another model uses it by now: then it stays, complete on its own
+        reporter.warn(f"Kept the base {name}: {exc.message}")
+
+
+def register_merged_fallback(ctx, build, *, reason: str) -> tuple[Any, dict[str, Any], list[Path]]:
+    """Build the merged GGUF (convert with the adapter fused, quantize), smoke-test it, write
+    ``register/Modelfile.merged`` and register that: what a merged build ships."""
+    from ftpack.core.config import DEFAULT_QUANT
+    from ftpack.gguf.convert import convert_to_gguf, train_output
+    from ftpack.gguf.quantize import quantize_gguf, resolve_quant_type
+    from ftpack.gguf.ship import _imatrix_file
+    from ftpack.ollama.modelfile import write_modelfile
+    from ftpack.ollama.registration import register
+
+    cfg = ctx.config
+    layout = ctx.layout
+    base_dir, adapter_dir = train_output(ctx)
+    outtype = (cfg.outtype or "f16").lower()
+    quant, _ = resolve_quant_type(cfg.quant or DEFAULT_QUANT)
+    full = layout.gguf_file(cfg.name, outtype)
+    convert_to_gguf(base_dir, full, outtype=outtype, adapter_dir=adapter_dir, name=cfg.name,
+                    allow_pickle=cfg.allow_pickle)
+    gguf = full
+    if quant.lower() != outtype:
+        gguf = layout.gguf_file(cfg.name, quant)
+        quantize_gguf(full, gguf, quant, imatrix=_imatrix_file(cfg))
+    if cfg.verify:
+        _smoke_test(ctx, gguf)
+    out = layout.stage_dir("register") / FALLBACK_MODELFILE
+    _, spec = _spec_for(ctx, gguf, out, comment=f"Modelfile for {cfg.name} (merged: {reason.rstrip('.')}), "
+                                                f"written by ftpack.")
+    write_modelfile(out, spec)
+    result = register(cfg.name, out, mode=cfg.register, host=cfg.host, models_dir=cfg.models_dir, force="own",
+                      reporter=ctx.reporter, build=build)
+    metrics = {"shipped": "merged", "fallback": reason, "merged_gguf": str(gguf.relative_to(layout.root)),
+               "merged_bytes": gguf.stat().st_size}
+    return result, metrics, sorted({full, gguf, out})
+
+
+def _smoke_test(ctx, gguf: Path) -> None:
+    """The verify stage's answer-and-stop check, on the merged GGUF about to be registered instead."""
+    from ftpack.inference.verify import _as_smoke, build_conversations, extra_stops, require_stop, verify_gguf
+    from ftpack.training.templates import template_of_build
+
+    cfg = ctx.config
+    tpl = template_of_build(ctx.layout)
+    report = verify_gguf(gguf, template_name=tpl.name, conversations=build_conversations(ctx.layout),
+                         system=cfg.system,
+                         stop=list(tpl.stop) + [s for s in extra_stops(cfg.parameters) if s not in tpl.stop],
+                         max_answer_tokens=cfg.max_answer_tokens, measure_fidelity=False,
+                         n_ctx=max(512, min(int(cfg.max_seq_length or 2048), 4096)), reporter=ctx.reporter)
+    require_stop(_as_smoke(report), tpl.name)
