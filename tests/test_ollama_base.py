@@ -372,3 +372,34 @@ def test_the_model_card_says_training_started_from_a_quantized_blob(tmp_path):
                                       config={"name": "x", "base": "ollama:tiny", "method": "lora", "quant": "Q4_K_M",
                                               "register": "none", "verify": False}))
     assert f"Base: {note} Blob `sha256:{'d' * 64}`." in card
+
+
+def test_build_ships_an_adapter_on_the_ollama_models_own_blob(run_cli, store, tiny_blob, tmp_path):
+    """`ftpack build my-tiny --base ollama:tiny`: trains in tiny's format, registers the LoRA as an
+    adapter on tiny's own model blob (the same digest, nothing copied) with tiny's TEMPLATE and
+    SYSTEM; the adapter is a small fraction of the base. (The random tiny model never ends a
+    turn by itself: extra stop strings it emits early let verify pass.)"""
+    put_model(store, "tiny:latest", tiny_blob, template=CUSTOM_TEMPLATE, system="Be brief.",
+              params={"stop": CUSTOM_STOPS})
+    base = json.loads((store / "manifests/registry.ollama.ai/library/tiny/latest").read_text())
+    result = run_cli("build", "my-tiny", "--base", "ollama:tiny", "--data", _dataset(tmp_path / "d.jsonl"),
+                     "--method", "lora", "--max-steps", "3", "--batch-size", "2", "--lora-r", "4",
+                     "--register", "offline", "--models-dir", store, "--out", tmp_path / "build",
+                     *[x for s in ("e", "a", "o", " ") for x in ("--param", f"stop={s}")])
+    assert result.exit_code == 0, result.output
+    tuned = json.loads((store / "manifests/registry.ollama.ai/library/my-tiny/latest").read_text())
+
+    def layer(manifest, kind):
+        return next(x for x in manifest["layers"] if x["mediaType"] == f"application/vnd.ollama.image.{kind}")
+
+    assert layer(tuned, "model")["digest"] == layer(base, "model")["digest"]  # the base's own blob, reused
+    adapter = layer(tuned, "adapter")
+    assert adapter["size"] < 0.1 * layer(base, "model")["size"]  # ~80 KB on a 1.1 MB Q4_K_M base
+    for kind in ("template", "system"):  # served exactly as trained: the base's own layers
+        assert layer(tuned, kind)["digest"] == layer(base, kind)["digest"]
+    params = json.loads((store / "blobs" / layer(tuned, "params")["digest"].replace(":", "-")).read_text())
+    assert params["stop"][:2] == CUSTOM_STOPS
+    manifest = json.loads((tmp_path / "build" / "build.json").read_text())
+    record = manifest["stages"]["data"]["metrics"]["ollama_base"]
+    assert record["digest"] == layer(base, "model")["digest"] and record["quantized"] is True
+    assert "dequantized 4-bit" in (tmp_path / "build" / "report.md").read_text()

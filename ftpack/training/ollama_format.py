@@ -32,6 +32,7 @@ before any work with the reason, suggesting ``--template``.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -212,7 +213,7 @@ def ollama_chat_template(ob: Any, *, eog: Sequence[str] | None = None) -> Any:
     """The model's own format as a ChatTemplate rendered by Ollama's TEMPLATE; refuses (user
     error with the reason) when that cannot be trained faithfully."""
     from ftpack.ollama.gotemplate import GoTemplateError, UnsupportedTemplate
-    from ftpack.training.templates import ChatTemplate
+    from ftpack.training.templates import ChatTemplate, remember_template
 
     if ob.renderer:
         raise _refuse(ob, f"Ollama prompts it with its built-in {ob.renderer!r} renderer (Go code inside Ollama), "
@@ -241,10 +242,14 @@ def ollama_chat_template(ob: Any, *, eog: Sequence[str] | None = None) -> Any:
         raise _refuse(ob, f"its TEMPLATE fails on a plain chat, as it would in Ollama ({exc})") from None
     except _NoSpan as exc:
         raise _refuse(ob, str(exc)) from None
-    end_of_turn = generated[end:]
     import dataclasses
+    import hashlib
 
-    return dataclasses.replace(draft, end_of_turn=end_of_turn.strip() or end_of_turn)
+    end_of_turn = generated[end:].strip() or generated[end:]
+    tpl = dataclasses.replace(draft, end_of_turn=end_of_turn)
+    content = json.dumps([tpl.ollama_template, tpl.default_system, list(tpl.stop), tpl.end_of_turn])
+    name = f"{ob.reference}@{hashlib.sha256(content.encode()).hexdigest()[:8]}"  # one name, one format
+    return remember_template(dataclasses.replace(tpl, name=name))
 
 
 def registry_match(own: Any, folder: Path | None = None) -> Any:

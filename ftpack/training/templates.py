@@ -157,11 +157,28 @@ def template_names(folder: Path | None = None) -> list[str]:
     return [t.name for t in list_templates(folder)]
 
 
-def load_template(name: str, folder: Path | None = None) -> ChatTemplate:
-    """The chat format called ``name``; an unknown name is a user error listing the choices."""
+#: Formats that are not files in templates/ (an Ollama model's own TEMPLATE), by name, as this
+#: process has met them (:func:`remember_template`): so code that passes a format by name —
+#: verify, chat, held-out answers — finds it. Their names carry a digest of their content.
+_MET: dict[str, ChatTemplate] = {}
+
+
+def remember_template(tpl: ChatTemplate) -> ChatTemplate:
+    """Make a format that is not in templates/ loadable by its name in this process."""
+    _MET[tpl.name] = tpl
+    return tpl
+
+
+def load_template(name: str | ChatTemplate, folder: Path | None = None) -> ChatTemplate:
+    """The chat format called ``name`` (a ChatTemplate is returned as it is); an unknown name
+    is a user error listing the choices."""
+    if isinstance(name, ChatTemplate):
+        return name
     templates = _all(folder)
     if name in templates:
         return templates[name]
+    if name in _MET:
+        return _MET[name]
     folded = {k.lower().replace("-", "_"): v for k, v in templates.items()}
     key = name.lower().replace("-", "_")
     if key in folded:
@@ -377,7 +394,8 @@ def template_of_weights(folder: str | Path) -> ChatTemplate | None:
     if not path.is_file():
         return None
     try:
-        return ChatTemplate.from_dict(json.loads(path.read_text(encoding="utf-8")), path)
+        tpl = ChatTemplate.from_dict(json.loads(path.read_text(encoding="utf-8")), path)
+        return remember_template(tpl) if tpl.renders_ollama else tpl
     except (ValueError, KeyError, TypeError) as exc:
         raise FtpackError(f"{path} is damaged ({type(exc).__name__}: {exc}).",
                           "Train again (ftpack build … --force train) to rewrite it.") from None
