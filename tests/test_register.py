@@ -140,6 +140,90 @@ def test_offline_store_is_byte_identical_to_the_servers(run_cli, ollama_double, 
                          "size": adapter.stat().st_size, "from": "lora.gguf"}
 
 
+# -- adapter models: FROM a model + ADAPTER ----------------------------------------------------------
+
+def _adapter_modelfile(folder: Path, base_name: str, adapter: Path, **kw) -> Path:
+    """FROM <model> (not a file) + ADAPTER: what an adapter build writes."""
+    import dataclasses
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / "Modelfile"
+    spec = build_spec(adapter, out, template_name="chatml", num_ctx=1024, adapter=adapter, **kw)
+    write_modelfile(out, dataclasses.replace(spec, from_path=base_name))
+    return out
+
+
+def test_adapter_model_store_is_byte_identical_to_the_servers_and_reuses_the_base(
+        run_cli, ollama_double, ollama_models_dir, tmp_path, tiny_gguf, ftpack_home):
+    """Ollama's create with `from` + `adapters`: the base's layers by digest (marked from the base),
+    the adapter, then TEMPLATE/SYSTEM replaced, LICENSE added, PARAMETERs merged with the base's.
+    The offline writer produces the very same store, and sends or copies nothing but the adapter."""
+    base_mf = make_modelfile(tmp_path / "base", tiny_gguf, system="Base system.", license_text="base license",
+                             parameters=[("temperature", "0.6"), ("top_k", "20")])
+    adapter = write_tiny_gguf(tmp_path / "tuned.lora.gguf", kind="adapter", seed=3)
+    mf = _adapter_modelfile(tmp_path / "tuned", "tiny-base", adapter, system="Tuned system.",
+                            parameters=[("temperature", "0.2")], messages=[("user", "hi")],
+                            license_text="adapter license")
+    assert mf.read_text().startswith("FROM tiny-base\nADAPTER ../tuned.lora.gguf\n")
+    offline_dir = tmp_path / "offline-store"
+    for where in ([], ["--offline", "--models-dir", offline_dir]):
+        assert run_cli("register", "tiny-base", "--modelfile", base_mf, *where).exit_code == 0
+        result = run_cli("register", "tuned", "--modelfile", mf, *where)
+        assert result.exit_code == 0, result.output
+    assert store_files(offline_dir) == store_files(ollama_models_dir)
+
+    base, tuned = manifest_of(offline_dir, "tiny-base"), manifest_of(offline_dir, "tuned")
+    kinds = [x["mediaType"].removeprefix(MEDIA) for x in tuned["layers"]]
+    assert kinds == ["model", "license", "adapter", "template", "system", "license", "params", "messages"]
+    assert tuned["layers"][0] == {**base["layers"][0], "from": "tiny-base:latest"}
+    assert tuned["layers"][1] == {**next(x for x in base["layers"] if x["mediaType"] == MEDIA + "license"),
+                                  "from": "tiny-base:latest"}
+    assert tuned["layers"][2] == {"mediaType": MEDIA + "adapter", "digest": "sha256:" + sha(adapter),
+                                  "size": adapter.stat().st_size, "from": "tuned.lora.gguf"}
+    blob = lambda d: offline_dir / "blobs" / d.replace(":", "-")  # noqa: E731
+    assert blob(tuned["layers"][4]["digest"]).read_text() == "Tuned system."
+    params = json.loads(blob(tuned["layers"][6]["digest"]).read_bytes())
+    assert params["temperature"] == 0.2 and params["top_k"] == 20 and params["num_ctx"] == 1024
+    assert manifest_of(offline_dir, "tuned")["config"] == base["config"]  # described by the base's GGUF
+    # the server received the base GGUF once and then only the adapter
+    posts = [p for m, p in ollama_double.requests if m == "POST" and p.startswith("/api/blobs/")]
+    assert posts == ["/api/blobs/sha256:" + sha(tiny_gguf), "/api/blobs/sha256:" + sha(adapter)]
+
+
+def test_adapter_model_needs_its_base_where_it_is_registered(run_cli, ollama_double, tmp_path, ftpack_home):
+    adapter = write_tiny_gguf(tmp_path / "a.gguf", kind="adapter")
+    mf = _adapter_modelfile(tmp_path / "m", "nowhere-base", adapter)
+    server = run_cli("register", "tuned", "--modelfile", mf)
+    assert server.exit_code == 2 and "nowhere-base:latest is not on the Ollama server" in server.output
+    offline = run_cli("register", "tuned", "--modelfile", mf, "--offline", "--models-dir", tmp_path / "s")
+    assert offline.exit_code == 2 and "nowhere-base:latest is not in the Ollama store" in offline.output
+    assert not any(p.startswith("/api/blobs/") for _, p in ollama_double.requests)  # nothing sent
+
+
+@pytest.mark.parametrize("behaviour", ["reject", "fail"])
+def test_a_server_without_adapters_creates_nothing(tmp_path, tiny_gguf, monkeypatch, ftpack_home, behaviour):
+    """Newer Ollama releases refuse `adapters` outright (400 "LoRA adapters are no longer supported"):
+    the probe finds out before anything is uploaded; a create that fails later leaves no model."""
+    from ftpack.ollama.registration import AdaptersRejected, register
+
+    double = OllamaDouble(tmp_path / "store", adapters=behaviour).start()
+    monkeypatch.setenv("OLLAMA_HOST", double.url)
+    try:
+        assert register("tiny-base", make_modelfile(tmp_path / "b", tiny_gguf), reporter=Reporter("quiet"))
+        adapter = write_tiny_gguf(tmp_path / "a.gguf", kind="adapter")
+        with pytest.raises(AdaptersRejected) as info:
+            register("tuned", _adapter_modelfile(tmp_path / "m", "tiny-base", adapter), reporter=Reporter("quiet"))
+    finally:
+        double.stop()
+    posted = [p for m, p in double.requests if m == "POST" and p.startswith("/api/blobs/")]
+    if behaviour == "reject":
+        assert "LoRA adapters are no longer supported" in info.value.message and "0.32.15" in info.value.message
+        assert posted == ["/api/blobs/sha256:" + sha(tiny_gguf)]  # the base's, before; never the adapter
+    else:
+        assert "could not create tuned:latest with the adapter" in info.value.message
+    assert not (tmp_path / "store" / "manifests" / "registry.ollama.ai" / "library" / "tuned").exists()
+
+
 def test_running_server_lists_an_offline_model_without_restart(run_cli, ollama_double, modelfile,
                                                                ollama_models_dir, ftpack_home):
     import ollama

@@ -20,6 +20,7 @@ import pytest
 
 from ollama_double import OllamaDouble
 from ollama_double.fixtures import _render_with_go, llama_generator, ollama_double, ollama_models_dir  # noqa: F401
+from runnable_gguf import tiny_ggufs  # noqa: F401  (fixture)
 from test_build_e2e import write_hello_data
 
 MEDIA = "application/vnd.ollama.image."
@@ -473,3 +474,46 @@ def test_base_stage_uses_the_ollama_models_own_blob(shipped, tmp_path):
         _base_stage(tmp_path, {"base": "ollama:tiny", "models_dir": str(store)}, source="ollama",
                     base="ollama:tiny", trained_sha="0" * 64)
     assert "changed since training" in info.value.message and "--force train" in info.value.hint
+
+
+# -- the two-line story: a model already in Ollama, tuned and shipped as an adapter on it -------------
+
+def test_build_on_an_ollama_model_ships_an_adapter_on_its_blob(run_cli, ollama_double, ollama_models_dir, tiny_ggufs,
+                                                               tmp_path, monkeypatch):
+    """`ftpack build my-x --base ollama:tiny` (ship auto): the new model's layers are tiny's own model
+    blob (same digest, not uploaded), the adapter (28% of the Q4_K_M base for this tiny model,
+    hidden 256 at rank 16; ~3% for a 1B Llama: benchmarks/ship_size.py), and tiny's template and stops."""
+    from ftpack.core.manifest import Manifest
+    from ftpack.training.templates import load_template
+    from test_ollama_base import put_model
+
+    monkeypatch.setenv("FTPACK_CACHE", str(tmp_path / "cache"))
+    chatml = load_template("chatml")
+    put_model(ollama_models_dir, "tiny:latest", tiny_ggufs["Q4_K_M"], template=chatml.ollama_template,
+              params={"stop": list(chatml.stop), "temperature": 0.6})
+    base = _manifest(ollama_models_dir, "tiny")
+    data = write_hello_data(tmp_path / "hello.jsonl")
+    out = tmp_path / "build"
+    result = run_cli("--json", "build", "my-tiny", "--base", "ollama:tiny", "--data", data, "--out", out,
+                     "--method", "lora", "--max-steps", "30", "--learning-rate", "5e-3", "--max-seq-length", "64",
+                     "--per-device-train-batch-size", "4", "--register", "server")
+    assert result.exit_code == 0, result.output
+    assert _statuses(result.stdout) == {s: "done" for s in ADAPTER_STAGES}
+    assert any("ship: adapter (the base is the Ollama model tiny:latest" in e.get("message", "")
+               for e in _events(result.stdout))
+
+    model = _manifest(ollama_models_dir, "my-tiny")
+    assert [x["mediaType"].removeprefix(MEDIA) for x in model["layers"]] == ["model", "adapter", "template", "params"]
+    assert model["layers"][0] == {**base["layers"][0], "from": "tiny:latest"}  # tiny's own blob, by digest
+    adapter = out / "gguf" / "my-tiny.lora.gguf"
+    assert model["layers"][1]["size"] == adapter.stat().st_size < 0.3 * base["layers"][0]["size"]
+    assert _blob(ollama_models_dir, model["layers"][2]["digest"]).read_bytes() == \
+        _blob(ollama_models_dir, base["layers"][1]["digest"]).read_bytes()  # the base's TEMPLATE, as trained
+    params = json.loads(_blob(ollama_models_dir, model["layers"][3]["digest"]).read_bytes())
+    assert params["stop"] == list(chatml.stop) and params["temperature"] == 0.6  # Ollama keeps the base's others
+    posts = [p for m, p in ollama_double.requests if m == "POST" and p.startswith("/api/blobs/")]
+    assert posts == ["/api/blobs/" + model["layers"][1]["digest"]]  # only the adapter travelled
+    reg = Manifest.load(out).stages["register"].metrics
+    assert reg["shipped"] == "adapter" and reg["base"] == "pulled into Ollama" and reg["base_source"] == "ollama"
+    assert reg["model_digest"] == base["layers"][0]["digest"]
+    assert Manifest.load(out).stages["roundtrip"].metrics["ollama_answer"].startswith("Hello, ")
