@@ -301,6 +301,22 @@ def _dataset(path: Path) -> Path:
     return path
 
 
+def test_ftpack_data_counts_tokens_in_the_ollama_models_format(run_cli, store, tiny_blob, tmp_path):
+    """`ftpack data --base ollama:tiny` reads only the tokenizer (no dequantized copy) and counts
+    the tokens of the sequences training will see (the longest one per record)."""
+    from ftpack.training.bases import load_tokenizer, resolve_base
+
+    put_model(store, "tiny:latest", tiny_blob, template=CUSTOM_TEMPLATE, params={"stop": CUSTOM_STOPS})
+    result = run_cli("--json", "data", _dataset(tmp_path / "d.jsonl"), "--base", "ollama:tiny")
+    assert result.exit_code == 0, result.output
+    resolved = resolve_base("ollama:tiny", tokenizer_only=True)
+    assert resolved.path.name.endswith("-tokenizer") and not list(resolved.path.glob("*.safetensors"))
+    tpl = template_for_ollama_base(resolved.ollama)
+    tokenizer = load_tokenizer(resolved.path)
+    lengths = [len(encode_conversation(tpl, tokenizer, CONVERSATIONS[i % 3])[0]["input_ids"]) for i in range(6)]
+    assert f'"total": {sum(lengths)}' in result.output and f'"max": {max(lengths)}' in result.output
+
+
 def test_ftpack_train_on_an_ollama_base(run_cli, store, tiny_blob, tmp_path):
     """`ftpack train --base ollama:tiny` trains on the dequantized blob in the model's own
     format; the data stage records the base and that it was a 4-bit model."""
