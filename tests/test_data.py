@@ -365,7 +365,9 @@ def test_run_data_stage_writes_splits_stats_and_template(tmp_path, tiny_llama):
     assert stats["template"] == "chatml" and stats["format"] == "sharegpt"
     written = read_messages_jsonl(stage_dir / "train.jsonl") + read_messages_jsonl(stage_dir / "eval.jsonl")
     assert sorted(map(json.dumps, written)) == sorted(map(json.dumps, expected(True)))
-    assert set(result.outputs) == {stage_dir / "train.jsonl", stage_dir / "eval.jsonl", stage_dir / "stats.json"}
+    assert set(result.outputs) == {stage_dir / "train.jsonl", stage_dir / "eval.jsonl", stage_dir / "stats.json",
+                                   stage_dir / "vocab.gguf"}  # the vocabulary the tokenization check used
+    assert result.metrics["tokenization_equal"] is True and result.metrics["tokenization_checked"] == 3
     assert not list(stage_dir.glob("*.partial*"))
     cfg.eval_ratio = 0.0  # no eval split now: the earlier eval.jsonl must not stay behind
     result = run_data_stage(ctx)
