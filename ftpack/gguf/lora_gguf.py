@@ -221,19 +221,10 @@ def _layer_order(module: str) -> tuple:
 
 def _gguf_tensor_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], str, tuple[int, int]]:
     """({tensor name: ggml ne}, general.architecture, (head_count, head_count_kv)) of a GGUF."""
-    from gguf import GGUFReader
+    from ftpack.gguf.header import read_gguf_header
 
-    try:
-        reader = GGUFReader(str(path))
-    except Exception as exc:  # gguf raises ValueError/struct errors on damaged files
-        raise FtpackError(f"{path} is not a readable GGUF file ({exc}).") from None
-
-    def scalar(key: str) -> Any:
-        f = reader.fields.get(key)
-        return f.contents() if f is not None else None
-
-    arch = str(scalar("general.architecture") or "unknown")
-    heads = scalar(f"{arch}.attention.head_count")
-    kv = scalar(f"{arch}.attention.head_count_kv")
-    shapes = {t.name: tuple(int(x) for x in t.shape) for t in reader.tensors}
-    return shapes, arch, (int(heads) if isinstance(heads, int) else 0, int(kv) if isinstance(kv, int) else 0)
+    header = read_gguf_header(path)
+    arch = str(header.get("general.architecture", "STRING") or "unknown")
+    heads = header.get(f"{arch}.attention.head_count")
+    kv = header.get(f"{arch}.attention.head_count_kv")
+    return header.tensors, arch, (int(heads) if isinstance(heads, int) else 0, int(kv) if isinstance(kv, int) else 0)
