@@ -72,11 +72,17 @@ def ask_heldout(ctx) -> dict[str, Any]:
     cfg = ctx.config
     records = read_heldout(Path(cfg.heldout))
     template = template_of_build(ctx.layout).name
-    tuned_gguf = ctx.upstream_path("quantize")
-    ctx.reporter.info(f"asking {len(records)} held-out questions of {tuned_gguf.name}")
+    from ftpack.gguf.ship import base_of, ships_adapter
+
+    lora = ctx.upstream_path("adapter") if ships_adapter(cfg) else None  # the base GGUF + the adapter
+    tuned_gguf = base_of(ctx).gguf if lora is not None else ctx.upstream_path("quantize")
+    ctx.reporter.info(f"asking {len(records)} held-out questions of {tuned_gguf.name}"
+                      + (f" + {lora.name}" if lora is not None else ""))
     tuned = ask_all(tuned_gguf, records, template_name=template, system=cfg.system,
-                    max_tokens=HELDOUT_ANSWER_TOKENS)
+                    max_tokens=HELDOUT_ANSWER_TOKENS, lora=lora)
     gguf, base_what = base_gguf(cfg.base)
+    if lora is not None:  # the very GGUF the adapter is shipped on, without it
+        gguf, base_what = tuned_gguf, f"the base GGUF the adapter is shipped on ({base_of(ctx).model})"
     base = None
     if gguf is not None:
         ctx.reporter.info(f"asking them of the base, {base_what}")
@@ -182,7 +188,10 @@ def render_model_card(manifest: Manifest, *, heldout: dict[str, Any] | None = No
     out = [f"# {name}", ""]
     method = tm.get("method") or cfg.get("method")
     quant_type = quant.metrics.get("quant") if quant else cfg.get("quant")
-    out += [f"A {method} fine-tune of **{tm.get('base') or cfg.get('base')}**, quantized to {quant_type} "
+    adapter, base_rec = _done(manifest, "adapter"), _done(manifest, "base")
+    shipped = (f"shipped as a LoRA adapter on the base's own {base_rec.metrics.get('file_type')} GGUF"
+               if adapter and base_rec else f"quantized to {quant_type}")
+    out += [f"A {method} fine-tune of **{tm.get('base') or cfg.get('base')}**, {shipped} "
             f"for llama.cpp and Ollama. Built by ftpack {_version(manifest, 'ftpack')} "
             f"(last change {manifest.updated}).", ""]
     out += _status_lines(name, enabled, verify, reg, roundtrip, manifest) + [""]
@@ -219,14 +228,17 @@ def render_model_card(manifest: Manifest, *, heldout: dict[str, Any] | None = No
     if heldout:
         out += _heldout_section(heldout)
 
-    out += ["## Quantization", ""]
     qm = quant.metrics if quant else {}
-    out += _kv([("GGUF before quantization", convert.metrics.get("outtype") if convert else cfg.get("outtype")),
-                ("architecture", convert.metrics.get("architecture") if convert else None),
-                ("quantization type", quant_type), ("llama.cpp file type", qm.get("file_type")),
-                ("size", _size_change(qm.get("input_bytes"), qm.get("bytes"))),
-                ("importance matrix", _imatrix_summary(qm))])
-    out += _candidates_section(qm.get("auto"))
+    if adapter and base_rec:  # --ship adapter: nothing of the fine-tune was quantized
+        out += _shipped_section(adapter.metrics, base_rec.metrics)
+    else:
+        out += ["## Quantization", ""]
+        out += _kv([("GGUF before quantization", convert.metrics.get("outtype") if convert else cfg.get("outtype")),
+                    ("architecture", convert.metrics.get("architecture") if convert else None),
+                    ("quantization type", quant_type), ("llama.cpp file type", qm.get("file_type")),
+                    ("size", _size_change(qm.get("input_bytes"), qm.get("bytes"))),
+                    ("importance matrix", _imatrix_summary(qm))])
+        out += _candidates_section(qm.get("auto"))
 
     if reg:
         rm = reg.metrics
@@ -234,7 +246,8 @@ def render_model_card(manifest: Manifest, *, heldout: dict[str, Any] | None = No
             ("model", rm.get("name")), ("registered", "through the server" if rm.get("mode") == "server"
                                         else "written to the model store (offline)"),
             ("where", rm.get("store") or str(rm.get("where", "")).partition(":")[2]),
-            ("manifest digest", rm.get("manifest_digest")), ("run", f"`{rm.get('run')}`" if rm.get("run") else None)])
+            ("manifest digest", rm.get("manifest_digest")), ("run", f"`{rm.get('run')}`" if rm.get("run") else None),
+            ("shipped", _shipped_words(rm))])
 
     out += ["## Files", ""] + _table(("stage", "file", "size", "sha256"), [
         (stage, f"`{o.path}`", human_bytes(o.bytes), f"`{o.sha256}`")
@@ -284,6 +297,30 @@ def _candidates_section(auto: dict[str, Any] | None) -> list[str]:
                     row.get("perplexity_ratio"), "yes" if row.get("quant") == auto.get("chosen") else "")
                    for row in auto.get("candidates") or []])
     return out
+
+
+def _shipped_section(am: dict[str, Any], bm: dict[str, Any]) -> list[str]:
+    """An adapter build: what the adapter GGUF holds and the base GGUF it is shipped on."""
+    share = am.get("share_of_base")
+    adapter = f"{am.get('outtype')}, {human_bytes(am.get('bytes') or 0)}"
+    return ["## Shipped as an adapter", "",
+            "The fine-tune is a llama.cpp LoRA adapter GGUF; Ollama runs it on the base model's own GGUF, which "
+            "is reused as it is (not copied, not quantized again).", ""] + _kv([
+        ("base model in Ollama", bm.get("model")),
+        ("base GGUF", f"{bm.get('file_type')}, {human_bytes(bm.get('bytes') or 0)}"),
+        ("base blob", f"`sha256:{bm.get('sha256')}`"),
+        ("adapter GGUF", adapter + (f" ({share:.1%} of the base)" if share else "")),
+        ("adapted weights", am.get("modules")), ("rank", am.get("ranks")), ("adapter.lora.alpha", am.get("alpha")),
+        ("notes", "; ".join(am.get("notes") or []) or None)])
+
+
+def _shipped_words(rm: dict[str, Any]) -> str | None:
+    if rm.get("shipped") == "adapter":
+        return (f"as an adapter ({human_bytes(rm.get('adapter_bytes') or 0)}) on {rm.get('base_model')} "
+                f"({rm.get('base')})")
+    if rm.get("fallback"):
+        return f"merged, instead of as an adapter: {rm['fallback']}"
+    return "merged (one GGUF)" if rm.get("shipped") else None
 
 
 def _status_lines(name: str, enabled: list[str], verify, reg, roundtrip, manifest: Manifest) -> list[str]:

@@ -388,9 +388,19 @@ def test_adapter_build_registers_on_the_bases_blob(trained, run_cli, ollama_doub
 def test_adapter_build_offline_and_list_remove(trained, run_cli, tmp_path):
     out = _copy(trained, tmp_path)
     store = tmp_path / "store"
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text(json.dumps({"question": "Say hello to Zed.", "keywords": ["Hello"]}) + "\n")
     result = _build(run_cli, "tiny-ad", trained["base"], trained["data"], out, "--register", "offline",
-                    "--models-dir", store)
+                    "--models-dir", store, "--heldout", heldout)
     assert result.exit_code == 0, result.output
+    card = (out / "report.md").read_text()
+    assert "shipped as a LoRA adapter on the base's own Q4_K_M GGUF" in card and "## Shipped as an adapter" in card
+    assert "## Quantization" not in card and "as an adapter (" in card
+    # held-out questions: asked of the base GGUF + the adapter, and of the same base GGUF without it
+    from ftpack.core.manifest import Manifest
+
+    asked = Manifest.load(out).stages["report"].metrics["heldout"]
+    assert asked["tuned_correct"] == 1 and asked["base"].startswith("the base GGUF the adapter is shipped on")
     model = _manifest(store, "tiny-ad")
     assert model["layers"][0]["digest"] == _manifest(store, "tiny-ad-base")["layers"][0]["digest"]
 

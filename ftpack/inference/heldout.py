@@ -44,14 +44,15 @@ def read_heldout(path: Path) -> list[dict]:
 
 
 def ask_all(gguf: Path, records: Sequence[dict], *, template_name: str, system: str | None = None,
-            max_tokens: int = 96, n_ctx: int = 1024) -> list[HeldoutResult]:
-    """Greedy answers of one GGUF to every question (one model load for all)."""
+            max_tokens: int = 96, n_ctx: int = 1024, lora: Path | None = None) -> list[HeldoutResult]:
+    """Greedy answers of one GGUF (with ``lora``: a LoRA adapter GGUF on it) to every question
+    (one model load for all)."""
     from ftpack.inference.runtime import open_llama
     from ftpack.inference.verify import AnswerLimit, smoke_test
 
     limit = AnswerLimit(max_tokens, f"held-out answers take at most {max_tokens} tokens")
     results = []
-    with open_llama(gguf, n_ctx=n_ctx) as llm:
+    with open_llama(gguf, n_ctx=n_ctx, lora=lora) as llm:
         for rec in records:
             messages = ([{"role": "system", "content": system}] if system else []) + \
                        [{"role": "user", "content": rec["question"]}]
