@@ -176,6 +176,25 @@ def test_on_a_q4_base_the_adapter_changes_what_transformers_changes(shipped, tmp
     assert np.linalg.norm(cpp_effect - hf_effect) <= 0.1 * np.linalg.norm(hf_effect)
 
 
+def test_loading_an_adapter_is_quiet_unless_debug(shipped, tmp_path, capfd, monkeypatch):
+    """llama.cpp logs one line per adapted tensor when the base is repacked for the CPU (quantized
+    bases): hidden like the rest of its log unless --debug."""
+    from ftpack.gguf.lora_gguf import write_lora_gguf
+    from ftpack.gguf.quantize import quantize_gguf
+    from ftpack.inference.runtime import open_llama
+
+    q4 = quantize_gguf(shipped["base.f16"], tmp_path / "q4.gguf", "Q4_K_M").path
+    lora = write_lora_gguf(shipped["adapter"], tmp_path / "lora.gguf", base_dir=shipped["base_dir"], base_gguf=q4).path
+    capfd.readouterr()
+    with open_llama(q4, n_ctx=64, lora=lora):
+        pass
+    assert "lora" not in capfd.readouterr().err
+    monkeypatch.setenv("FTPACK_DEBUG", "1")
+    with open_llama(q4, n_ctx=64, lora=lora):
+        pass
+    assert "llama_adapter_lora_init_impl" in capfd.readouterr().err
+
+
 def test_dora_and_other_inexpressible_adapters_are_refused(tiny_llama, tmp_path):
     from ftpack.core.errors import FtpackError
     from ftpack.gguf.lora_gguf import write_lora_gguf
@@ -331,6 +350,15 @@ def test_adapter_build_stages_and_files(trained):
     mf = (trained["build"] / "ollama" / "Modelfile").read_text()
     assert "\nFROM tiny-ad-base:latest\n" in mf and "\nADAPTER ../gguf/tiny-ad.lora.gguf\n" in mf
     assert m.config["ship"] == "adapter"
+    # `ftpack verify BUILD` and `ftpack chat BUILD` run the base GGUF + the adapter too
+    from ftpack.core.report import Reporter
+    from ftpack.inference.chat import resolve_target
+    from ftpack.inference.verify import verify_target
+
+    target = resolve_target(trained["build"])
+    assert target.gguf == trained["build"] / base["gguf"] and target.adapter == adapter
+    report = verify_target(trained["build"], reporter=Reporter("quiet"))
+    assert report.stopped and report.gguf.endswith(" + " + str(adapter)) and report.fidelity is None
 
 
 def test_adapter_build_registers_on_the_bases_blob(trained, run_cli, ollama_double, ollama_models_dir, tmp_path):

@@ -43,7 +43,12 @@ def load_llama(gguf: str | Path, *, n_ctx: int = 2048, threads: int | None = Non
             raise FtpackError(f"LoRA adapter GGUF not found: {lora}", code=2)
         kwargs["lora_path"] = str(lora)
     try:
-        return llama_cpp.Llama(model_path=str(gguf), **kwargs)
+        if lora is None:
+            return llama_cpp.Llama(model_path=str(gguf), **kwargs)
+        from ftpack.core.quiet import quiet_libraries
+
+        with quiet_libraries(stderr=True):  # llama.cpp logs a line per adapted tensor on a repacked base
+            return llama_cpp.Llama(model_path=str(gguf), **kwargs)
     except (ValueError, RuntimeError) as exc:
         what = f"{gguf} with the adapter {lora}" if lora is not None else str(gguf)
         raise FtpackError(f"llama.cpp could not load {what}: {exc}",
