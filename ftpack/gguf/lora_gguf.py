@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from ftpack.core.errors import FtpackError, bad_input
+from ftpack.core.errors import bad_input
 
 #: Adapter tensor types: what ``--outtype`` becomes for the (small) adapter tensors.
 ADAPTER_OUTTYPES = ("f32", "f16")

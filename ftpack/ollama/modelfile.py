@@ -586,6 +586,25 @@ def resolve_path(value: str, modelfile: str | os.PathLike) -> Path:
 
 # -- the pipeline stage ---------------------------------------------------------------------
 
+def build_spec_of(cfg: Any, layout: Any, gguf: Path, out: Path, *, adapter: Path | None = None,
+                  comment: str | None = None) -> ModelfileSpec:
+    """The Modelfile a build serves ``gguf`` (+ ``adapter``) with: its chat format as trained
+    (:func:`ftpack.training.templates.template_of_build`), the config's SYSTEM, PARAMETERs,
+    MESSAGEs, LICENSE file and ``max_seq_length`` as num_ctx; FROM/ADAPTER relative to ``out``."""
+    from ftpack.training.templates import template_of_build
+
+    license_text = None
+    if cfg.license is not None:
+        lic = Path(cfg.license)
+        if not lic.is_file():
+            raise bad_input(f"License file not found: {lic}")
+        license_text = lic.read_text(encoding="utf-8")
+    return build_spec(gguf, out, template=template_of_build(layout), system=cfg.system,
+                      parameters=parse_parameter_args(cfg.parameters or ()),
+                      messages=parse_message_args(cfg.messages or ()), license_text=license_text,
+                      adapter=adapter, num_ctx=cfg.max_seq_length, comment=comment)
+
+
 def run_modelfile_stage(ctx):
     """Stage `modelfile`: write ``ollama/Modelfile`` for the quantized GGUF.
 
@@ -600,21 +619,11 @@ def run_modelfile_stage(ctx):
     from ftpack.training.templates import template_of_build
 
     cfg = ctx.config
-    gguf = ctx.upstream_path("quantize")
     template = template_of_build(ctx.layout)
-    license_text = None
-    if cfg.license is not None:
-        lic = Path(cfg.license)
-        if not lic.is_file():
-            raise bad_input(f"License file not found: {lic}")
-        license_text = lic.read_text(encoding="utf-8")
     out = ctx.layout.modelfile
-    spec = build_spec(gguf, out, template=template, system=cfg.system,
-                      parameters=parse_parameter_args(cfg.parameters or ()),
-                      messages=parse_message_args(cfg.messages or ()), license_text=license_text,
-                      num_ctx=cfg.max_seq_length,
-                      comment=f"Modelfile for {cfg.name}, written by ftpack (chat format: {template.name}).\n"
-                              f"Create the model: ollama create {cfg.name} -f Modelfile")
+    spec = build_spec_of(cfg, ctx.layout, ctx.upstream_path("quantize"), out,
+                         comment=f"Modelfile for {cfg.name}, written by ftpack (chat format: {template.name}).\n"
+                                 f"Create the model: ollama create {cfg.name} -f Modelfile")
     write_modelfile(out, spec)
     ctx.reporter.info(f"wrote {out} (template {template.name}, {len(spec.parameters)} parameters)")
     return StageResult(outputs=[out], main_output=out,

@@ -26,33 +26,13 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ftpack.core.errors import FtpackError, bad_input
+from ftpack.core.errors import FtpackError
 from ftpack.gguf.ship import ShippedBase, base_of
 from ftpack.ollama.names import parse_model_name
 from ftpack.ollama.request import RegistrationRequest
 
 #: Where the register stage writes the Modelfile of the merged model it falls back to.
 FALLBACK_MODELFILE = "Modelfile.merged"
-
-
-def _spec_for(ctx, gguf: Path, out: Path, *, adapter: Path | None = None, comment: str):
-    """The build's Modelfile content (template as trained, stops, SYSTEM, PARAMETERs, MESSAGEs,
-    LICENSE) for ``gguf`` (+ ``adapter``), written relative to ``out``."""
-    from ftpack.ollama.modelfile import build_spec, parse_message_args, parse_parameter_args
-    from ftpack.training.templates import template_of_build
-
-    cfg = ctx.config
-    template = template_of_build(ctx.layout)
-    license_text = None
-    if cfg.license is not None:
-        lic = Path(cfg.license)
-        if not lic.is_file():
-            raise bad_input(f"License file not found: {lic}")
-        license_text = lic.read_text(encoding="utf-8")
-    return template, build_spec(gguf, out, template=template, system=cfg.system,
-                                parameters=parse_parameter_args(cfg.parameters or ()),
-                                messages=parse_message_args(cfg.messages or ()), license_text=license_text,
-                                adapter=adapter, num_ctx=cfg.max_seq_length, comment=comment)
 
 
 def run_adapter_modelfile_stage(ctx):
@@ -64,16 +44,18 @@ def run_adapter_modelfile_stage(ctx):
     it is once the base model exists in Ollama.
     """
     from ftpack.core.runner import StageResult
-    from ftpack.ollama.modelfile import write_modelfile
+    from ftpack.ollama.modelfile import build_spec_of, write_modelfile
+    from ftpack.training.templates import template_of_build
 
     cfg = ctx.config
     base = base_of(ctx)
     adapter = ctx.upstream_path("adapter")
     out = ctx.layout.modelfile
     pulled = "" if base.in_ollama_already else f" (ftpack registers {base.model} first)"
-    template, spec = _spec_for(ctx, adapter, out, adapter=adapter, comment=(
-        f"Modelfile for {cfg.name}, written by ftpack: the LoRA adapter on the base model "
-        f"{base.model}{pulled}.\nCreate the model: ollama create {cfg.name} -f Modelfile"))
+    template = template_of_build(ctx.layout)
+    spec = build_spec_of(cfg, ctx.layout, adapter, out, adapter=adapter, comment=(
+        f"Modelfile for {cfg.name}, written by ftpack (chat format: {template.name}): the LoRA adapter on the "
+        f"base model {base.model}{pulled}.\nCreate the model: ollama create {cfg.name} -f Modelfile"))
     spec = dataclasses.replace(spec, from_path=base.model)
     write_modelfile(out, spec)
     ctx.reporter.info(f"wrote {out} (FROM {base.model}, ADAPTER {spec.adapter}, template {template.name})")
@@ -244,7 +226,7 @@ def register_merged_fallback(ctx, build, *, reason: str) -> tuple[Any, dict[str,
     from ftpack.gguf.convert import convert_to_gguf, train_output
     from ftpack.gguf.quantize import quantize_gguf, resolve_quant_type
     from ftpack.gguf.ship import _imatrix_file
-    from ftpack.ollama.modelfile import write_modelfile
+    from ftpack.ollama.modelfile import build_spec_of, write_modelfile
     from ftpack.ollama.registration import register
 
     cfg = ctx.config
@@ -262,8 +244,8 @@ def register_merged_fallback(ctx, build, *, reason: str) -> tuple[Any, dict[str,
     if cfg.verify:
         _smoke_test(ctx, gguf)
     out = layout.stage_dir("register") / FALLBACK_MODELFILE
-    _, spec = _spec_for(ctx, gguf, out, comment=f"Modelfile for {cfg.name} (merged: {reason.rstrip('.')}), "
-                                                f"written by ftpack.")
+    spec = build_spec_of(cfg, layout, gguf, out, comment=f"Modelfile for {cfg.name} (merged: {reason.rstrip('.')}), "
+                                                         f"written by ftpack.")
     write_modelfile(out, spec)
     result = register(cfg.name, out, mode=cfg.register, host=cfg.host, models_dir=cfg.models_dir, force="own",
                       reporter=ctx.reporter, build=build)
