@@ -113,7 +113,19 @@ def display_shortest(parts: tuple[str, str, str, str]) -> str:
 
 # -- GGUF metadata (what Ollama's ggml.Decode exposes to create) ------------------------------
 
+_GGUF_INFO: dict[tuple[str, int], dict[str, Any]] = {}
+
+
 def gguf_info(path: Path) -> dict[str, Any]:
+    """Blobs are named by their content, so one parse per blob is enough (Ollama caches GGUF
+    metadata too); gguf-py's reader takes seconds on a real tokenizer."""
+    key = (str(path), path.stat().st_size)
+    if key not in _GGUF_INFO:
+        _GGUF_INFO[key] = _read_gguf_info(path)
+    return dict(_GGUF_INFO[key])
+
+
+def _read_gguf_info(path: Path) -> dict[str, Any]:
     from gguf import GGUFReader, GGUFValueType
 
     reader = GGUFReader(str(path))
