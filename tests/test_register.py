@@ -200,6 +200,23 @@ def test_adapter_model_needs_its_base_where_it_is_registered(run_cli, ollama_dou
     assert not any(p.startswith("/api/blobs/") for _, p in ollama_double.requests)  # nothing sent
 
 
+def test_remove_keeps_a_base_an_adapter_model_is_built_on_server(run_cli, ollama_double, tmp_path, tiny_gguf,
+                                                                   ftpack_home):
+    assert run_cli("register", "tiny-base", "--modelfile", make_modelfile(tmp_path / "b", tiny_gguf)).exit_code == 0
+    adapter = write_tiny_gguf(tmp_path / "a.gguf", kind="adapter")
+    assert run_cli("register", "tuned", "--modelfile", _adapter_modelfile(tmp_path / "m", "tiny-base", adapter)
+                   ).exit_code == 0
+    listed = run_cli("--json", "list")
+    data = next(json.loads(x)["data"] for x in listed.output.splitlines() if '"result"' in x)
+    rows = {m["name"]: m for m in data["models"]}
+    assert rows["tuned:latest"]["shipped"] == "adapter" and rows["tuned:latest"]["base_model"] == "tiny-base:latest"
+    assert rows["tuned:latest"]["own_size"] == adapter.stat().st_size and rows["tiny-base:latest"]["shipped"] == "gguf"
+    refused = run_cli("remove", "tiny-base", "--force")
+    assert refused.exit_code == 2 and "base of 1 other model(s)" in " ".join(refused.output.split())
+    assert run_cli("remove", "tuned").exit_code == 0
+    assert run_cli("remove", "tiny-base").exit_code == 0
+
+
 @pytest.mark.parametrize("behaviour", ["reject", "fail"])
 def test_a_server_without_adapters_creates_nothing(tmp_path, tiny_gguf, monkeypatch, ftpack_home, behaviour):
     """Newer Ollama releases refuse `adapters` outright (400 "LoRA adapters are no longer supported"):
