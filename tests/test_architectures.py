@@ -79,22 +79,11 @@ def _gguf_text(path: Path, key: str) -> str | None:
 
 #: Known defects, found by these tests (ftpack.training.spm_tokenizer / bases own the fixes):
 KNOWN_DEFECTS = {
-    # training saves the tokenizer with transformers 5's save_pretrained: tokenizer.json and a
-    # tokenizer_config.json without added_tokens_decoder, no tokenizer.model (keep_spm_model
-    # copies it for Llama-SPM folders only). The convert stage hands that folder to llama.cpp's
-    # converter: Gemma 2 fails (FileNotFoundError tokenizer.model), Gemma 3 falls back to BPE
-    # ("BPE pre-tokenizer was not recognized"); with tokenizer.model copied, <start_of_turn> and
-    # <end_of_turn> become NORMAL pieces (llama.cpp reads the special flags from
-    # added_tokens_decoder), so llama.cpp tokenizes them as text. The data stage's check does
-    # not see it: its vocab-only GGUF comes from the base folder, not the saved tokenizer.
-    "gemma2": "saved tokenizer lacks tokenizer.model and added_tokens_decoder: llama.cpp converter fails",
-    "gemma3": "saved tokenizer lacks tokenizer.model and added_tokens_decoder: llama.cpp converter fails",
-    # spm_fast_tokenizer builds only tokenizer.model's 32,000 pieces: Phi-3's added tokens
-    # 32000-32010 (<|user|>, <|end|>, <|assistant|>...) from tokenizer_config.json are text to
-    # it; and Phi-3's markers have rstrip=True, which llama.cpp applies only when general.name
-    # contains "phi3"/"phi-3" (llama-vocab.cpp), so training and llama.cpp differ on the "\n"
-    # after each marker unless both agree.
-    "phi3": "added tokens 32000-32010 missing from the training tokenizer; rstrip vs general.name",
+    # Phi-3's markers (<|user|>, <|end|> …, added tokens 32000+) have rstrip=True, which
+    # transformers applies and llama.cpp applies only when the GGUF's general.name contains
+    # "phi3"/"phi-3" (llama-vocab.cpp); the name llama.cpp's converter writes comes from the
+    # model folder, so training and llama.cpp can differ on the "\n" after each marker.
+    "phi3": "rstrip of Phi-3's markers depends on the GGUF's general.name in llama.cpp",
 }
 
 

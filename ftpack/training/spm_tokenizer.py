@@ -40,16 +40,29 @@ def is_llama_spm_folder(folder: Path) -> bool:
 
 
 def keep_spm_model(base: Path, saved: Path) -> None:
-    """Copy the base's ``tokenizer.model`` beside a saved tokenizer of a Llama-SPM base.
+    """Keep what the GGUF converters read beside a tokenizer that training saved.
 
-    ``save_pretrained`` writes only tokenizer.json; the GGUF converter must read the
-    SentencePiece pieces, scores and types from tokenizer.model (as llama.cpp's does) so
-    the GGUF's tokenizer is the one training used, not an approximation from the JSON.
+    transformers 5's ``save_pretrained`` writes tokenizer.json and a tokenizer_config.json
+    without ``added_tokens_decoder``, and no tokenizer.model. The converters (ftpack's and
+    llama.cpp's) read SentencePiece pieces, scores and types from tokenizer.model, and
+    llama.cpp's reads which tokens are special (Gemma's ``<start_of_turn>``, Phi-3's
+    ``<|user|>``) only from ``added_tokens_decoder``: without them the GGUF's tokenizer is
+    not the one training used. So the base's tokenizer.model is copied, and
+    ``added_tokens_decoder`` is written from tokenizer.json's ``added_tokens``.
     """
     import shutil
 
-    if is_llama_spm_folder(Path(base)):
-        shutil.copy2(Path(base) / SPM_FILE, Path(saved) / SPM_FILE)
+    base, saved = Path(base), Path(saved)
+    if (base / SPM_FILE).is_file() and not (saved / SPM_FILE).is_file():
+        shutil.copy2(base / SPM_FILE, saved / SPM_FILE)
+    config_path, tokenizer_json = saved / "tokenizer_config.json", saved / "tokenizer.json"
+    config = _read_json(config_path)
+    if config and "added_tokens_decoder" not in config and tokenizer_json.is_file():
+        added = _read_json(tokenizer_json).get("added_tokens") or []
+        config["added_tokens_decoder"] = {
+            str(t["id"]): {k: t.get(k, False) for k in ("content", "lstrip", "normalized", "rstrip", "single_word",
+                                                         "special")} for t in added}
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -120,6 +133,15 @@ def spm_fast_tokenizer(folder: Path):
                      *([bos] if add_bos else []), "$B", *([eos] if add_eos else [])])
     special = [(t, vocab[t]) for t in {bos if add_bos else None, eos if add_eos else None} if t]
     tk.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
+
+    # tokens the folder adds after the SentencePiece pieces (Phi-3's <|user|> … at 32000+)
+    extra = sorted((int(i), d) for i, d in (cfg.get("added_tokens_decoder") or {}).items() if int(i) >= len(vocab))
+    for expected_id, (token_id, d) in enumerate(extra, start=len(vocab)):
+        if token_id != expected_id:
+            raise ValueError(f"added token {d.get('content')!r} has id {token_id}, expected {expected_id}")
+        tk.add_tokens([AddedToken(d["content"], single_word=d.get("single_word", False), lstrip=d.get("lstrip", False),
+                                  rstrip=d.get("rstrip", False), normalized=d.get("normalized", False),
+                                  special=d.get("special", False))])
 
     kwargs = {k: cfg[k] for k in ("model_max_length", "padding_side", "chat_template") if cfg.get(k) is not None}
     pad = cfg.get("pad_token")
