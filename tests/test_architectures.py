@@ -230,3 +230,5 @@ def test_readme_architecture_list_is_generated_from_the_code(tmp_path):
     text = readme.read_text()
     assert text.startswith("# x\n\n") and text.endswith("\nmore\n") and "old list" not in text
     assert "`Gemma2ForCausalLM`" in text and "`LlamaForCausalLM`" in text
+    # and the project's own README carries the current list
+    assert script.main(["--check", str(Path(__file__).resolve().parents[1] / "README.md")]) == 0
