@@ -233,7 +233,7 @@ def test_stage_functions_convert_and_quantize(tiny_llama, tmp_path):
         adapter = make_random_adapter(tiny_llama, ctx.stage_dir / "adapter", seed=5)
         return StageResult(outputs=[adapter], main_output=adapter, metrics={"base_path": str(tiny_llama)})
 
-    cfg = build_config("tiny-stage:v1", {"quant": "q4_k_m"})
+    cfg = build_config("tiny-stage:v1", {"quant": "q4_k_m", "imatrix": "none"})  # no data stage here to calibrate on
     stages = [Stage("train", "fake train", fake_train), Stage("convert", "gguf", run_convert_stage),
               Stage("quantize", "q", run_quantize_stage)]
     manifest = run_stages(cfg, stages, tmp_path / "build")
