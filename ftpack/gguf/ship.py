@@ -203,7 +203,8 @@ def _convert_base(ctx, base_path: Path) -> Path:
     if not (base_path / "config.json").is_file():
         raise FtpackError(f"The trained base {base_path} is not a Hugging Face folder to convert.",
                           "Run the build again with --force train.")
-    quant, _ = resolve_quant_type(cfg.quant or DEFAULT_QUANT)
+    # a shared base is not chosen by one data set's KLD: --quant auto means the default here
+    quant, _ = resolve_quant_type(cfg.quant if cfg.quant not in (None, "auto") else DEFAULT_QUANT)
     outtype = (cfg.outtype or "f16").lower()
     ctx.layout.gguf_dir.mkdir(parents=True, exist_ok=True)
     full = ctx.layout.gguf_file(cfg.name, f"base.{outtype}")

@@ -233,7 +233,8 @@ def register_merged_fallback(ctx, build, *, reason: str) -> tuple[Any, dict[str,
     layout = ctx.layout
     base_dir, adapter_dir = train_output(ctx)
     outtype = (cfg.outtype or "f16").lower()
-    quant, _ = resolve_quant_type(cfg.quant or DEFAULT_QUANT)
+    # the merged fallback keeps the default type for --quant auto (no candidate search here)
+    quant, _ = resolve_quant_type(cfg.quant if cfg.quant not in (None, "auto") else DEFAULT_QUANT)
     full = layout.gguf_file(cfg.name, outtype)
     convert_to_gguf(base_dir, full, outtype=outtype, adapter_dir=adapter_dir, name=cfg.name,
                     allow_pickle=cfg.allow_pickle)
