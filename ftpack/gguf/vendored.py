@@ -580,6 +580,139 @@ def conversion_route(config_json: Mapping[str, Any],
                         f"architecture {gguf_arch or 'chosen by the converter'}).")
 
 
+# -- GGUF bases: what transformers dequantizes them into, and back -------------------------
+
+#: transformers' legacy GGUF loader (modeling_gguf_pytorch_utils.load_gguf_checkpoint, 5.24):
+#: general.architecture -> the name its tables use, where they differ ...
+_GGUF_TO_TRANSFORMERS = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss",
+                         "minimax-m2": "minimax_m2"}
+#: ... and the model_type the config then gets, where that differs again.
+_GGUF_MODEL_TYPE = {"gemma3": "gemma3_text", "gemma4": "gemma4_text"}
+#: Names in transformers' GGUF tables that are no causal language model.
+_GGUF_NOT_CAUSAL = ("t5", "t5encoder", "umt5", "general", "tokenizer")
+
+
+def transformers_gguf_architectures() -> list[str]:
+    """The GGUF architectures transformers can dequantize into a causal LM (for messages).
+
+    Its GGUF loaders' own tables: the fast path's ``GGUF_CONFIG_ARCHS`` and the legacy
+    loader's ``GGUF_CONFIG_MAPPING``; neither import pulls in torch.
+    """
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+    from transformers.integrations.gguf import GGUF_CONFIG_ARCHS
+
+    gguf_name = {t: g for g, t in _GGUF_TO_TRANSFORMERS.items()}
+    legacy = {gguf_name.get(k, k) for k in GGUF_CONFIG_MAPPING
+              if k not in _GGUF_NOT_CAUSAL and causal_lm_class(_GGUF_MODEL_TYPE.get(k, k))}
+    return sorted(set(GGUF_CONFIG_ARCHS) | legacy)
+
+
+def dequantized_architecture(gguf_path: Path | str) -> tuple[str | None, str]:
+    """``(HF architecture, "")`` that transformers' ``gguf_file=`` loading gives this GGUF —
+    what ftpack trains on and later converts back — or ``(None, why not)``.
+
+    Mirrors transformers 5.24's choice of loader (its fast path for ``GGUF_CONFIG_ARCHS``,
+    else the legacy one with its renames) from the header alone, so it runs at config load
+    in a second, without torch. Unreadable files raise :class:`FtpackError`.
+    """
+    from ftpack.gguf.header import read_gguf_header
+
+    header = read_gguf_header(gguf_path)
+    arch = header.get("general.architecture", "STRING")
+    if not arch:
+        return None, "the GGUF names no general.architecture"
+    known = transformers_gguf_architectures()
+    cannot = (f"transformers cannot load a {arch!r} GGUF as a causal language model (it can: "
+              f"{', '.join(known)}), and ftpack trains a GGUF base on transformers' dequantized copy")
+    from transformers.integrations.gguf import GGUF_CONFIG_ARCHS
+
+    if arch in GGUF_CONFIG_ARCHS:  # transformers' fast path rebuilds the config from the metadata
+        import struct
+
+        from transformers.integrations.gguf import get_gguf_config, read_gguf_metadata
+
+        try:
+            metadata, tensor_names = read_gguf_metadata(str(gguf_path))
+            config = get_gguf_config(metadata, tensor_names)
+        except (KeyError, ValueError, IndexError, TypeError, struct.error) as exc:
+            return None, f"transformers cannot rebuild a config from this {arch!r} GGUF ({exc})"
+        names = config.get("architectures") or []
+        model_type = str(config.get("model_type") or arch)
+        hf = names[0] if names else causal_lm_class(model_type)
+    else:
+        from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+        # transformers compares the list [general.name] with "mistral": only that exact name counts
+        name = header.get("general.name", "STRING")
+        model_type = "mistral" if "llama" in arch and name == "mistral" else _GGUF_TO_TRANSFORMERS.get(arch, arch)
+        if arch in _GGUF_NOT_CAUSAL or model_type in _GGUF_NOT_CAUSAL or (
+                arch not in GGUF_CONFIG_MAPPING and model_type not in GGUF_CONFIG_MAPPING):
+            return None, cannot
+        model_type = _GGUF_MODEL_TYPE.get(model_type, model_type)
+        hf = causal_lm_class(model_type)
+    if hf is None:
+        return None, cannot + f" (its model type {model_type!r} has no causal LM class)"
+    return hf, ""
+
+
+def causal_lm_class(model_type: str) -> str | None:
+    """The class ``AutoModelForCausalLM`` builds for ``model_type`` (transformers' own table)."""
+    return _causal_lm_classes().get(model_type)
+
+
+@lru_cache(maxsize=1)
+def _causal_lm_classes() -> dict[str, str]:
+    """transformers' ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``, read from its source with ``ast``:
+    importing the module imports torch (seconds), the literal takes milliseconds. A layout
+    this cannot read falls back to the import."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("transformers.models.auto.modeling_auto")
+    try:
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))  # type: ignore[union-attr, arg-type]
+        for node in tree.body:
+            if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and node.value.args
+                    and any(getattr(t, "id", None) == "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES" for t in node.targets)):
+                return {str(k): str(v) for k, v in ast.literal_eval(node.value.args[0])}
+    except (OSError, SyntaxError, ValueError, TypeError, AttributeError):
+        pass
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return {k: v for k, v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items() if isinstance(v, str)}
+
+
+def gguf_base_route(gguf_path: Path | str, support: ConverterSupport | None = None) -> tuple[str | None, str]:
+    """Whether a GGUF base (``--base file.gguf``, an Ollama blob) can be trained and shipped:
+    ``(route, reason)`` like :func:`conversion_route`, for the model transformers dequantizes
+    it into. ``None``: transformers cannot load it, or the trained model could not become a
+    GGUF again; ``reason`` says which.
+    """
+    hf, why = dequantized_architecture(gguf_path)
+    if hf is None:
+        return None, why + "."
+    route, reason = conversion_route({"architectures": [hf]}, support)
+    if route is None:
+        return None, f"transformers loads it as {hf}, but the trained model could not become a GGUF again: {reason}"
+    return route, f"transformers loads it as {hf}; {reason}"
+
+
+def require_conversion_route(model_dir: Path, source: LlamaCppSource, what: str | None = None) -> None:
+    """Refuse, before llama.cpp's converter starts, a folder whose architecture it cannot
+    convert: a user error naming the architecture and what to do, not the script's traceback."""
+    config_path = Path(model_dir) / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # the script itself says what is wrong with the folder
+    if not isinstance(config, dict):
+        return
+    route, reason = conversion_route(config, converter_support(source))
+    if route is None:
+        raise bad_input(f"Cannot convert {what or Path(model_dir).name} ({model_dir}): {reason}",
+                        "Pick a base of an architecture llama.cpp supports (the README lists them), or pass "
+                        "--llama-cpp DIR (a newer llama.cpp checkout) if it supports this model.")
+
+
 def supported_architectures(support: ConverterSupport | None = None) -> dict[str, str]:
     """Every HF architecture ftpack can turn into a GGUF llama.cpp runs: name -> route (for docs)."""
     from ftpack.gguf.convert import ARCHITECTURES
@@ -597,9 +730,12 @@ def run_converter(source: LlamaCppSource, model_dir: Path, outfile: Path, outtyp
                   extra_args: Iterable[str] = (), *, what: str | None = None) -> None:
     """Run ``convert_hf_to_gguf.py model_dir --outfile outfile --outtype outtype`` in a subprocess.
 
-    The script runs with its own gguf-py first on PYTHONPATH, this Python, and output
-    captured; a non-zero exit raises FtpackError with the last lines it printed.
+    A folder whose architecture the script does not register is refused first
+    (:func:`require_conversion_route`). The script runs with its own gguf-py first on
+    PYTHONPATH, this Python, and output captured; a non-zero exit raises FtpackError with
+    the last lines it printed.
     """
+    require_conversion_route(model_dir, source, what)
     cmd = [sys.executable, str(source.convert_script), str(model_dir), "--outfile", str(outfile),
            "--outtype", outtype, *extra_args]
     reporter = get_reporter()
