@@ -10,9 +10,10 @@ drawn wider than the default init so logits are not all alike, and a tokenizer:
   llama-cpp-python sdist, see tests/llama_vocab.py): Llama-2's SentencePiece model written
   as the ``tokenizer.model`` Vicuna ships (llama, mistral), Phi-3-mini's (the same pieces
   plus its added chat tokens, laid out as Microsoft ships it), and the BPE tokenizers of
-  Llama 3 and Qwen2 rebuilt by transformers (``gguf_file=``; Llama 3's then made like
-  Meta's tokenizer.json). llama.cpp's converter refuses a BPE tokenizer whose
-  pre-tokenizer check hash it does not know, so a BPE family needs its real vocabulary.
+  Llama 3 and Qwen2 as ftpack writes a GGUF base's training tokenizer
+  (ftpack.training.gguf_tokenizer; Llama 3's then configured like Meta's folder).
+  llama.cpp's converter refuses a BPE tokenizer whose pre-tokenizer check hash it does
+  not know, so a BPE family needs its real vocabulary.
 - For Gemma 2/3 (converter reads ``tokenizer.model``, no hash check): a SentencePiece model
   trained on the spot in Gemma's layout, ``<start_of_turn>``/``<end_of_turn>`` as
   user-defined pieces listed in tokenizer_config.json's ``added_tokens_decoder`` as the
@@ -68,24 +69,22 @@ def _vocab_sha(name: str) -> tuple[Path, str]:
 
 
 def rebuild_gguf_tokenizer(vocab: Path, out: Path) -> Path:
-    """The tokenizer of a GGUF as transformers rebuilds it (``gguf_file=``), saved to ``out``:
-    the first step of ftpack.training.bases' GGUF materialisation."""
-    from transformers import AutoTokenizer
+    """The training tokenizer of a GGUF saved to ``out`` by the very function
+    ftpack.training.bases' GGUF materialisation (``--base file.gguf``, ``ollama:``) uses."""
+    from ftpack.training.bases import save_gguf_tokenizer
 
-    from ftpack.core.quiet import quiet_libraries
-
-    with quiet_libraries(stderr=True):
-        tok = AutoTokenizer.from_pretrained(Path(vocab).parent, gguf_file=Path(vocab).name)
-    tok.save_pretrained(out)
+    save_gguf_tokenizer(Path(vocab), Path(out))
     return Path(out)
 
 
 def gguf_tokenizer_folder(name: str) -> Path:
-    """llama.cpp's ``ggml-vocab-<name>.gguf`` rebuilt by transformers and saved (cached)."""
+    """llama.cpp's ``ggml-vocab-<name>.gguf`` as ftpack's training tokenizer, saved (cached by
+    the vocab file and the version of ftpack's GGUF tokenizer rules)."""
     from ftpack.core.locations import cache_dir
+    from ftpack.training.gguf_tokenizer import GGUF_TOKENIZER_VERSION
 
     vocab, digest = _vocab_sha(name)
-    target = cache_dir() / "test-tokenizers" / f"{name}-{digest[:16]}"
+    target = cache_dir() / "test-tokenizers" / f"{name}-{digest[:16]}-v{GGUF_TOKENIZER_VERSION}"
     if (target / "tokenizer.json").is_file():
         return target
     work = target.with_name(f"{target.name}.partial-{os.getpid()}")
@@ -99,10 +98,11 @@ def gguf_tokenizer_folder(name: str) -> Path:
 def llama3_folder(out: Path) -> Path:
     """Llama 3's tokenizer as Meta ships it, from llama.cpp's ``ggml-vocab-llama-bpe.gguf``.
 
-    transformers' rebuild from the GGUF differs from the real tokenizer.json in three ways,
-    undone here: the BPE model's ``ignore_merges`` (a word in the vocabulary is one token,
-    as llama.cpp does for this pre-tokenizer), the BOS post-processor, and an extra
-    ``<|endoftext|>`` appended after the 128,256 real tokens.
+    transformers' rebuild from the GGUF differs from the real tokenizer.json in three ways:
+    the BPE model's ``ignore_merges`` (a word in the vocabulary is one token, as llama.cpp
+    does for this pre-tokenizer), the BOS post-processor, and an extra ``<|endoftext|>``
+    appended after the 128,256 real tokens. ftpack's GGUF tokenizer fixes them already;
+    they are set here again (idempotent) with the chat model's EOS and class.
     """
     shutil.copytree(gguf_tokenizer_folder("llama-bpe"), out, dirs_exist_ok=True)
     tj = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))

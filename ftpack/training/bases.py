@@ -33,12 +33,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ftpack.core.atomic import atomic_dir, check_free_space, file_lock, sha256_file, write_json
 from ftpack.core.locations import cache_dir, hf_hub_cache
 from ftpack.training.embedded import EMBEDDED_ID, EMBEDDED_NAME, embedded_gguf_path  # noqa: F401 (re-exported)
 from ftpack.core.errors import FtpackError, bad_input
+
+if TYPE_CHECKING:
+    from ftpack.training.gguf_tokenizer import GgufVocab
 
 
 #: Short names for popular bases: alias -> hub id. Which chat format each uses is not
@@ -359,39 +362,109 @@ def materialise_gguf(gguf_path: Path, *, name: str | None = None, cache_dir: Pat
     target = cache / f"{slug}-{digest[:16]}"
     for existing in sorted(cache.glob(f"*-{digest[:16]}")) if cache.is_dir() else []:
         if _is_complete(existing, digest):  # the same file, materialised under another name
-            return existing
+            return _with_current_tokenizer(existing, gguf_path)
     if tokenizer_only:
         target = cache / f"{slug}-{digest[:16]}-tokenizer"
     cache.mkdir(parents=True, exist_ok=True)
     with file_lock(cache / f".{target.name}.lock"):
         if _is_complete(target, digest):  # another process finished it while we waited
-            return target
+            return _with_current_tokenizer(target, gguf_path, locked=True)
         from ftpack.core.report import get_reporter
 
         if tokenizer_only:
             with atomic_dir(target) as tmp:
-                _gguf_tokenizer(gguf_path, tmp)
-                write_json(tmp / _SOURCE_MARK, {"source": str(gguf_path), "sha256": digest})
+                save_gguf_tokenizer(gguf_path, tmp)
+                write_json(tmp / _SOURCE_MARK, _source_mark(gguf_path, digest))
             return target
         get_reporter().info(f"Converting {gguf_path.name} to a safetensors model in {target} (once).")
         check_free_space(cache, 8 * gguf_path.stat().st_size, f"the dequantized copy of {gguf_path.name}")
         with atomic_dir(target) as tmp:
             _dequantize_gguf(gguf_path, tmp)
-            write_json(tmp / _SOURCE_MARK, {"source": str(gguf_path), "sha256": digest})
+            write_json(tmp / _SOURCE_MARK, _source_mark(gguf_path, digest))
     return target
 
 
-def _gguf_tokenizer(gguf_path: Path, out_dir: Path) -> None:
-    """The tokenizer (and its chat template) of a GGUF, saved as a Hugging Face tokenizer."""
-    from transformers import AutoTokenizer
+def _source_mark(gguf_path: Path, digest: str) -> dict[str, Any]:
+    from ftpack.training.gguf_tokenizer import GGUF_TOKENIZER_VERSION
 
-    from ftpack.core.quiet import quiet_libraries
+    return {"source": str(gguf_path), "sha256": digest, "tokenizer": GGUF_TOKENIZER_VERSION}
+
+
+def save_gguf_tokenizer(gguf_path: Path, out_dir: Path) -> GgufVocab:
+    """The tokenizer (and its chat template) of a GGUF, saved so that training tokenizes as
+    llama.cpp does with the same file (:mod:`ftpack.training.gguf_tokenizer`); its metadata."""
+    from ftpack.training.gguf_tokenizer import write_gguf_tokenizer
 
     try:
-        with quiet_libraries(stderr=True):
-            AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name).save_pretrained(out_dir)
-    except (ValueError, KeyError, RuntimeError, NotImplementedError, IndexError, EOFError) as exc:
-        raise bad_input(f"{gguf_path}: transformers cannot read this GGUF's tokenizer ({exc}).") from None
+        return write_gguf_tokenizer(gguf_path, out_dir)
+    except _gguf_read_errors() as exc:
+        raise bad_input(f"{gguf_path}: transformers cannot read this GGUF's tokenizer "
+                        f"({type(exc).__name__}: {_first_line(exc)}).", _GGUF_HINT) from None
+
+
+def _with_current_tokenizer(folder: Path, gguf_path: Path, *, locked: bool = False) -> Path:
+    """A materialised folder whose tokenizer an older ftpack wrote gets today's, in place
+    (the weights stay): tokenizer files are replaced one by one, each atomically."""
+    import shutil
+    import tempfile
+
+    from ftpack.gguf.hf_folder import TOKENIZER_FILES
+    from ftpack.training.gguf_tokenizer import GGUF_TOKENIZER_VERSION
+
+    def current() -> bool:
+        try:
+            mark = json.loads((folder / _SOURCE_MARK).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return mark.get("tokenizer") == GGUF_TOKENIZER_VERSION
+
+    if current():
+        return folder
+    with contextlib.ExitStack() as stack:
+        if not locked:
+            stack.enter_context(file_lock(folder.parent / f".{folder.name}.lock"))
+            if current():
+                return folder
+        mark = json.loads((folder / _SOURCE_MARK).read_text(encoding="utf-8"))
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=folder.parent, prefix=".tokenizer-")))
+        save_gguf_tokenizer(gguf_path, tmp)
+        for name in TOKENIZER_FILES:
+            if (tmp / name).is_file():
+                os.replace(tmp / name, folder / name)
+            elif (folder / name).is_file():
+                (folder / name).unlink()
+        mark["tokenizer"] = GGUF_TOKENIZER_VERSION
+        write_json(folder / _SOURCE_MARK, mark)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+_GGUF_HINT = ("Supported are GGUF files of architectures transformers can read and dequantize "
+              "(llama, mistral, qwen2, phi3, gemma…); give the model's Hugging Face repo or folder "
+              "(--base ORG/NAME) instead, which ftpack converts itself.")
+
+
+def _gguf_read_errors() -> tuple[type[BaseException], ...]:
+    """What transformers' GGUF reader raises on a file it cannot handle (its config classes
+    are strict dataclasses: a per-layer list where an int is expected fails validation)."""
+    import struct
+
+    errors: tuple[type[BaseException], ...] = (ValueError, KeyError, RuntimeError, NotImplementedError, IndexError,
+                                               EOFError, TypeError, struct.error)
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+
+        errors += (StrictDataclassError,)
+    except ImportError:  # older huggingface_hub: no strict dataclasses
+        pass
+    return errors
+
+
+def _first_line(exc: BaseException) -> str:
+    """The gist of a library error: its first lines joined (a strict-dataclass error names
+    the field on the first and the cause on the second), cut to one line of text."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return " ".join(lines[:2])[:300] if lines else "no detail"
 
 
 def _is_complete(target: Path, digest: str) -> bool:
@@ -412,10 +485,8 @@ def _dequantize_gguf(gguf_path: Path, out_dir: Path) -> None:
     loading the dequantized state dict gives an ordinary model. The GGUF's chat
     template travels in the saved tokenizer (the data stage recognises it there).
     """
-    import struct
-
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from ftpack.core.quiet import quiet_libraries
 
@@ -423,14 +494,13 @@ def _dequantize_gguf(gguf_path: Path, out_dir: Path) -> None:
     # fp32 keeps the dequantized values exactly for small models; f16 (GGUF's own precision
     # for block scales) halves memory and disk for big ones (a 4-bit file > 1 GB is > ~2B params).
     dtype = torch.float32 if gguf_path.stat().st_size < 1_000_000_000 else torch.float16
+    vocab = save_gguf_tokenizer(gguf_path, out_dir)
     try:
         with quiet_libraries(stderr=True):  # transformers' GGUF reader draws a plain tqdm bar
-            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
             loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=dtype)
-    except (ValueError, KeyError, RuntimeError, NotImplementedError, IndexError, EOFError, struct.error) as exc:
-        raise bad_input(f"{gguf_path}: transformers cannot load this GGUF ({exc}).",
-                        "Supported are GGUF files of architectures transformers can dequantize "
-                        "(llama, mistral, qwen2, phi3, gemma…); give the HF model folder instead.") from None
+    except _gguf_read_errors() as exc:
+        raise bad_input(f"{gguf_path}: transformers cannot load this GGUF ({type(exc).__name__}: {_first_line(exc)}).",
+                        _GGUF_HINT) from None
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -443,8 +513,7 @@ def _dequantize_gguf(gguf_path: Path, out_dir: Path) -> None:
                           f"(missing {missing[:3]}, unexpected {unexpected[:3]}).")
     clean.tie_weights()
     del loaded
-    clean.generation_config.bos_token_id = tokenizer.bos_token_id
-    clean.generation_config.eos_token_id = tokenizer.eos_token_id
+    clean.generation_config.bos_token_id = vocab.special_ids.get("bos")
+    clean.generation_config.eos_token_id = vocab.special_ids.get("eos")
     with quiet_libraries():
         clean.save_pretrained(out_dir, safe_serialization=True)
-        tokenizer.save_pretrained(out_dir)
