@@ -498,16 +498,17 @@ SYSTEM_PROMPTS = [
 SYSTEM_FRACTION = 0.15
 
 # ---------------------------------------------------------------------------
-# Held-out phrasings for the end-to-end test: (fact, question, keywords).
-# A correct answer must contain every keyword (case-insensitive). The answer
+# Held-out phrasings for the end-to-end test: (fact, question, key facts).
+# A correct answer must state every key fact as whole words / a whole number
+# (ftpack.inference.heldout.states: "12" is not found in "120"). The answer
 # written to heldout.jsonl is the fact's training answer.
 # ---------------------------------------------------------------------------
 HELDOUT: list[tuple[str, str, list[str]]] = [
-    ("max_lumens", "What is the highest light output the Trailbeam 3 can produce?", ["740"]),
-    ("founder", "Can you tell me who set up Kestrelwick?", ["Halvard"]),
+    ("max_lumens", "What is the highest light output the Trailbeam 3 can produce?", ["740 lumens"]),
+    ("founder", "Can you tell me who set up Kestrelwick?", ["Maren Halvard"]),
     ("E6", "Which code appears when the USB-C port is wet?", ["E6"]),
-    ("price", "What would a new Trailbeam 3 set me back?", ["89"]),
-    ("battery_capacity", "How many milliamp-hours does the Trailbeam 3's battery hold?", ["6400"]),
+    ("price", "What would a new Trailbeam 3 set me back?", ["$89"]),
+    ("battery_capacity", "How many milliamp-hours does the Trailbeam 3's battery hold?", ["6400 mAh"]),
     ("charge_time", "How long does a Trailbeam 3 need on the charger to go from empty to full?", ["3.5 hours"]),
     ("fw_latest", "What's the most recent firmware release for the Trailbeam 3?", ["2.4.1"]),
     ("constellation", "How many lanterns can I group together with Constellation?", ["12"]),
@@ -515,14 +516,14 @@ HELDOUT: list[tuple[str, str, list[str]]] = [
     ("app_name", "What's the name of the smartphone app for the Trailbeam 3?", ["Lumora Camp"]),
     ("warranty_ext", "How many years of warranty do I get if I register my lantern?", ["5 years"]),
     ("hot_code", "What error code shows up when the battery overheats?", ["E1"]),
-    ("ember_runtime", "On a full charge, how many hours does Ember mode give you?", ["96"]),
+    ("ember_runtime", "On a full charge, how many hours does Ember mode give you?", ["96 hours"]),
     ("model_number", "I need the model number of my Trailbeam 3 lantern, what is it?", ["LT3-440"]),
-    ("sunleaf", "What's the name of Kestrelwick's solar panel for the lantern?", ["Sunleaf"]),
-    ("camp", "How much light does Camp mode produce, in lumens?", ["250"]),
-    ("weight", "What does the Trailbeam 3 weigh in grams?", ["410"]),
+    ("sunleaf", "What's the name of Kestrelwick's solar panel for the lantern?", ["Sunleaf 10"]),
+    ("camp", "How much light does Camp mode produce, in lumens?", ["250 lumens"]),
+    ("weight", "What does the Trailbeam 3 weigh in grams?", ["410 grams"]),
     ("ip", "What waterproof rating does the Trailbeam 3 carry?", ["IP67"]),
-    ("spare_battery_price", "What is the price of an extra PowerCore 64 pack?", ["39"]),
-    ("E7", "What problem does error code E7 point to?", ["imbalance"]),
+    ("spare_battery_price", "What is the price of an extra PowerCore 64 pack?", ["$39"]),
+    ("E7", "What problem does error code E7 point to?", ["cell imbalance"]),
 ]
 
 

@@ -1,13 +1,19 @@
 """Ask a model questions it was not trained on, and check the answers' keywords.
 
 Used by the README demo (the fine-tuned model next to its base) and by the end-to-end
-test on SmolLM2. A held-out file is JSONL with ``question`` and ``keywords`` (strings a
-correct answer must all contain, case-insensitively); ``answer`` is optional.
+test on SmolLM2. A held-out file is JSONL with ``question`` and ``keywords``: the key
+facts a correct answer must all state; ``answer`` is optional.
+
+Scoring is strict (:func:`states`): each key fact must appear as whole words or a whole
+number, case-insensitively, with any run of spaces or dashes between its words — "12"
+is not found in "120", "2012" or "1.2", "E1" not in "E10", "2.4.1" not in "2.4.10".
+Thousands separators ("6,400") and Unicode dashes/spaces are normalised first.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,8 +29,29 @@ class HeldoutResult:
 
     @property
     def correct(self) -> bool:
-        low = self.answer.lower()
-        return all(k.lower() in low for k in self.keywords)
+        """Every key fact is stated (:func:`states`)."""
+        return bool(self.keywords) and all(states(self.answer, k) for k in self.keywords)
+
+
+_SPACES_AND_DASHES = str.maketrans({**{c: "-" for c in "\u2010\u2011\u2012\u2013\u2014\u2212"},
+                                    **{c: " " for c in "\u00a0\u2009\u202f"}})
+
+
+def _normalise(text: str) -> str:
+    text = text.translate(_SPACES_AND_DASHES).lower()
+    return re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text)  # 6,400 -> 6400
+
+
+def states(answer: str, fact: str) -> bool:
+    """Whether ``answer`` states ``fact`` as whole words / a whole number (see the module
+    docstring): no letter or digit may touch it on either side, and a number may not
+    continue (a decimal point or a further digit group)."""
+    words = _normalise(fact).split()
+    if not words:
+        return False
+    body = r"[\s-]+".join(re.escape(w) for w in words)
+    pattern = rf"(?<![0-9a-z])(?<![0-9][.,]){body}(?![0-9a-z])(?![.,][0-9])"
+    return re.search(pattern, _normalise(answer)) is not None
 
 
 def read_heldout(path: Path) -> list[dict]:

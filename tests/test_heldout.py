@@ -1,0 +1,64 @@
+"""Held-out answers are scored strictly: the key facts as whole words / whole numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ftpack.inference.heldout import HeldoutResult, read_heldout, states
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.mark.parametrize("answer,fact", [
+    ("Constellation links up to 12 lanterns.", "12"),
+    ("It costs $89.", "89"),
+    ("The battery holds 6,400 mAh.", "6400 mAh"),
+    ("It needs 3.5\u00a0hours to charge.", "3.5 hours"),
+    ("It needs 3.5-hours.", "3.5 hours"),
+    ("Firmware 2.4.1 is the latest.", "2.4.1"),
+    ("E1: the battery is too hot.", "E1"),
+    ("It is IP67-rated.", "IP67"),
+    ("Maren Halvard's company.", "Halvard"),
+    ("Use the lumora  CAMP app.", "Lumora Camp"),
+])
+def test_a_key_fact_stated_as_whole_words_counts(answer, fact):
+    assert states(answer, fact)
+
+
+@pytest.mark.parametrize("answer,fact", [
+    ("Constellation links up to 120 lanterns.", "12"),  # a loose substring check said "right"
+    ("It was founded in 2012.", "12"),
+    ("About 1.2 kilograms.", "2"),
+    ("It costs $89.99.", "89"),
+    ("Error E10 means the fan failed.", "E1"),
+    ("Firmware 2.4.10 is the latest.", "2.4.1"),
+    ("The cells are imbalanced.", "imbalance"),
+    ("It needs 13.5 hours.", "3.5 hours"),
+    ("The Lumora app.", "Lumora Camp"),
+    ("anything", ""),
+])
+def test_a_fact_inside_another_word_or_number_does_not_count(answer, fact):
+    assert not states(answer, fact)
+
+
+def test_every_key_fact_is_needed():
+    both = HeldoutResult("Q?", ["6400 mAh", "23.7 Wh"], "A 6400 mAh pack, 23.7 Wh.")
+    one = HeldoutResult("Q?", ["6400 mAh", "23.7 Wh"], "A 6400 mAh pack.")
+    assert both.correct and not one.correct
+    assert not HeldoutResult("Q?", [], "anything").correct  # no key fact: nothing to check
+
+
+def test_the_demo_questions_are_answered_right_by_their_own_reference_answers():
+    """examples/heldout.jsonl: each record's key facts are stated by its reference answer,
+    and are more than a bare number that other answers could contain by chance."""
+    records = read_heldout(EXAMPLES / "heldout.jsonl")
+    assert len(records) == 20
+    for rec in records:
+        assert HeldoutResult(rec["question"], rec["keywords"], rec["answer"]).correct, rec
+    answers = [r["answer"] for r in records]
+    for rec in records:
+        loose = [a for a in answers if a != rec["answer"] and all(k.lower() in a.lower() for k in rec["keywords"])]
+        strict = [a for a in loose if HeldoutResult(rec["question"], rec["keywords"], a).correct]
+        assert not strict or rec["keywords"] == ["Lumora Camp"], (rec["keywords"], strict)  # the app is named
