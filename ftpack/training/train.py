@@ -35,6 +35,7 @@ rank's 4-bit copy on its own GPU (``device_map={"": local_rank}``).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import shutil
 import time
@@ -152,6 +153,8 @@ class TrainingRun:
     reporter: Reporter
     started: float = field(default_factory=time.monotonic)
     eval_loss: float | None = None
+    precision_reason: str = ""
+    threads: int | None = None  # torch threads on CPU
 
 
 def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSettings, *, template: Any = None,
@@ -163,6 +166,7 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
     from ftpack.training.checkpoints import checkpoint_to_resume, run_fingerprint
     from ftpack.training.data import read_messages_jsonl
     from ftpack.training.settings import optimizer_steps, resolve_method, warmup_steps
+    from ftpack.training.speed import install_cpu_lm_head, resolve_precision, use_physical_cores
     from ftpack.training.templates import (ChatTemplate, check_generation_markers, choose_template,
                                            install_chat_template, trainer_rows)
     from ftpack.training.trainable import count_parameters, device_kind, make_trainable, precision_flags
@@ -179,7 +183,12 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
     if method != (settings.method or "").lower():
         r.info(f"Method {settings.method} → {method}: {why}.")
     settings = settings.resolved(device)
-    bf16, fp16 = precision_flags(settings.precision, device)
+    precision, precision_why = resolve_precision(settings.precision, device)
+    if precision != settings.precision:
+        r.info(f"Precision {settings.precision} → {precision}: {precision_why}.")
+    settings = dataclasses.replace(settings, precision=precision)  # the fingerprint and build.json say which
+    bf16, fp16 = precision_flags(precision, device)
+    threads = use_physical_cores() if device == "cpu" else None
 
     resolved = resolve_base(str(base), trust_remote_code=settings.trust_remote_code,
                             allow_pickle=settings.allow_pickle, models_dir=models_dir)
@@ -223,6 +232,9 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
                              callbacks=list(callbacks))
         batches = len(trainer.get_train_dataloader())
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the reporter shows progress
+    if device == "cpu":  # only the labelled positions go through the LM head (speed.install_cpu_lm_head)
+        inner = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+        install_cpu_lm_head(inner)
     total = optimizer_steps(batches, settings)
     # The schedule's warm-up in whole steps, from the run's real step count (after packing
     # and sharding): the same on every transformers version (see settings.warmup_steps).
@@ -232,7 +244,8 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
     return TrainingRun(settings=settings, template=template, base=resolved, outputs=outputs, trainer=trainer,
                        tokenizer=tokenizer, progress=progress, fingerprint=fingerprint, resume_from=resume_from,
                        has_eval=bool(eval_rows), world=world, total_steps=total, warmup_steps=warmup,
-                       parameters=(n_train, n_total), reporter=r, started=started)
+                       parameters=(n_train, n_total), reporter=r, started=started,
+                       precision_reason=precision_why, threads=threads)
 
 
 def fit(run: TrainingRun) -> None:
@@ -286,6 +299,8 @@ def save(run: TrainingRun, *, keep_checkpoints: bool = False) -> TrainResult:
         "learning_rate": settings.learning_rate, "optimizer_steps": run.total_steps,
         "warmup_steps": run.warmup_steps, "resumed_from_step": result.resumed_from, "seconds": result.seconds,
         "world_size": run.world, "settings": settings.hyper_parameters(),  # the model card shows these
+        "precision": settings.precision, "precision_reason": run.precision_reason, "threads": run.threads,
+        **throughput(trainer.state.log_history),
     }
     return result
 
@@ -312,14 +327,24 @@ def run_train_stage(ctx: Any) -> Any:
                        metrics=result.metrics)
 
 
+def throughput(history: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """``train_tokens`` (real, non-padding tokens TRL counted) and ``tokens_per_second``
+    over the training run's own time (``train_runtime``, evaluations included)."""
+    tokens = runtime = None
+    for h in history:
+        tokens = h.get("num_tokens", tokens)
+        runtime = h.get("train_runtime", runtime)
+    if not tokens or not runtime:
+        return {"train_tokens": tokens, "tokens_per_second": None}
+    return {"train_tokens": int(tokens), "tokens_per_second": round(float(tokens) / float(runtime), 1)}
+
+
 # -- trainer configuration -----------------------------------------------------------------
 
 def _sft_config(output_dir: Path, settings: TrainSettings, *, device: str, world: int, bf16: bool, fp16: bool,
                 eval_steps: int | None):
     """TRL's SFTConfig for ``settings`` on this machine. Warm-up is set later, in whole
     steps, once the real step count is known (:func:`setup`)."""
-    import dataclasses
-
     from trl import SFTConfig
 
     extra: dict[str, Any] = {}

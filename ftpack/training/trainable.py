@@ -3,7 +3,9 @@
 - ``qlora``: base loaded 4-bit NF4 with double quantization (compute dtype bf16 where
   supported, else fp32), ``prepare_model_for_kbit_training``, then LoRA adapters.
   Works on CPU too (bitsandbytes' CPU backend), just slowly.
-- ``lora``: 16-bit base on GPU (fp32 on CPU) + LoRA adapters (DoRA when asked).
+- ``lora``: 16-bit base on GPU (fp32 on CPU; with bf16 autocast on CPU the frozen
+  projections are stored in bf16, see :mod:`ftpack.training.speed`) + LoRA adapters
+  (DoRA when asked).
 - ``sft``: only the top ``trainable_layers`` decoder blocks, the final norm and the
   LM head learn (``train_embeddings`` adds the input embeddings); the rest is frozen.
 - ``full``: every parameter.
@@ -31,43 +33,49 @@ def device_kind() -> str:
 
 
 def precision_flags(precision: str, device: str) -> tuple[bool, bool]:
-    """(bf16, fp16) mixed-precision flags for the Trainer."""
-    import torch
+    """(bf16, fp16) mixed-precision flags for the Trainer; ``auto`` is resolved by
+    :func:`ftpack.training.speed.resolve_precision` (bf16 on a CPU only where it is native
+    and measured faster)."""
+    from ftpack.training.speed import resolve_precision
 
-    precision = (precision or "auto").lower()
-    if precision == "fp32":
-        return False, False
-    if precision == "bf16":
-        return True, False
-    if precision == "fp16":
-        if device != "cuda":
-            raise bad_input("--precision fp16 needs a CUDA GPU.", "Use --precision auto, bf16 or fp32.")
-        return False, True
-    if device == "cuda":
-        return (True, False) if torch.cuda.is_bf16_supported() else (False, True)
-    return False, False
+    precision, _ = resolve_precision(precision, device)
+    return precision == "bf16", precision == "fp16"
 
 
 def make_trainable(path: Path, settings: Any, *, device: str, bf16: bool, reporter: Reporter | None = None):
     """The base loaded for ``settings.method`` (resolved) with exactly the right parameters
-    left trainable: LoRA/DoRA adapters, the top SFT blocks, or everything."""
-    model = load_model(path, settings.method, device=device, bf16=bf16, trust_remote_code=settings.trust_remote_code)
+    left trainable: LoRA/DoRA adapters, the top SFT blocks, or everything.
+
+    bf16 on a CPU (:mod:`ftpack.training.speed`): attention that suits the CPU's bf16
+    units, and a LoRA base whose frozen projections are stored in bf16."""
+    from ftpack.training.speed import prepare_lora_for_bf16_autocast, register_cpu_attention
+
+    cpu_bf16 = device == "cpu" and bf16
+    model = load_model(path, settings.method, device=device, bf16=bf16, trust_remote_code=settings.trust_remote_code,
+                       attn_implementation=register_cpu_attention() if cpu_bf16 else None)
     if settings.method in ("qlora", "lora"):
-        return add_lora(model, quantized=settings.method == "qlora", r=settings.lora_r, alpha=settings.lora_alpha,
-                        dropout=settings.lora_dropout, target_modules=settings.target_modules, dora=settings.dora,
-                        gradient_checkpointing=bool(settings.gradient_checkpointing))
+        model = add_lora(model, quantized=settings.method == "qlora", r=settings.lora_r, alpha=settings.lora_alpha,
+                         dropout=settings.lora_dropout, target_modules=settings.target_modules, dora=settings.dora,
+                         gradient_checkpointing=bool(settings.gradient_checkpointing))
+        if cpu_bf16 and settings.method == "lora":
+            prepare_lora_for_bf16_autocast(model, dora=settings.dora)
+        return model
     if settings.method == "sft":
         freeze_for_sft(model, settings.trainable_layers, train_embeddings=settings.train_embeddings, reporter=reporter)
     return model
 
 
-def load_model(path: Path, method: str, *, device: str, bf16: bool, trust_remote_code: bool = False):
+def load_model(path: Path, method: str, *, device: str, bf16: bool, trust_remote_code: bool = False,
+               attn_implementation: str | None = None):
     """Load the base for ``method``: 4-bit NF4 for qlora, 16-bit (GPU) / fp32 (CPU) for lora,
-    fp32 master weights for sft/full (mixed precision comes from the Trainer)."""
+    fp32 master weights for sft/full (mixed precision comes from the Trainer).
+    ``attn_implementation``: None = transformers' default."""
     import torch
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if method == "qlora":
         from transformers import BitsAndBytesConfig
