@@ -66,7 +66,7 @@ def base_gguf(base: str) -> tuple[Path | None, str]:
 
 def ask_heldout(ctx) -> dict[str, Any]:
     """Ask the configured held-out questions of the fine-tuned model and (when it is a GGUF) its base."""
-    from ftpack.inference.heldout import ask_all, read_heldout
+    from ftpack.inference.heldout import ask_all, ask_all_cached, read_heldout
     from ftpack.training.templates import template_of_build
 
     cfg = ctx.config
@@ -85,8 +85,10 @@ def ask_heldout(ctx) -> dict[str, Any]:
         gguf, base_what = tuned_gguf, f"the base GGUF the adapter is shipped on ({base_of(ctx).model})"
     base = None
     if gguf is not None:
-        ctx.reporter.info(f"asking them of the base, {base_what}")
-        base = ask_all(gguf, records, template_name=template, system=cfg.system, max_tokens=HELDOUT_ANSWER_TOKENS)
+        base, cached = ask_all_cached(gguf, records, template_name=template, system=cfg.system,
+                                      max_tokens=HELDOUT_ANSWER_TOKENS)
+        ctx.reporter.info(f"the base, {base_what}, " + ("answered these before (ftpack's cache)" if cached
+                                                         else "answered them"))
     answers = []
     for i, t in enumerate(tuned):
         row = {"question": t.question, "keywords": t.keywords, "tuned": t.answer, "tuned_correct": t.correct}

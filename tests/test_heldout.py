@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from ftpack.inference.heldout import HeldoutResult, read_heldout, states
+from runnable_gguf import tiny_ggufs  # noqa: F401
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -62,3 +63,31 @@ def test_the_demo_questions_are_answered_right_by_their_own_reference_answers():
         loose = [a for a in answers if a != rec["answer"] and all(k.lower() in a.lower() for k in rec["keywords"])]
         strict = [a for a in loose if HeldoutResult(rec["question"], rec["keywords"], a).correct]
         assert not strict or rec["keywords"] == ["Lumora Camp"], (rec["keywords"], strict)  # the app is named
+
+
+def test_base_answers_are_cached_until_the_gguf_changes(tiny_ggufs, monkeypatch):
+    """The base answers the same questions at every build: the second report reads them from
+    ftpack's cache (no model load), a changed GGUF is asked again."""
+    import os
+
+    from ftpack.inference import heldout
+
+    gguf = tiny_ggufs["f16"]
+    records = [{"question": "What is 2+2?", "keywords": ["4"]}, {"question": "Name a colour.", "keywords": ["red"]}]
+    first, cached = heldout.ask_all_cached(gguf, records, template_name="chatml", max_tokens=8)
+    assert not cached and len(first) == 2
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was asked again")
+
+    monkeypatch.setattr(heldout, "ask_all", no_model)
+    rescored = [dict(r, keywords=["something else"]) for r in records]
+    again, cached = heldout.ask_all_cached(gguf, rescored, template_name="chatml", max_tokens=8)
+    assert cached and [a.answer for a in again] == [a.answer for a in first]
+    assert [a.keywords for a in again] == [["something else"]] * 2  # scored with today's key facts
+    with pytest.raises(AssertionError, match="asked again"):  # another system prompt: other answers
+        heldout.ask_all_cached(gguf, records, template_name="chatml", system="Be terse.", max_tokens=8)
+    st = gguf.stat()
+    os.utime(gguf, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match="asked again"):
+        heldout.ask_all_cached(gguf, records, template_name="chatml", max_tokens=8)

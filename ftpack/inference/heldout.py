@@ -88,6 +88,48 @@ def ask_all(gguf: Path, records: Sequence[dict], *, template_name: str, system: 
     return results
 
 
+def answers_key(gguf: Path, records: Sequence[dict], *, template_name: str, system: str | None,
+                max_tokens: int, n_ctx: int) -> str:
+    """What greedy answers depend on: the GGUF (path, size, modification time), the
+    questions, the chat format, the system prompt, the limits and llama.cpp's version."""
+    import hashlib
+    import importlib.metadata
+
+    st = Path(gguf).stat()
+    try:
+        runtime = importlib.metadata.version("llama_cpp_python")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source checkout
+        runtime = "unknown"
+    key = json.dumps({"gguf": str(Path(gguf).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                      "questions": [r["question"] for r in records], "template": template_name, "system": system,
+                      "max_tokens": max_tokens, "n_ctx": n_ctx, "llama_cpp": runtime}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def ask_all_cached(gguf: Path, records: Sequence[dict], *, template_name: str, system: str | None = None,
+                   max_tokens: int = 96, n_ctx: int = 1024) -> tuple[list[HeldoutResult], bool]:
+    """:func:`ask_all` for a GGUF that does not change between builds (a base): greedy
+    decoding gives the same answers every time, so they are kept in ftpack's cache
+    (``heldout-answers/``) and scored again with the records' current key facts.
+    Returns (results, whether they came from the cache)."""
+    from ftpack.core.atomic import write_json
+    from ftpack.core.locations import cache_dir
+
+    key = answers_key(gguf, records, template_name=template_name, system=system, max_tokens=max_tokens, n_ctx=n_ctx)
+    path = cache_dir() / "heldout-answers" / f"{key}.json"
+    try:
+        answers = json.loads(path.read_text(encoding="utf-8"))["answers"]
+        if isinstance(answers, list) and len(answers) == len(records) and all(isinstance(a, str) for a in answers):
+            return [HeldoutResult(r["question"], [str(k) for k in r["keywords"]], a)
+                    for r, a in zip(records, answers)], True
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    results = ask_all(gguf, records, template_name=template_name, system=system, max_tokens=max_tokens, n_ctx=n_ctx)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"gguf": str(gguf), "answers": [r.answer for r in results]})
+    return results, False
+
+
 def build_outputs(build_dir: Path) -> tuple[Path, str, str]:
     """(quantized GGUF, template name, base) of a finished build, read through its manifest."""
     from ftpack.core.manifest import Manifest
