@@ -77,14 +77,11 @@ def _gguf_text(path: Path, key: str) -> str | None:
     return None if f is None else bytes(f.parts[f.data[0]]).decode("utf-8")
 
 
-#: Known defects, found by these tests (ftpack.training.spm_tokenizer / bases own the fixes):
-KNOWN_DEFECTS = {
-    # Phi-3's markers (<|user|>, <|end|> …, added tokens 32000+) have rstrip=True, which
-    # transformers applies and llama.cpp applies only when the GGUF's general.name contains
-    # "phi3"/"phi-3" (llama-vocab.cpp); the name llama.cpp's converter writes comes from the
-    # model folder, so training and llama.cpp can differ on the "\n" after each marker.
-    "phi3": "rstrip of Phi-3's markers depends on the GGUF's general.name in llama.cpp",
-}
+#: Known defects, found by these tests (ftpack.training.spm_tokenizer / bases own the fixes).
+#: phi3 (llama.cpp strips after Phi-3's markers only when general.name says "phi3"/"phi-3") is
+#: fixed: ftpack writes one name per build that selects its tokenizer's behaviour
+#: (ftpack.training.token_check, tests/test_final_tokenization.py).
+KNOWN_DEFECTS: dict[str, str] = {}
 
 
 def _case_param(case: ArchCase):

@@ -125,6 +125,11 @@ def convert_to_gguf(model_dir: Path | str, out: Path | str, *, outtype: str = "f
     adapter_config.json. With ``adapter_dir`` the adapter is merged on the fly. PyTorch
     ``.bin`` weights are converted to safetensors once (:func:`ensure_safetensors`);
     ``allow_pickle`` lets ones PyTorch's safe loader refuses be unpickled.
+
+    ``name`` (default: the folder's name) becomes general.name, adjusted so that llama.cpp
+    strips whitespace after special tokens as the folder's tokenizer does
+    (:func:`ftpack.training.token_check.gguf_model_name`): llama.cpp decides that from the
+    name alone. Both converters write the same name.
     """
     outtype = outtype.lower()
     if outtype not in OUTTYPES:
@@ -140,9 +145,11 @@ def convert_to_gguf(model_dir: Path | str, out: Path | str, *, outtype: str = "f
     config = load_hf_config(model_dir)
     model_dir = ensure_safetensors(model_dir, allow_pickle=allow_pickle)
     arch_name = (config.get("architectures") or [None])[0]
+    name = gguf_name(name or _default_name(model_dir, Path(adapter_dir) if adapter_dir else None),
+                     tokenizer_dir(model_dir, Path(adapter_dir) if adapter_dir else None))
     spec = ARCHITECTURES.get(arch_name or "")
     if spec is None:
-        return _convert_with_llama_cpp(model_dir, out, outtype, adapter_dir, arch_name, llama_cpp_dir)
+        return _convert_with_llama_cpp(model_dir, out, outtype, adapter_dir, arch_name, llama_cpp_dir, name)
     if config.get("quantization_config"):
         raise bad_input(f"{model_dir} holds quantized weights ({config['quantization_config'].get('quant_method')}).",
                         "Convert the 16-bit original model; ftpack quantizes the GGUF afterwards.")
@@ -217,6 +224,14 @@ def _np_float32():
 
 def _default_name(model_dir: Path, adapter_dir: Path | None) -> str:
     return (adapter_dir or model_dir).resolve().name
+
+
+def gguf_name(name: str, tok_dir: Path) -> str:
+    """general.name for a GGUF whose tokenizer comes from ``tok_dir``: ``name``, adjusted to
+    the llama.cpp strip behaviour of that tokenizer (ftpack.training.token_check)."""
+    from ftpack.training.token_check import folder_rstrips, gguf_model_name
+
+    return gguf_model_name(name, folder_rstrips(tok_dir))
 
 
 # -- tensors ------------------------------------------------------------------------------
@@ -685,7 +700,7 @@ def find_llama_cpp(llama_cpp_dir: Path | str | None) -> Path | None:
 
 
 def _convert_with_llama_cpp(model_dir: Path, out: Path, outtype: str, adapter_dir: Path | str | None,
-                            arch_name: str | None, llama_cpp_dir: Path | str | None) -> ConvertResult:
+                            arch_name: str | None, llama_cpp_dir: Path | str | None, name: str) -> ConvertResult:
     from ftpack.gguf.vendored import conversion_route, converter_support, gguf_summary, llama_cpp_source, run_converter
 
     # --llama-cpp / LLAMA_CPP_DIR, else llama.cpp's converter from the installed llama-cpp-python's sdist
@@ -711,14 +726,14 @@ def _convert_with_llama_cpp(model_dir: Path, out: Path, outtype: str, adapter_di
         check_free_space(out.parent, source.total_bytes + (32 << 20), f"the GGUF file {out.name}")
         with atomic_path(out) as tmp:
             reporter.info(reason)
-            run_converter(llama_cpp, src, tmp, outtype, what=arch_name)
+            run_converter(llama_cpp, src, tmp, outtype, what=arch_name, model_name=name)
     finally:
         if merged_dir is not None:
             shutil.rmtree(merged_dir, ignore_errors=True)
     gguf_arch, tensors, pre = gguf_summary(out)
     return ConvertResult(out, gguf_arch, outtype, tensors, out.stat().st_size, pre, 0,
-                         {"converter": str(llama_cpp.convert_script), "converter_origin": llama_cpp.origin,
-                          "llama_cpp_commit": llama_cpp.commit})
+                         {"name": name, "converter": str(llama_cpp.convert_script),
+                          "converter_origin": llama_cpp.origin, "llama_cpp_commit": llama_cpp.commit})
 
 
 # -- the pipeline stage -------------------------------------------------------------------
@@ -733,12 +748,17 @@ def train_output(ctx) -> tuple[Path, Path | None]:
 
 
 def run_convert_stage(ctx) -> "Any":
-    """Stage ``convert``: train output → gguf/<name>.<outtype>.gguf.
+    """Stage ``convert``: train output → gguf/<name>.<outtype>.gguf, then the tokenization check.
 
     Reads ``ctx.upstream("train")``: train/adapter (a PEFT adapter; its base from
     metrics["base_path"] or adapter_config.json) is fused on the fly, with no merged
     copy on disk; train/model (full weights) is converted as is. The tokenizer and chat
     template come from the folder training saved (adapter or model folder).
+
+    The data stage compared training ids with llama.cpp's on a vocab-only GGUF written from
+    the base's tokenizer files; this stage compares them again with the GGUF it wrote and
+    the tokenizer training saved (:func:`check_final_tokenization`), so whatever training
+    saved is covered too. A mismatch removes the GGUF and fails the stage.
     """
     from ftpack.core.runner import StageResult
 
@@ -749,9 +769,39 @@ def run_convert_stage(ctx) -> "Any":
     path.parent.mkdir(parents=True, exist_ok=True)
     result = convert_to_gguf(base_dir, path, outtype=outtype, adapter_dir=adapter_dir, name=cfg.name,
                              llama_cpp_dir=os.environ.get("LLAMA_CPP_DIR"), allow_pickle=cfg.allow_pickle)
+    tokenization = check_final_tokenization(ctx, tokenizer_dir(base_dir, adapter_dir), path)
     return StageResult(outputs=[path], main_output=path, metrics={
         "architecture": result.architecture, "outtype": outtype, "tensors": result.tensors,
         "bytes": result.bytes, "pre_tokenizer": result.pre_tokenizer, "merged_tensors": result.merged_tensors,
-        "base_path": str(base_dir), "adapter": str(adapter_dir) if adapter_dir else None})
+        "base_path": str(base_dir), "adapter": str(adapter_dir) if adapter_dir else None,
+        "gguf_name": result.metadata.get("name"), **tokenization})
 
 
+def check_final_tokenization(ctx, tok_dir: Path, gguf_path: Path) -> dict[str, Any]:
+    """The trained model's tokenizer (as training saved it) against llama.cpp with the GGUF
+    just written (vocab only), on the conversations the data stage checked (the same
+    ≤256, same seed). Metrics: ``tokenization`` ("N/N identical") and the token count.
+    A build without a data stage (nothing to sample) is recorded as not checked."""
+    from ftpack.training.bases import load_tokenizer
+    from ftpack.training.data import read_messages_jsonl
+    from ftpack.training.templates import template_of_build
+    from ftpack.training.token_check import check_tokenization
+
+    layout, cfg = ctx.layout, ctx.config
+    if "data" not in ctx.manifest.stages or not layout.train_file.is_file():
+        return {"tokenization": "not checked (no data stage)"}
+    conversations = read_messages_jsonl(layout.train_file)
+    if layout.eval_file.is_file():
+        conversations += read_messages_jsonl(layout.eval_file)
+    tokenizer = load_tokenizer(tok_dir, trust_remote_code=bool(getattr(cfg, "trust_remote_code", False)))
+    try:
+        checked = check_tokenization(tokenizer, template_of_build(layout), conversations, gguf_path,
+                                     seed=int(cfg.seed or 0),
+                                     subject=f"the trained model's tokenizer ({tok_dir}) and llama.cpp with "
+                                             f"{gguf_path.name}")
+    except FtpackError:
+        gguf_path.unlink(missing_ok=True)  # never leave a GGUF that is queried with other tokens
+        raise
+    ctx.reporter.info(f"Tokenization check on {gguf_path.name}: {checked.checked} conversations "
+                      f"({checked.tokens} tokens) tokenize identically for the trained model and llama.cpp/Ollama.")
+    return {"tokenization": f"{checked.checked}/{checked.checked} identical", "tokenization_tokens": checked.tokens}

@@ -727,17 +727,19 @@ def supported_architectures(support: ConverterSupport | None = None) -> dict[str
 # -- running it ----------------------------------------------------------------------------
 
 def run_converter(source: LlamaCppSource, model_dir: Path, outfile: Path, outtype: str,
-                  extra_args: Iterable[str] = (), *, what: str | None = None) -> None:
+                  extra_args: Iterable[str] = (), *, what: str | None = None, model_name: str | None = None) -> None:
     """Run ``convert_hf_to_gguf.py model_dir --outfile outfile --outtype outtype`` in a subprocess.
 
     A folder whose architecture the script does not register is refused first
     (:func:`require_conversion_route`). The script runs with its own gguf-py first on
     PYTHONPATH, this Python, and output captured; a non-zero exit raises FtpackError with
-    the last lines it printed.
+    the last lines it printed. ``model_name``: general.name (``--model-name``), which ftpack
+    decides because llama.cpp's tokenizer reads it (ftpack.training.token_check); without
+    it the script takes one from the model card or the folder's name.
     """
     require_conversion_route(model_dir, source, what)
     cmd = [sys.executable, str(source.convert_script), str(model_dir), "--outfile", str(outfile),
-           "--outtype", outtype, *extra_args]
+           "--outtype", outtype, *(["--model-name", model_name] if model_name is not None else []), *extra_args]
     reporter = get_reporter()
     lines: list[str] = []
     with reporter.progress(f"converting {what or Path(model_dir).name} with llama.cpp's convert_hf_to_gguf.py "

@@ -106,17 +106,22 @@ def load_tokenizer(path: Path, *, trust_remote_code: bool = False):
     Llama-style SentencePiece folders (Llama-2, Vicuna: ``tokenizer.model``) get a fast
     tokenizer built the way SentencePiece and llama.cpp tokenize
     (:mod:`ftpack.training.spm_tokenizer`); transformers' own rebuild differs on spaces.
+    Added tokens strip whitespace as llama.cpp will (token_check.align_strip_flags).
     """
     from ftpack.core.quiet import quiet_libraries
     from ftpack.training.spm_tokenizer import is_llama_spm_folder, spm_fast_tokenizer
+    from ftpack.training.token_check import align_strip_flags
 
     try:
         with quiet_libraries():
             if is_llama_spm_folder(Path(path)):
-                return spm_fast_tokenizer(Path(path))
-            from transformers import AutoTokenizer
+                tokenizer = spm_fast_tokenizer(Path(path))
+            else:
+                from transformers import AutoTokenizer
 
-            return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+                tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        align_strip_flags(tokenizer)
+        return tokenizer
     except ImportError as exc:
         raise FtpackError(f"Cannot load the tokenizer from {path}: {exc}",
                           "Reinstall ftpack's dependencies (pip install ftpack) in this environment.") from exc

@@ -717,7 +717,8 @@ def prepare_build_data(cfg: Any, layout: Any, reporter: Any) -> BuildData:
         outputs.append(save_template(template, layout.data_dir))
     ollama = resolved.ollama
     checked = check_build_tokenization(tokenizer, template, resolved.path, prepared, layout, reporter,
-                                       seed=int(cfg.seed or 0), vocab=ollama.model_blob if ollama else None)
+                                       seed=int(cfg.seed or 0), vocab=ollama.model_blob if ollama else None,
+                                       name=getattr(cfg, "name", None))
     if ollama is None:
         outputs.append(Path(checked.vocab_gguf))
     return BuildData(template=template, summary=summary, outputs=outputs, token_check=checked,
@@ -725,13 +726,16 @@ def prepare_build_data(cfg: Any, layout: Any, reporter: Any) -> BuildData:
 
 
 def check_build_tokenization(tokenizer: Any, template: Any, base_dir: Path, prepared: "PreparedData",
-                             layout: Any, reporter: Any, *, seed: int = 0, vocab: Path | None = None) -> Any:
+                             layout: Any, reporter: Any, *, seed: int = 0, vocab: Path | None = None,
+                             name: str | None = None) -> Any:
     """Training ids == llama.cpp's ids on a sample of this dataset, with the vocabulary the
     build's GGUF will carry (:mod:`ftpack.training.token_check`); stops the build otherwise.
-    ``vocab``: a GGUF that already carries it (a base from Ollama: its own blob)."""
-    from ftpack.training.token_check import check_tokenization, write_vocab_gguf
+    ``vocab``: a GGUF that already carries it (a base from Ollama: its own blob). ``name``:
+    the build's, from which the GGUF name comes (llama.cpp's tokenizer reads it)."""
+    from ftpack.training.token_check import build_gguf_name, check_tokenization, write_vocab_gguf
 
-    vocab = vocab or write_vocab_gguf(base_dir, layout.data_dir / "vocab.gguf")
+    vocab = vocab or write_vocab_gguf(base_dir, layout.data_dir / "vocab.gguf",
+                                      name=build_gguf_name(name, tokenizer) if name else None)
     checked = check_tokenization(tokenizer, template, [*prepared.train, *prepared.eval], vocab, seed=seed)
     reporter.info(f"Tokenization check: {checked.checked} conversations ({checked.tokens} tokens) tokenize "
                   "identically for training and for llama.cpp/Ollama.")

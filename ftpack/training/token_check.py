@@ -24,6 +24,120 @@ from ftpack.core.errors import FtpackError
 #: how many conversations the data stage checks (all of them when there are fewer)
 DEFAULT_SAMPLE = 256
 
+# -- llama.cpp's whitespace stripping around special tokens follows general.name ---------------
+#
+# Hugging Face tokenizers carry ``lstrip``/``rstrip`` per added token (Phi-3's chat markers
+# swallow the newline after them). A GGUF has no such flags: llama.cpp (src/llama-vocab.cpp,
+# ``load``, llama-cpp-python 0.3.36) sets them itself, and for a causal LM only one way: when
+# the lower-cased ``general.name`` contains "phi-3" or "phi3", every special token (types
+# control, user-defined, unknown) strips the whitespace after it except ``<unk>``, ``<s>`` and
+# ``<|endoftext|>`` (looked up by text: loading fails when one is missing), and ``</s>`` does
+# too; with any other name no token strips anything. So ftpack picks, per base, the one of
+# these two behaviours closest to the base's own flags (:func:`llama_cpp_rstrips`), sets the
+# training tokenizer's flags to exactly it (:func:`align_strip_flags`, applied wherever
+# ftpack loads a tokenizer) and writes a GGUF name that selects it (:func:`gguf_model_name`).
+
+#: lower-cased general.name substrings that switch llama.cpp's Phi-3 rule on
+LLAMA_CPP_RSTRIP_NAMES = ("phi-3", "phi3")
+#: tokens the rule leaves alone; llama.cpp needs each of them and ``</s>`` in the vocabulary
+LLAMA_CPP_RSTRIP_EXCEPT = ("<unk>", "<s>", "<|endoftext|>")
+_RULE_NEEDS = (*LLAMA_CPP_RSTRIP_EXCEPT, "</s>")
+
+
+def name_rstrips(name: str | None) -> bool:
+    """Whether llama.cpp applies its Phi-3 rule to a GGUF with this general.name."""
+    low = (name or "").lower()
+    return any(mark in low for mark in LLAMA_CPP_RSTRIP_NAMES)
+
+
+def gguf_model_name(name: str, rstrip: bool) -> str:
+    """``name`` adjusted so that llama.cpp strips after special tokens exactly when ``rstrip``:
+    "phi3"/"phi-3" inside it become "phi 3" when it must not, and " (phi-3)" is appended
+    when it must and does not say so."""
+    import re
+
+    if rstrip:
+        return name if name_rstrips(name) else f"{name} (phi-3)"
+    return re.sub(r"(?i)(phi)-?(3)", r"\1 \2", name)
+
+
+def _added_tokens(tokenizer: Any) -> dict[int, Any]:
+    try:
+        return dict(tokenizer.added_tokens_decoder)
+    except (AttributeError, TypeError, NotImplementedError):
+        return {}
+
+
+def _wanted_rstrip(content: str, rule: bool) -> bool:
+    return rule and content not in LLAMA_CPP_RSTRIP_EXCEPT
+
+
+def llama_cpp_rstrips(tokenizer: Any) -> bool:
+    """Which of llama.cpp's two behaviours to train and ship with: True (the Phi-3 rule) when
+    the vocabulary has the tokens the rule needs and it changes fewer of the tokenizer's own
+    ``rstrip``/``lstrip`` flags than "no token strips"; a tokenizer whose flags already match
+    one behaviour (every tokenizer ftpack saved) keeps it."""
+    added = _added_tokens(tokenizer)
+    try:
+        vocab = tokenizer.get_vocab()
+    except (AttributeError, TypeError, NotImplementedError):
+        return False
+    if not added or not all(t in vocab for t in _RULE_NEEDS):
+        return False
+
+    def changes(rule: bool) -> int:
+        return sum((bool(a.rstrip) != _wanted_rstrip(str(a.content), rule)) + bool(a.lstrip) for a in added.values())
+
+    return changes(True) < changes(False)
+
+
+def align_strip_flags(tokenizer: Any) -> bool:
+    """Set every added token's ``rstrip``/``lstrip`` to what llama.cpp will do with the GGUF
+    ftpack writes for this tokenizer (:func:`llama_cpp_rstrips`); returns that behaviour.
+
+    Changes the tokenizer in place (``save_pretrained`` keeps the flags, so the trained
+    model's tokenizer says what training did). A tokenizer without a ``tokenizers`` backend
+    is left as it is; the build's tokenization checks still compare it with llama.cpp."""
+    rule = llama_cpp_rstrips(tokenizer)
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None or not hasattr(backend, "add_special_tokens"):
+        return rule
+    from tokenizers import AddedToken
+
+    special, plain = [], []
+    for a in _added_tokens(tokenizer).values():
+        rstrip = _wanted_rstrip(str(a.content), rule)
+        if bool(a.rstrip) == rstrip and not a.lstrip:
+            continue
+        fixed = AddedToken(str(a.content), single_word=a.single_word, lstrip=False, rstrip=rstrip,
+                           normalized=a.normalized, special=a.special)
+        (special if a.special else plain).append(fixed)
+    if special:
+        backend.add_special_tokens(special)
+    if plain:
+        backend.add_tokens(plain)
+    return rule
+
+
+def folder_rstrips(tok_dir: Path) -> bool:
+    """:func:`llama_cpp_rstrips` for the tokenizer ftpack loads from ``tok_dir``. Without a
+    strip flag in its tokenizer files the answer is False without loading it."""
+    import re
+
+    flag = re.compile(r'"[lr]strip"\s*:\s*true')
+    files = [Path(tok_dir) / n for n in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")]
+    if not any(f.is_file() and flag.search(f.read_text(encoding="utf-8", errors="replace")) for f in files):
+        return False
+    from ftpack.training.bases import load_tokenizer
+
+    return llama_cpp_rstrips(load_tokenizer(Path(tok_dir)))
+
+
+def build_gguf_name(name: str, tokenizer: Any) -> str:
+    """The general.name of every GGUF a build writes (vocab-only and final): ``name`` (the
+    build's), adjusted to the strip behaviour its training tokenizer has."""
+    return gguf_model_name(name, llama_cpp_rstrips(tokenizer))
+
 
 @dataclass
 class TokenCheck:
@@ -39,9 +153,13 @@ class TokenCheck:
                 "tokenization_equal": not self.mismatches}
 
 
-def write_vocab_gguf(model_dir: Path, out: Path) -> Path:
+def write_vocab_gguf(model_dir: Path, out: Path, name: str | None = None) -> Path:
     """A GGUF with the model's hyper-parameters and tokenizer but no tensors, written by
-    the converter that will write the real model (llama.cpp loads it with vocab_only)."""
+    the converter that will write the real model (llama.cpp loads it with vocab_only).
+
+    ``name``: its general.name, the build's (:func:`build_gguf_name`), which decides how
+    llama.cpp strips whitespace after special tokens; default: the folder's name, adjusted
+    to its tokenizer (:func:`folder_rstrips`)."""
     import gguf
 
     from ftpack.core.quiet import quiet_libraries
@@ -51,17 +169,20 @@ def write_vocab_gguf(model_dir: Path, out: Path) -> Path:
 
     model_dir, out = Path(model_dir), Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if name is None:
+        name = gguf_model_name(model_dir.name, folder_rstrips(model_dir))
     config = load_hf_config(model_dir)
     spec = ARCHITECTURES.get((config.get("architectures") or [""])[0])
     if spec is None:
         from ftpack.gguf.vendored import llama_cpp_source, run_converter
 
         with atomic_path(out) as tmp:
-            run_converter(llama_cpp_source(), model_dir, tmp, "f16", ["--vocab-only"], what="vocabulary")
+            run_converter(llama_cpp_source(), model_dir, tmp, "f16", ["--vocab-only"], what="vocabulary",
+                          model_name=name)
         return out
     writer = gguf.GGUFWriter(path=None, arch=spec.gguf_arch)
     writer.add_type("model")
-    writer.add_name(model_dir.name)
+    writer.add_name(name)
     write_hyperparameters(writer, config, spec)
     with quiet_libraries(), silenced():  # its "no chat template" note is about the model GGUF, not this one
         write_tokenizer(writer, model_dir, config)
@@ -149,8 +270,11 @@ def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
 
 
 def check_tokenization(tokenizer: Any, template: Any, conversations: Sequence[Any], vocab_gguf: Path, *,
-                       sample: int = DEFAULT_SAMPLE, seed: int = 0, raise_on_mismatch: bool = True) -> TokenCheck:
-    """Compare training ids with llama.cpp's ids for a sample of ``conversations``."""
+                       sample: int = DEFAULT_SAMPLE, seed: int = 0, raise_on_mismatch: bool = True,
+                       subject: str | None = None) -> TokenCheck:
+    """Compare training ids with llama.cpp's ids for a sample of ``conversations``
+    (``vocab_gguf``: any GGUF; only its vocabulary is loaded). ``subject`` names the two
+    sides in the error (default: training and llama.cpp/Ollama)."""
     from ftpack.inference.runtime import open_llama
 
     picked = sample_conversations(conversations, sample, seed)
@@ -170,7 +294,7 @@ def check_tokenization(tokenizer: Any, template: Any, conversations: Sequence[An
     if check.mismatches and raise_on_mismatch:
         m = check.mismatches[0]
         raise FtpackError(
-            f"Tokenization differs between training and llama.cpp/Ollama in {len(check.mismatches)} of "
+            f"Tokenization differs between {subject or 'training and llama.cpp/Ollama'} in {len(check.mismatches)} of "
             f"{check.checked} checked conversations. First: record {m['record']}, token {m['position']}:\n"
             f"  training : {m['training']}\n  llama.cpp: {m['llama_cpp']}\n  text near: {m['text']!r}",
             "The model would be trained on other tokens than it is queried with. Report this with the base's "
