@@ -277,3 +277,24 @@ def test_cpu_attention_runs_gemma2_soft_capping_like_eager(tmp_path):
     with torch.no_grad():
         assert torch.allclose(ours.eval()(input_ids=ids, use_cache=False).logits,
                               eager(input_ids=ids, use_cache=False).logits, atol=1e-5)
+
+
+
+def test_bf16_lora_base_lets_the_weight_file_go(tiny_llama):
+    """With the projections copied to bf16, the embeddings and norms are copied too, so the
+    memory-mapped safetensors file (every page read while loading) is no longer held."""
+    import gc
+
+    from ftpack.training.settings import TrainSettings
+    from ftpack.training.trainable import make_trainable
+
+    def mapped() -> bool:
+        return any(str(tiny_llama) in line for line in Path("/proc/self/maps").read_text().splitlines())
+
+    settings = TrainSettings.from_config({"method": "lora", "lora_dropout": 0.0}).resolved("cpu")
+    lean = make_trainable(Path(tiny_llama), settings, device="cpu", bf16=True)
+    gc.collect()
+    assert not mapped()
+    plain = make_trainable(Path(tiny_llama), settings, device="cpu", bf16=False)
+    assert mapped()  # fp32 training uses the weights straight from the file
+    assert lean is not plain
