@@ -56,7 +56,7 @@ def merge(base: Path | None, adapter_dir: Path, out_dir: Path, dtype: str, overw
 @config_options(["outtype"], help={"outtype": "Tensor type of the GGUF (quantize further with `ftpack quantize`)."})
 @click.option("--adapter", "adapter_dir", type=_PATH, default=None,
               help="LoRA/DoRA adapter to merge on the fly (no merged copy is written).")
-@click.option("--name", default=None, help="general.name in the GGUF (default: the folder name).")
+@click.option("--name", default=None, help="general.name in the GGUF (default: the folder name); adjusted so llama.cpp strips whitespace after special tokens as the tokenizer does (e.g. ' (phi-3)' appended).")
 @click.option("--llama-cpp", "llama_cpp_dir", type=_PATH, default=None, envvar="LLAMA_CPP_DIR",
               help="llama.cpp checkout whose convert_hf_to_gguf.py handles other architectures "
                    "(default: $LLAMA_CPP_DIR, else the one in the installed llama-cpp-python's source).")
