@@ -28,12 +28,13 @@ the path trains in.
 The CPU may be shared (other processes make every figure lower and noisier); the JSON
 records the load average before and after. Not a test (minutes).
 
-    .venv/bin/python benchmarks/train_throughput.py [--steps 12] [--json]
+    .venv/bin/python benchmarks/train_throughput.py [--steps 12] [--checkpointing] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -144,8 +145,9 @@ def run_baseline(steps: int) -> dict:
     return measured(timer, counts, model, precision="fp32", threads=torch.get_num_threads())
 
 
-def run_ftpack(steps: int) -> dict:
-    """(b) ``ftpack train`` with the demo config's settings."""
+def run_ftpack(steps: int, checkpointing: bool = False) -> dict:
+    """(b) ``ftpack train`` with the demo config's settings (``checkpointing``: plus
+    ``--gradient-checkpointing``, the memory-saving variant)."""
     import torch
 
     from ftpack.core.report import silenced
@@ -162,7 +164,10 @@ def run_ftpack(steps: int) -> dict:
 
     train_module.setup = setup_and_count
     with silenced(), tempfile.TemporaryDirectory(prefix="ftpack-bench-") as out:
-        result = train_module.train("smollm2-135m", DATA, Path(out), settings=demo_settings(steps),
+        settings = demo_settings(steps)
+        if checkpointing:
+            settings = dataclasses.replace(settings, gradient_checkpointing=True)
+        result = train_module.train("smollm2-135m", DATA, Path(out), settings=settings,
                                     template="chatml", callbacks=[timer], resume=False)
     model_info = result.metrics
     return measured(timer, counts, None, precision=model_info["precision"], threads=torch.get_num_threads(),
@@ -224,16 +229,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=12, help="timed optimizer steps per path (after 2 warm-up steps)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--child", choices=("baseline", "ftpack"), help=argparse.SUPPRESS)
+    ap.add_argument("--checkpointing", action="store_true",
+                    help="also run ftpack train with --gradient-checkpointing (less memory, slower)")
+    ap.add_argument("--child", choices=("baseline", "ftpack", "ftpack-checkpointing"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     total = args.steps + WARMUP_STEPS
     if args.child:
-        print(json.dumps(run_baseline(total) if args.child == "baseline" else run_ftpack(total)))
+        run = {"baseline": run_baseline, "ftpack": run_ftpack,
+               "ftpack-checkpointing": lambda n: run_ftpack(n, checkpointing=True)}[args.child]
+        print(json.dumps(run(total)))
         return 0
 
     load_before = os.getloadavg()[0]
     peaks = matmul_peaks()
     base, fast = child("baseline", total), child("ftpack", total)
+    lean = child("ftpack-checkpointing", total) if args.checkpointing else None
     peak_of = {"fp32": peaks["fp32"], "bf16": peaks["bf16"]}
     mfu = lambda r: round(model_flops(r) / r["seconds"] / 1e9 / peak_of.get(r["precision"], peaks["fp32"]), 4)  # noqa: E731
     result = {
@@ -249,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "baseline": base, "ftpack": fast,
     }
+    if lean is not None:
+        result.update(tokens_per_s_checkpointing=lean["tokens_per_s"], peak_rss_gb_checkpointing=lean["peak_rss_gb"],
+                      ftpack_checkpointing=lean)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -258,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'peak RSS (GB)':28s}{base['peak_rss_gb']:>26.2f}{fast['peak_rss_gb']:>16.2f}")
     print(f"{'MFU':28s}{result['mfu_baseline']:>26.1%}{result['mfu']:>16.1%}")
     print(f"{'precision':28s}{'fp32':>26s}{fast['precision']:>16s}")
+    if lean is not None:
+        print(f"ftpack train --gradient-checkpointing: {lean['tokens_per_s']:.1f} tokens/s, "
+              f"peak RSS {lean['peak_rss_gb']:.2f} GB")
     print(f"speedup {result['speedup']:.2f}x (target >= 2.5); peak RSS {fast['peak_rss_gb']:.2f} GB (target <= 1.5); "
           f"load average {result['load_average'][0]} -> {result['load_average'][1]} (a shared CPU lowers every figure)")
     return 0

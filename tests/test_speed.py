@@ -5,8 +5,8 @@ recorded, and the loss curve of the fast path stays close to fp32's.
 The bound for the loss curves (also in README "Training speed"): same data, same seed,
 LoRA r16, 12 steps at lr 2e-3 on the tiny random Llama, bf16 autocast vs fp32: every
 logged loss within 8% of fp32's and the mean difference within 3% of the mean loss
-(measured: at most 5.5%, mean 0.8%). On SmolLM2-135M with the demo data the curves
-agreed within 0.5% per step over 8 steps.
+(measured: at most 5.5%, mean 0.8%). On SmolLM2-135M with the demo data and config
+(10 steps, seed 42) bf16 stayed within 1.7% of fp32 at every step, 0.4% on average.
 """
 
 from __future__ import annotations
