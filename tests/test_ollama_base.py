@@ -193,6 +193,20 @@ def test_an_architecture_transformers_cannot_load_is_refused(store, tmp_path):
     assert "llama" in err.value.hint
 
 
+def test_architectures_of_transformers_fast_gguf_loader_are_accepted(store, tmp_path):
+    """transformers 5 loads qwen35 GGUFs with its new loader, whose table the legacy
+    GGUF_SUPPORTED_ARCHITECTURES list lacks: such an Ollama model was refused."""
+    from transformers.integrations.gguf import GGUF_CONFIG_ARCHS
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    newer = sorted(set(GGUF_CONFIG_ARCHS) - set(GGUF_SUPPORTED_ARCHITECTURES))
+    if not newer:
+        pytest.skip("this transformers has no GGUF architecture outside the legacy table")
+    arch = newer[0]
+    put_model(store, "newer:latest", write_tiny_gguf(tmp_path / "newer.gguf", arch=arch))
+    assert read_ollama_base("ollama:newer").architecture == arch
+
+
 def test_the_server_confirms_the_blob(ollama_double, ollama_models_dir, tiny_blob, tmp_path, monkeypatch):
     """/api/show names the blob the server runs: the same one confirms; another is an error;
     a model only the server knows is read from the store its blob lies in."""

@@ -42,11 +42,6 @@ MEDIA_MESSAGES = "application/vnd.ollama.image.messages"
 MEDIA_TENSOR = "application/vnd.ollama.image.tensor"
 #: GGUF file types that are not quantized.
 _UNQUANTIZED = ("F32", "F16", "BF16")
-#: GGUF architecture -> transformers' name, where they differ (transformers' GGUF loader's own map).
-_TRANSFORMERS_ARCH = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss",
-                      "minimax-m2": "minimax_m2"}
-#: Architectures transformers reads from GGUF but that are not causal language models.
-_NOT_CAUSAL = ("t5", "t5encoder", "umt5", "general", "tokenizer")
 
 
 def is_ollama_base(base: Any) -> bool:
@@ -209,26 +204,18 @@ def _layer_json(store: Path, model: Any, media: str) -> Any:
                           f"Pull it again (`ollama pull {model.name.display}`).", code=2) from None
 
 
-def transformers_architecture(gguf_arch: str) -> str | None:
-    """The name transformers' GGUF loader knows ``gguf_arch`` by, or None when it cannot
-    load that architecture from GGUF as a causal language model."""
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
-
-    name = _TRANSFORMERS_ARCH.get(gguf_arch, gguf_arch)
-    if name in _NOT_CAUSAL or gguf_arch in _NOT_CAUSAL:
-        return None
-    return name if name in GGUF_SUPPORTED_ARCHITECTURES else None
-
-
 def _check_architecture(shown: str, arch: str) -> None:
-    if transformers_architecture(arch) is None:
-        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+    """transformers must be able to dequantize the blob into a causal LM: its GGUF loaders'
+    own tables (fast path and legacy, :func:`ftpack.gguf.vendored.transformers_gguf_architectures`;
+    read without importing torch)."""
+    from ftpack.gguf.vendored import transformers_gguf_architectures
 
-        known = ", ".join(sorted(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in _NOT_CAUSAL))
+    known = transformers_gguf_architectures()
+    if arch not in known:
         raise bad_input(f"{shown} is a {arch!r} model: transformers cannot load that architecture from GGUF, so "
                         "ftpack cannot train it from the Ollama store.",
-                        f"Architectures it can: {known}. Otherwise train from the model's Hugging Face original "
-                        "(--base ORG/NAME).")
+                        f"Architectures it can: {', '.join(known)}. Otherwise train from the model's Hugging Face "
+                        "original (--base ORG/NAME).")
 
 
 # -- the server -----------------------------------------------------------------------------
