@@ -28,7 +28,7 @@ the path trains in.
 The CPU may be shared (other processes make every figure lower and noisier); the JSON
 records the load average before and after. Not a test (minutes).
 
-    .venv/bin/python benchmarks/train_throughput.py [--steps 12] [--checkpointing] [--json]
+    .venv/bin/python benchmarks/train_throughput.py [--steps 20] [--checkpointing] [--json]
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def child(which: str, steps: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=12, help="timed optimizer steps per path (after 2 warm-up steps)")
+    ap.add_argument("--steps", type=int, default=20, help="timed optimizer steps per path (after 2 warm-up steps)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--checkpointing", action="store_true",
                     help="also run ftpack train with --gradient-checkpointing (less memory, slower)")
