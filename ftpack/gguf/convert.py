@@ -145,21 +145,20 @@ def convert_to_gguf(model_dir: Path | str, out: Path | str, *, outtype: str = "f
     config = load_hf_config(model_dir)
     model_dir = ensure_safetensors(model_dir, allow_pickle=allow_pickle)
     arch_name = (config.get("architectures") or [None])[0]
-    name = gguf_name(name or _default_name(model_dir, Path(adapter_dir) if adapter_dir else None),
-                     tokenizer_dir(model_dir, Path(adapter_dir) if adapter_dir else None))
+    adapter_path = Path(adapter_dir) if adapter_dir else None
+    name = gguf_name(name or _default_name(model_dir, adapter_path), tokenizer_dir(model_dir, adapter_path))
     spec = ARCHITECTURES.get(arch_name or "")
     if spec is None:
         return _convert_with_llama_cpp(model_dir, out, outtype, adapter_dir, arch_name, llama_cpp_dir, name)
     if config.get("quantization_config"):
         raise bad_input(f"{model_dir} holds quantized weights ({config['quantization_config'].get('quant_method')}).",
                         "Convert the 16-bit original model; ftpack quantizes the GGUF afterwards.")
-    return _convert_llama_family(model_dir, out, outtype, adapter, Path(adapter_dir) if adapter_dir else None,
-                                 config, spec, name)
+    return _convert_llama_family(model_dir, out, outtype, adapter, adapter_path, config, spec, name)
 
 
 def _convert_llama_family(model_dir: Path, out: Path, outtype: str, adapter: LoraAdapter | None,
                           adapter_dir: Path | None, config: dict[str, Any], spec: ArchSpec,
-                          name: str | None) -> ConvertResult:
+                          name: str) -> ConvertResult:
     import gguf
 
     reporter = get_reporter()
@@ -170,8 +169,7 @@ def _convert_llama_family(model_dir: Path, out: Path, outtype: str, adapter: Lor
     check_free_space(out.parent, total + (32 << 20), f"the GGUF file {out.name}")
 
     writer = gguf.GGUFWriter(path=None, arch=spec.gguf_arch)
-    meta = write_general_metadata(writer, model_dir, adapter, config, name or _default_name(model_dir, adapter_dir),
-                                  sum(numel(p.shape) for p in plan))
+    meta = write_general_metadata(writer, model_dir, adapter, config, name, sum(numel(p.shape) for p in plan))
     write_hyperparameters(writer, config, spec)
     writer.add_file_type(file_type_of(outtype))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)

@@ -174,10 +174,9 @@ def release_weight_file(model) -> None:
     0.4 GB of the 0.54 GB file for SmolLM2-135M); own copies of them (0.11 GB) let it go."""
     import torch
 
-    for module in model.modules():
-        for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
-            if tensor is not None and not tensor.requires_grad and tensor.dtype == torch.float32:
-                tensor.data = tensor.data.clone()
+    for tensor in [*model.parameters(), *model.buffers()]:  # each once: tied weights are one tensor
+        if not tensor.requires_grad and tensor.dtype == torch.float32:
+            tensor.data = tensor.data.clone()
 
 
 def _eager_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **_kwargs):
