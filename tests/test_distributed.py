@@ -205,3 +205,20 @@ def test_fsdp_full_finetune_gathers_sharded_weights(tiny_llama, tmp_path, run_cl
         result = run_cli(*args)
         assert result.exit_code == 0, result.output
     assert q4.stat().st_size > 0 and f"FROM ./{q4.name}" in (out / "Modelfile").read_text()
+
+
+def test_other_ranks_write_nothing_into_out_before_training(tiny_llama, tmp_path):
+    """Under a launcher only rank 0 checks --out and writes there before training; a rank
+    that wrote its data split there first made rank 0's check refuse the folder (a race seen
+    in CI). Rank 1 alone, with no rendezvous to join: it prepares its data, then fails when
+    joining the process group, and --out must still not exist."""
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
+    env.update(PYTHONPATH=str(REPO), RANK="1", LOCAL_RANK="1", WORLD_SIZE="2", CUDA_VISIBLE_DEVICES="",
+               OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "ftpack", "train", "--base", str(tiny_llama),
+                           "--data", str(REPO / "examples" / "qa.sharegpt.json"), "--max-steps", "1",
+                           "--out", str(out)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0  # no rank 0 to meet
+    assert "MASTER_ADDR" in proc.stdout + proc.stderr  # it got as far as joining the process group
+    assert not out.exists()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 import click
@@ -52,10 +54,17 @@ def train(config_file: Path | None, resume: bool | None, **params) -> None:
     if cfg.out is None:
         raise bad_input("No output folder given.", "Pass --out DIR.")
     out = Path(cfg.out)
-    layout = BuildLayout(out)  # data/ as in a build; the training outputs go straight into --out
-    built = prepare_build_data(cfg, layout, reporter)
-    result = run_training(cfg.base, layout.train_file, out, settings=TrainSettings.from_config(cfg),
-                          template=built.template, eval_file=layout.eval_file, resume=resume, reporter=reporter)
+    with contextlib.ExitStack() as stack:
+        layout = BuildLayout(out)  # data/ as in a build; the training outputs go straight into --out
+        if int(os.environ.get("RANK", "0")) > 0:
+            # Under a launcher only rank 0 checks --out and writes there before training: the
+            # other ranks make the same (seeded) split in a private folder, so nothing of theirs
+            # can appear in --out before rank 0 has looked at it.
+            layout = BuildLayout(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ftpack-rank-"))))
+        built = prepare_build_data(cfg, layout, reporter)
+        result = run_training(cfg.base, layout.train_file, out, settings=TrainSettings.from_config(cfg),
+                              template=built.template, eval_file=layout.eval_file, resume=resume,
+                              reporter=reporter)
     reporter.result({**result.metrics, "template": result.template, "output": str(result.output),
                      "loss_csv": str(result.loss_csv), "loss_png": str(result.loss_png)})
     loss = f"loss {result.first_loss:.3f} → {result.train_loss:.3f}" if result.train_loss is not None else ""
