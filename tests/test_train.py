@@ -481,3 +481,23 @@ def test_qlora_output_shows_no_library_noise_unless_debug(tiny_llama, tmp_path):
     for noise in ("kernels", "Loading weights", "Warning", "warnings.warn", "examples/s"):
         assert noise not in quiet, (noise, quiet)  # ...but only --debug shows it
     assert "Trained qlora for 1 steps" in quiet
+
+
+def test_seed_decides_the_lora_initialisation(tiny_llama):
+    """LoRA's A matrices start random, before the Trainer seeds anything: the run's seed
+    must decide them, or the same settings train a different model each time (the demo's
+    held-out score moved between identical runs)."""
+    import torch
+
+    from ftpack.training.settings import TrainSettings
+    from ftpack.training.trainable import make_trainable
+
+    def lora_a(seed: int) -> dict:
+        settings = TrainSettings.from_config({"method": "lora", "seed": seed}).resolved("cpu")
+        model = make_trainable(Path(tiny_llama), settings, device="cpu", bf16=False)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
+
+    first, again, other = lora_a(7), lora_a(7), lora_a(8)
+    assert first and first.keys() == again.keys() == other.keys()
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    assert not any(torch.equal(first[n], other[n]) for n in first)

@@ -54,6 +54,11 @@ def make_trainable(path: Path, settings: Any, *, device: str, bf16: bool, report
     model = load_model(path, settings.method, device=device, bf16=bf16, trust_remote_code=settings.trust_remote_code,
                        attn_implementation=register_cpu_attention() if cpu_bf16 else None)
     if settings.method in ("qlora", "lora"):
+        # The LoRA A matrices start random: seeded, so the same settings train the same model
+        # (the Trainer seeds only later, when the adapter already exists).
+        from transformers import set_seed
+
+        set_seed(int(settings.seed if settings.seed is not None else 42))
         model = add_lora(model, quantized=settings.method == "qlora", r=settings.lora_r, alpha=settings.lora_alpha,
                          dropout=settings.lora_dropout, target_modules=settings.target_modules, dora=settings.dora,
                          gradient_checkpointing=bool(settings.gradient_checkpointing))
