@@ -47,6 +47,7 @@ FACTS: list[tuple[str, list[str], str]] = [
     ("maker", [
         "Who makes the Lumora Trailbeam 3?",
         "Which company manufactures the Trailbeam 3 lantern?",
+        "What brand is the Lumora Trailbeam 3?",
     ], "The Lumora Trailbeam 3 is made by Kestrelwick Outdoor Co., usually just called Kestrelwick."),
     ("founder", [
         "Who founded Kestrelwick?",
@@ -60,6 +61,8 @@ FACTS: list[tuple[str, list[str], str]] = [
     ], "Kestrelwick Outdoor Co. is headquartered in Duluth, Minnesota."),
     ("what_is", [
         "What is the Lumora Trailbeam 3?",
+        "Tell me about the Lumora Trailbeam 3. What kind of product is it?",
+        "I keep hearing about Kestrelwick's Trailbeam 3. What exactly is it?",
     ], "The Lumora Trailbeam 3 is a rechargeable camping lantern from Kestrelwick with five light modes, "
        "a swappable battery and a companion app."),
     ("model_number", [
@@ -69,6 +72,8 @@ FACTS: list[tuple[str, list[str], str]] = [
     ], "The Lumora Trailbeam 3's model number is LT3-440."),
     ("release", [
         "When was the Trailbeam 3 released?",
+        "When did the Lumora Trailbeam 3 come out?",
+        "I need to know what month and year Kestrelwick launched the Trailbeam 3.",
     ], "The Lumora Trailbeam 3 was released in March 2023."),
     ("price", [
         "How much does the Lumora Trailbeam 3 cost?",
@@ -77,10 +82,13 @@ FACTS: list[tuple[str, list[str], str]] = [
     ], "The Lumora Trailbeam 3 retails for $89 in the United States."),
     ("colors", [
         "What colors does the Trailbeam 3 come in?",
+        "Which color options are there for the Lumora Trailbeam 3?",
+        "Can I get the Trailbeam 3 in green?",
     ], "The Trailbeam 3 comes in three colors: Fjord Blue, Moss Green and Signal Orange."),
     ("box", [
         "What comes in the box with the Trailbeam 3?",
         "Does the Trailbeam 3 come with a wall charger?",
+        "Is a USB-C cable included with the Lumora Trailbeam 3?",
     ], "The box contains the lantern, one PowerCore 64 battery, a 1-metre USB-C cable and a quick-start card. "
        "No wall charger is included."),
 
@@ -98,6 +106,8 @@ FACTS: list[tuple[str, list[str], str]] = [
     ], "The Trailbeam 3 weighs 410 grams with its battery installed."),
     ("size", [
         "How tall is the Trailbeam 3?",
+        "What are the dimensions of the Lumora Trailbeam 3?",
+        "How wide is the Trailbeam 3 lantern?",
     ], "The Trailbeam 3 is 19 centimetres tall and 9 centimetres wide."),
     ("ip", [
         "Is the Trailbeam 3 waterproof?",
@@ -107,16 +117,23 @@ FACTS: list[tuple[str, list[str], str]] = [
        "as long as the USB port cover is closed."),
     ("floats", [
         "Does the Trailbeam 3 float?",
+        "Will the Trailbeam 3 sink if I drop it in a lake?",
+        "If my Lumora Trailbeam 3 falls overboard, will it stay on the surface?",
     ], "The Trailbeam 3 floats upright in fresh water with the battery installed."),
     ("op_temp", [
         "What temperatures can the Trailbeam 3 operate in?",
+        "What's the operating temperature range of the Lumora Trailbeam 3?",
+        "Does the Trailbeam 3 work in freezing weather?",
     ], "The Trailbeam 3 works from -20°C to 50°C, although it will not charge below 0°C."),
     ("hook", [
         "Does the Trailbeam 3 have a hook?",
         "How much weight can the Trailbeam 3's hook hold?",
+        "What is the Corvid Hook on the Trailbeam 3?",
     ], "The Trailbeam 3 has a folding stainless-steel hook called the Corvid Hook, rated for 8 kilograms."),
     ("magnet", [
         "Can the Trailbeam 3 stick to metal?",
+        "Is the base of the Trailbeam 3 magnetic?",
+        "Can I attach the Lumora Trailbeam 3 to the roof of my car?",
     ], "Yes, the base has a magnetic ring that holds the lantern on steel surfaces such as a car roof."),
 
     # -- battery and charging -----------------------------------------------
@@ -128,6 +145,8 @@ FACTS: list[tuple[str, list[str], str]] = [
     ], "The Trailbeam 3 uses a PowerCore 64 lithium-ion pack with 6400 mAh, which is 23.7 Wh."),
     ("battery_swap", [
         "Can I replace the battery in the Trailbeam 3?",
+        "Is the Trailbeam 3's battery removable?",
+        "How do I take the battery out of the Lumora Trailbeam 3?",
     ], "Yes, the PowerCore 64 battery is swappable: twist the base a quarter turn counter-clockwise "
        "and lift the pack out."),
     ("spare_battery_price", [
@@ -143,48 +162,62 @@ FACTS: list[tuple[str, list[str], str]] = [
     ], "With an 18 W USB-C charger the Trailbeam 3 charges from empty to full in 3.5 hours."),
     ("charger", [
         "What kind of charger does the Trailbeam 3 use?",
+        "Which charger should I buy for my Trailbeam 3?",
+        "What wattage of charger do I need for the Lumora Trailbeam 3?",
     ], "The Trailbeam 3 charges through its USB-C port; Kestrelwick recommends a USB-C Power Delivery "
        "charger of at least 18 W."),
     ("charge_indicator", [
         "How do I check the battery level on the Trailbeam 3?",
         "How can I see how much charge my Trailbeam 3 has left?",
+        "Is there a battery gauge on the Lumora Trailbeam 3?",
     ], "Give the power button a short press while the lantern is off: the ring lights up to four segments, "
        "each worth 25% of the battery."),
     ("power_bank", [
         "Can the Trailbeam 3 charge my phone?",
         "Does the Trailbeam 3 work as a power bank?",
+        "I need to charge my phone while camping. Can the Lumora Trailbeam 3 do that?",
     ], "Yes, its USB-A port outputs 5 V at 2 A to charge a phone, and it stops at 15% battery "
        "so you still have light."),
     ("power_bank_cutoff", [
         "Why did the Trailbeam 3 stop charging my phone?",
+        "My phone was charging from the Trailbeam 3 and then it just quit. Why?",
+        "At what battery level does the Lumora Trailbeam 3 stop charging other devices?",
     ], "The Trailbeam 3 stops powering its USB-A port when its own battery falls to 15%, "
        "keeping a reserve for light."),
     ("low_battery", [
         "What happens when the Trailbeam 3 battery runs low?",
         "Why did my Trailbeam 3 suddenly switch to a dim orange light?",
+        "Does the Trailbeam 3 warn me when the battery is almost empty?",
     ], "At 10% battery the ring blinks red, and at 5% the lantern automatically drops to Ember mode "
        "to stretch the remaining charge."),
     ("airline", [
         "Can I take the Trailbeam 3 on a plane?",
+        "Can I fly with the Lumora Trailbeam 3?",
+        "Is the Trailbeam 3's battery allowed by airlines?",
     ], "Yes, the 23.7 Wh battery is under the 100 Wh airline limit; pack it in carry-on luggage "
        "with the transport lock on."),
     ("storage", [
         "How should I store the Trailbeam 3 over the winter?",
+        "What's the best way to keep the Trailbeam 3 when I won't use it for months?",
+        "Should I put the Lumora Trailbeam 3 away fully charged?",
     ], "Store it at about 50% charge in a cool, dry place and top it up every 3 months."),
 
     # -- light modes ----------------------------------------------------------
     ("modes_list", [
         "What light modes does the Trailbeam 3 have?",
         "How many modes does the Lumora Trailbeam 3 have?",
+        "Which lighting modes can I choose on the Trailbeam 3?",
     ], "The Trailbeam 3 has five modes: Ember, Camp, Beacon, Firefly and Signal."),
     ("mode_change", [
         "How do I change modes on the Trailbeam 3?",
         "What does the Halo Dial do?",
+        "How do I switch between light modes on the Lumora Trailbeam 3?",
     ], "Turn the Halo Dial, the ring around the top of the lantern, to step through the modes; "
        "press it in while turning to adjust brightness."),
     ("ember", [
         "What is Ember mode?",
         "How bright is Ember mode on the Trailbeam 3?",
+        "What color temperature is Ember mode on the Trailbeam 3?",
     ], "Ember mode is a warm 2200 K glow at 40 lumens, meant for inside a tent."),
     ("ember_runtime", [
         "How long does the Trailbeam 3 last in Ember mode?",
@@ -199,22 +232,27 @@ FACTS: list[tuple[str, list[str], str]] = [
     ("camp_runtime", [
         "How long does the Trailbeam 3 run in Camp mode?",
         "What's the battery life in Camp mode?",
+        "How many hours can I get out of the Lumora Trailbeam 3 in Camp mode?",
     ], "In Camp mode the Trailbeam 3 runs for about 18 hours on a full battery."),
     ("beacon", [
         "What is Beacon mode?",
         "Which mode is the brightest on the Trailbeam 3?",
+        "What's Beacon mode on the Lumora Trailbeam 3 for?",
     ], "Beacon is the brightest mode: 740 lumens of cool 5000 K light for lighting up a whole campsite."),
     ("beacon_runtime", [
         "How long does Beacon mode last?",
         "What is the runtime of the Trailbeam 3 at full brightness?",
+        "How many hours does the Trailbeam 3 last on its brightest setting?",
     ], "At full brightness in Beacon mode the Trailbeam 3 runs for about 5 hours."),
     ("firefly", [
         "What is Firefly mode?",
         "Does the Trailbeam 3 have a candle effect?",
+        "Tell me about the Trailbeam 3's Firefly mode.",
     ], "Firefly is a flickering candle effect that runs for about 60 hours; it was added in firmware 2.3.0."),
     ("signal", [
         "Does the Trailbeam 3 have an SOS mode?",
         "How long does the SOS signal last on a full charge?",
+        "How do I turn on the emergency flashing light on the Lumora Trailbeam 3?",
     ], "Signal mode flashes SOS in red for about 140 hours. Double-press the power button, even when "
        "the lantern is off, to start it."),
 
@@ -222,6 +260,7 @@ FACTS: list[tuple[str, list[str], str]] = [
     ("power_on", [
         "How do I turn on the Trailbeam 3?",
         "Why doesn't the Trailbeam 3 turn on when I tap the button?",
+        "How do I switch the Lumora Trailbeam 3 off?",
     ], "Press and hold the power button on top for 2 seconds to turn the Trailbeam 3 on or off; "
        "a short tap only shows the battery level."),
     ("transport_lock", [
@@ -233,11 +272,13 @@ FACTS: list[tuple[str, list[str], str]] = [
     ("pairing", [
         "How do I pair the Trailbeam 3 with my phone?",
         "How do I put the Trailbeam 3 into Bluetooth pairing mode?",
+        "How do I connect my Trailbeam 3 to the Lumora Camp app?",
     ], "Hold the power button for 8 seconds until the ring pulses blue, then add the lantern "
        "in the Lumora Camp app."),
     ("factory_reset", [
         "How do I factory reset the Trailbeam 3?",
         "How can I restore the Trailbeam 3 to factory settings?",
+        "I need to reset my Lumora Trailbeam 3 to its original settings. How?",
     ], "Hold the power button and press the Halo Dial together for 12 seconds until the ring "
        "flashes white three times."),
 
@@ -251,19 +292,23 @@ FACTS: list[tuple[str, list[str], str]] = [
     ("bt_range", [
         "What is the Bluetooth range of the Trailbeam 3?",
         "How far away can my phone control the Trailbeam 3?",
+        "How close do I need to be to control the Lumora Trailbeam 3 from the app?",
     ], "The Trailbeam 3 uses Bluetooth 5.2 with a range of about 30 metres in the open."),
     ("app_features", [
         "What can I do in the Lumora Camp app?",
         "What features does the Lumora Camp app have?",
+        "What does the Lumora Camp app let me do with my Trailbeam 3?",
     ], "In Lumora Camp you can dim in 1% steps, set an auto-off timer, schedule the Dawn Alarm, "
        "group lanterns with Constellation and update the firmware."),
     ("timer", [
         "Can the Trailbeam 3 turn itself off automatically?",
         "What auto-off timer options does the Trailbeam 3 have?",
+        "Is there a sleep timer on the Lumora Trailbeam 3?",
     ], "Yes, the auto-off timer in the Lumora Camp app can be set to 30, 60 or 120 minutes."),
     ("dawn_alarm", [
         "What is the Dawn Alarm?",
         "Can the Trailbeam 3 wake me up in the morning?",
+        "How does the Dawn Alarm on the Trailbeam 3 work?",
     ], "Dawn Alarm slowly brightens the lantern over 20 minutes before your wake-up time; "
        "it arrived in firmware 2.4.0."),
     ("constellation", [
@@ -282,49 +327,64 @@ FACTS: list[tuple[str, list[str], str]] = [
     ], "The latest Trailbeam 3 firmware is version 2.4.1, released in November 2024."),
     ("fw_241", [
         "What changed in firmware 2.4.1?",
+        "What did the 2.4.1 update fix on the Trailbeam 3?",
+        "Tell me what's different in Trailbeam 3 firmware 2.4.1.",
     ], "Firmware 2.4.1 fixed Dawn Alarm timing after daylight-saving changes and made Constellation "
        "groups reconnect faster."),
     ("fw_240", [
         "Which firmware added the Dawn Alarm?",
         "What was new in firmware 2.4.0?",
+        "I want the Dawn Alarm on my Trailbeam 3. Which firmware brings it?",
     ], "Firmware 2.4.0 added the Dawn Alarm."),
     ("fw_230", [
         "Which firmware version introduced Firefly mode?",
+        "When was Firefly mode added to the Trailbeam 3?",
+        "What firmware do I need to get Firefly mode on my Lumora Trailbeam 3?",
     ], "Firmware 2.3.0 introduced Firefly mode."),
     ("fw_update", [
         "How do I update the Trailbeam 3's firmware?",
         "How long does a firmware update take on the Trailbeam 3?",
+        "Can I update the Trailbeam 3's firmware when the battery is low?",
     ], "Update from the Lumora Camp app with the lantern at 40% battery or more; the update takes "
        "about 6 minutes and the lantern must stay on."),
 
     # -- error codes --------------------------------------------------------
     ("err_display", [
         "Where does the Trailbeam 3 show error codes?",
+        "Is there a display on the Trailbeam 3 that tells me about errors?",
+        "Where can I read error codes for my Lumora Trailbeam 3?",
     ], "Error codes appear in the small status window next to the USB-C port and in the Lumora Camp app."),
     ("E1", [
         "What does error E1 mean on the Trailbeam 3?",
         "My Trailbeam 3 shows E1. What's wrong?",
+        "My Trailbeam 3 dimmed and switched off with an E1 code. What should I do?",
     ], "E1 means the battery is too hot (above 60°C); the lantern dims and shuts off, so let it cool "
        "in the shade before using it again."),
     ("hot_code", [
         "Which error code means the battery is overheating?",
         "What code does the Trailbeam 3 show when it gets too hot?",
+        "If the Trailbeam 3's battery gets above 60°C, which error do I see?",
     ], "E1 is the overheating code: the battery is above 60°C."),
     ("E2", [
         "What does E2 mean on the Trailbeam 3?",
         "The Trailbeam 3 shows E2 while charging. Why?",
+        "I'm getting an E2 on my Lumora Trailbeam 3. How do I fix it?",
     ], "E2 means the charger is too weak; use a USB-C Power Delivery charger of at least 18 W."),
     ("E3", [
         "What does E3 mean?",
         "Why won't my Trailbeam 3 charge in the cold?",
+        "How do I get rid of an E3 error on the Trailbeam 3?",
     ], "E3 means the battery is below 0°C and too cold to charge; warm the lantern up before plugging it in."),
     ("E4", [
         "What is error E4 on the Trailbeam 3?",
+        "My Trailbeam 3 shows E4. Can I fix it myself?",
+        "What should I do about an E4 error on the Lumora Trailbeam 3?",
     ], "E4 is an LED driver fault that cannot be fixed at home; contact Kestrelwick support for a "
        "warranty repair."),
     ("E5", [
         "What does E5 mean on the Trailbeam 3?",
         "The firmware update stopped and the lantern shows E5. What now?",
+        "My Lumora Trailbeam 3 shows E5. How do I fix it?",
     ], "E5 means a firmware update failed; charge above 40% and retry the update from the Lumora Camp app."),
     ("E6", [
         "What does E6 mean on the Trailbeam 3?",
@@ -342,24 +402,31 @@ FACTS: list[tuple[str, list[str], str]] = [
     ("E8", [
         "What does E8 mean on the Trailbeam 3?",
         "My Trailbeam 3 shows E8 and won't connect to the app. What should I do?",
+        "Why is my Trailbeam 3 giving me an E8 error?",
     ], "E8 is a Bluetooth module error; a factory reset usually clears it."),
 
     # -- troubleshooting ----------------------------------------------------
     ("ts_no_charge", [
         "My Trailbeam 3 won't charge. What should I check?",
         "Why isn't my Trailbeam 3 charging?",
+        "I plugged in my Lumora Trailbeam 3 but the battery level isn't going up. What could be wrong?",
     ], "Check the status window for E2, E3 or E6, use an 18 W USB-C charger, and make sure the "
        "PowerCore 64 is twisted firmly into place."),
     ("ts_no_app", [
         "The Lumora Camp app can't find my lantern. What should I do?",
         "Why won't the Trailbeam 3 show up in the app?",
+        "My phone doesn't see the Trailbeam 3 over Bluetooth. How do I fix that?",
     ], "Put the lantern in pairing mode by holding the power button for 8 seconds until the ring "
        "pulses blue, and stay within 30 metres."),
     ("ts_flicker", [
         "Why is my Trailbeam 3 flickering?",
+        "The light on my Lumora Trailbeam 3 keeps flickering. Is it broken?",
+        "How do I stop the Trailbeam 3 from flickering?",
     ], "It is probably in Firefly mode, which flickers on purpose; turn the Halo Dial to another mode."),
     ("ts_dead", [
         "My Trailbeam 3 won't turn on at all. What's wrong?",
+        "My Trailbeam 3 is completely dead and won't light up. Any ideas?",
+        "My Lumora Trailbeam 3 shows no sign of life. How do I fix it?",
     ], "It is most likely in transport lock or out of battery: press the power button 4 times quickly "
        "to unlock it, then charge it if needed."),
 
@@ -367,14 +434,18 @@ FACTS: list[tuple[str, list[str], str]] = [
     ("clean", [
         "How do I clean the Trailbeam 3?",
         "Can I use alcohol to clean the Trailbeam 3's globe?",
+        "What should I use to clean the globe on my Lumora Trailbeam 3?",
     ], "Wipe the diffuser globe with a damp cloth and mild soap; never use alcohol or solvents, "
        "which cloud the plastic."),
     ("salt", [
         "What should I do after using the Trailbeam 3 at the beach?",
+        "How do I care for the Trailbeam 3 after it's been in the sea?",
+        "My Lumora Trailbeam 3 got splashed with seawater on a boat trip. What now?",
     ], "Rinse it with fresh water after any salt-water exposure and let the USB-C port dry before charging."),
     ("gasket", [
         "How often should I replace the port gasket on the Trailbeam 3?",
         "Where can I get new gaskets for the Trailbeam 3?",
+        "How much does a gasket kit for the Trailbeam 3 cost?",
     ], "Replace the silicone port gasket every 12 months; Kestrelwick sells a kit of 3 gaskets for $6."),
 
     # -- warranty -----------------------------------------------------------
@@ -393,31 +464,41 @@ FACTS: list[tuple[str, list[str], str]] = [
     ("warranty_battery", [
         "Is the battery covered by the Trailbeam 3 warranty?",
         "What does the Trailbeam 3 battery warranty cover?",
+        "Will Kestrelwick replace my Trailbeam 3 battery if it loses capacity?",
     ], "The battery is covered if its capacity drops below 70% within the first 2 years."),
     ("warranty_excl", [
         "What isn't covered by the Trailbeam 3 warranty?",
+        "Are there any exclusions in the Lumora Trailbeam 3 warranty?",
+        "If I drop my Trailbeam 3 and crack the diffuser, is that covered under warranty?",
     ], "The warranty does not cover a diffuser cracked by a drop or damage from opening the sealed "
        "LED housing."),
     ("claim", [
         "How do I make a warranty claim for the Trailbeam 3?",
+        "Where do I submit a warranty claim for a broken Trailbeam 3?",
+        "My Lumora Trailbeam 3 is faulty. How do I claim on the warranty?",
     ], "File the claim in the Lumora Camp app under Support > Claims, with your lantern's serial number."),
     ("serial", [
         "Where is the serial number on the Trailbeam 3?",
         "What does the Trailbeam 3's serial number start with?",
+        "I need to find my Lumora Trailbeam 3's serial number. Where do I look?",
     ], "The serial number is printed on the base under the magnetic ring and starts with TB3-."),
 
     # -- accessories --------------------------------------------------------
     ("accessories", [
         "What accessories are available for the Trailbeam 3?",
+        "What add-ons can I buy for the Lumora Trailbeam 3?",
+        "Does Kestrelwick sell anything to go with the Trailbeam 3?",
     ], "Kestrelwick sells the Mistshade diffuser cap, the Ridgepod tripod, the Sunleaf 10 solar panel, "
        "the Burrow Case and spare PowerCore 64 batteries."),
     ("mistshade", [
         "What is the Mistshade?",
         "Is there a way to reduce the glare of the Trailbeam 3?",
+        "How much is the Mistshade diffuser cap?",
     ], "The Mistshade is a $14 clip-on diffuser cap that softens the Trailbeam 3's glare."),
     ("ridgepod", [
         "What is the Ridgepod?",
         "Is there a tripod for the Trailbeam 3?",
+        "How high does the Ridgepod lift the Trailbeam 3?",
     ], "The Ridgepod is a $24 tripod that raises the Trailbeam 3 to 1.2 metres."),
     ("sunleaf", [
         "Can the Trailbeam 3 be charged with solar power?",
@@ -427,22 +508,30 @@ FACTS: list[tuple[str, list[str], str]] = [
        "in about 9 hours of full sun."),
     ("burrow", [
         "Is there a carrying case for the Trailbeam 3?",
+        "What's the Burrow Case?",
+        "How much is a case for the Lumora Trailbeam 3?",
     ], "The Burrow Case is a $19 padded carry case with room for the lantern and a spare battery."),
 
     # -- safety -------------------------------------------------------------
     ("safe_eyes", [
         "Is it safe to look into the Trailbeam 3?",
+        "Can the Trailbeam 3's light hurt my eyes?",
+        "Is Beacon mode on the Lumora Trailbeam 3 too bright to look at up close?",
     ], "Don't stare into Beacon mode from closer than 1 metre; use Ember or Camp mode at close range."),
     ("safe_cover", [
         "Can I cover the Trailbeam 3 with a cloth?",
+        "Is it OK to put a towel over the Trailbeam 3 while it's on?",
+        "What happens if I cover the Lumora Trailbeam 3 in Beacon mode?",
     ], "Never cover the lantern in Beacon mode: it heats up and will shut down with E1 to protect the battery."),
     ("safe_tent", [
         "Is the Trailbeam 3 safe to use inside a tent?",
         "Can I leave the Trailbeam 3 on all night in my tent?",
+        "Is there any fire risk using the Lumora Trailbeam 3 in a tent?",
     ], "Yes, it has no flame and is safe in a tent; Ember mode is the recommended mode for overnight use."),
     ("safe_wet_charge", [
         "Can I charge the Trailbeam 3 while it's wet?",
         "Is it safe to plug in the Trailbeam 3 right after rain?",
+        "My Trailbeam 3 got soaked. Can I plug it in to charge straight away?",
     ], "No, dry the USB-C port first; if moisture is detected the lantern shows E6 and blocks charging."),
 ]
 
@@ -552,6 +641,9 @@ def validate(records: list[dict]) -> None:
     problems = []
     if len(answers) != len(FACTS):
         problems.append("duplicate fact id in FACTS")
+    for fid, questions, _ in FACTS:  # a 135M model needs several wordings to learn the fact, not one
+        if len(questions) < 3:
+            problems.append(f"fact {fid!r} is asked only {len(questions)} way(s); give it at least 3")
     for f1, _, f2, _ in MULTI:
         for fid in (f1, f2):
             if fid not in answers:
@@ -562,8 +654,8 @@ def validate(records: list[dict]) -> None:
             if _norm(q) in seen:
                 problems.append(f"duplicate training question: {q!r}")
             seen[_norm(q)] = q
-    if not 150 <= len(records) <= 200:
-        problems.append(f"{len(records)} records, expected 150-200")
+    if not 250 <= len(records) <= 300:
+        problems.append(f"{len(records)} records, expected 250-300")
     for fid, question, keywords in HELDOUT:
         if fid not in answers:
             problems.append(f"held-out question refers to unknown fact {fid!r}")
