@@ -1,5 +1,5 @@
 """`ftpack build` with the README demo's own config (examples/smollm2-cpu-lora.toml) on
-the embedded SmolLM2-135M: the Q4_K_M model registered with Ollama (the double) answers
+the embedded SmolLM2-135M: the quantized (Q6_K) model registered with Ollama (the double) answers
 held-out phrasings of facts from the example data that the base model does not know, and
 the model card shows both models' answers.
 """
@@ -36,23 +36,25 @@ def test_demo_config_builds_a_model_that_answers_heldout_questions(tmp_path, run
     demo = load_config_file(DEMO)
     expected = config_to_dict(build_config("demo-qa", demo, {"out": str(out)}))
     assert {k: manifest["config"][k] for k in demo} == {k: expected[k] for k in demo}  # the demo's own settings
-    assert manifest["stages"]["data"]["metrics"]["records"] == 190
+    assert manifest["stages"]["data"]["metrics"]["records"] == 279
 
     heldout = manifest["stages"]["report"]["metrics"]["heldout"]
     for a in heldout["answers"]:
         print(f"\nQ: {a['question']}\n  base: {a['base']}\n  tuned: {a['tuned']}")
-    print(f"fine-tuned Q4_K_M: {heldout['tuned_correct']}/{heldout['questions']}, "
+    print(f"fine-tuned {demo['quant']}: {heldout['tuned_correct']}/{heldout['questions']}, "
           f"base: {heldout['base_correct']}/{heldout['questions']}")
     assert heldout["questions"] == 20
     assert heldout["base_correct"] <= 2  # the base cannot know these invented facts (README: 0 of 20)
-    assert heldout["tuned_correct"] >= 10  # README: 15 of 20
+    # README: 15 of 20 (training is seeded: the same machine gives the same score every run;
+    # a CPU without native bf16 trains in fp32 and may land a little differently)
+    assert heldout["tuned_correct"] >= 12
     card = (out / "report.md").read_text(encoding="utf-8")
     assert f"Fine-tuned: **{heldout['tuned_correct']}/20** right" in card
     assert all(a["question"] in card for a in heldout["answers"])
 
     # The model Ollama holds is this very file, served with the training template.
     gguf = out / manifest["stages"]["quantize"]["main_output"]
-    assert gguf.name == "demo-qa.Q4_K_M.gguf"
+    assert gguf.name == f"demo-qa.{demo['quant']}.gguf" == "demo-qa.Q6_K.gguf"
     store_manifest = json.loads(next((ollama_double.store.root / "manifests").rglob("demo-qa"))
                                 .joinpath("latest").read_text())
     digests = {layer["mediaType"]: layer["digest"] for layer in store_manifest["layers"]}
