@@ -28,7 +28,24 @@ from ftpack.core.manifest import Manifest, StageRecord
 LISTED_SUFFIXES = (".gguf", "Modelfile", ".jsonl", ".safetensors", ".png", ".csv")
 
 #: Held-out answers are short facts; a limit keeps a babbling base from taking minutes.
+#: Used when the build has no verify record; otherwise the verify stage's own limit.
 HELDOUT_ANSWER_TOKENS = 96
+
+
+def heldout_answer_limit(ctx) -> tuple[int, str]:
+    """(tokens, why) for held-out answers: the limit the verify stage held the model to (the
+    longest training answer plus a margin: an answer that has not stated the fact by then
+    has failed the smoke test's own measure), else :data:`HELDOUT_ANSWER_TOKENS`."""
+    import json
+
+    rec = ctx.manifest.stages.get("verify")
+    if rec is not None and rec.status == "done" and rec.main_output:
+        try:
+            verify = json.loads((ctx.build_dir / rec.main_output).read_text(encoding="utf-8"))
+            return int(verify["max_answer_tokens"]), f"the verify stage's limit: {verify['limit_reason']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return HELDOUT_ANSWER_TOKENS, f"the default {HELDOUT_ANSWER_TOKENS} (no verify record)"
 
 
 # -- the stage -------------------------------------------------------------------------------------
@@ -78,15 +95,16 @@ def ask_heldout(ctx) -> dict[str, Any]:
     tuned_gguf = base_of(ctx).gguf if lora is not None else ctx.upstream_path("quantize")
     ctx.reporter.info(f"asking {len(records)} held-out questions of {tuned_gguf.name}"
                       + (f" + {lora.name}" if lora is not None else ""))
+    max_tokens, limit_why = heldout_answer_limit(ctx)
     tuned = ask_all(tuned_gguf, records, template_name=template, system=cfg.system,
-                    max_tokens=HELDOUT_ANSWER_TOKENS, lora=lora)
+                    max_tokens=max_tokens, lora=lora)
     gguf, base_what = base_gguf(cfg.base)
     if lora is not None:  # the very GGUF the adapter is shipped on, without it
         gguf, base_what = tuned_gguf, f"the base GGUF the adapter is shipped on ({base_of(ctx).model})"
     base = None
     if gguf is not None:
         base, cached = ask_all_cached(gguf, records, template_name=template, system=cfg.system,
-                                      max_tokens=HELDOUT_ANSWER_TOKENS)
+                                      max_tokens=max_tokens)
         ctx.reporter.info(f"the base, {base_what}, " + ("answered these before (ftpack's cache)" if cached
                                                          else "answered them"))
     answers = []
@@ -97,7 +115,7 @@ def ask_heldout(ctx) -> dict[str, Any]:
         answers.append(row)
     out = {"file": str(cfg.heldout), "questions": len(tuned), "tuned_correct": sum(t.correct for t in tuned),
            "base": base_what, "base_correct": sum(b.correct for b in base) if base is not None else None,
-           "answers": answers}
+           "max_answer_tokens": max_tokens, "limit_reason": limit_why, "answers": answers}
     ctx.reporter.info(f"held-out: fine-tuned {out['tuned_correct']}/{len(tuned)} right"
                       + (f", base {out['base_correct']}/{len(tuned)}" if base is not None else ""))
     return out
@@ -379,8 +397,9 @@ def _verify_section(enabled: list[str], verify, manifest: Manifest) -> list[str]
 def _heldout_section(h: dict[str, Any]) -> list[str]:
     has_base = h.get("base_correct") is not None
     out = ["## Held-out questions", "",
-           f"Questions not in the training data (`{h['file']}`), answered greedily by llama.cpp; an answer is "
-           "right when it contains every expected keyword.", ""]
+           f"Questions not in the training data (`{h['file']}`), answered greedily by llama.cpp"
+           + (f" in at most {h['max_answer_tokens']} tokens ({h['limit_reason']})" if h.get("max_answer_tokens") else "")
+           + "; an answer is right when it states every expected key fact as whole words or a whole number.", ""]
     summary = f"Fine-tuned: **{h['tuned_correct']}/{h['questions']}** right"
     summary += f"; base ({h['base']}): **{h['base_correct']}/{h['questions']}**." if has_base else \
         f". Base: not asked ({h['base']})."

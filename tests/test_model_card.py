@@ -140,3 +140,29 @@ def test_loss_summary_reads_first_last_and_lowest(tmp_path):
         (3.0, 1.5, 1.0, 2)
     assert (s["last_eval_loss"], s["min_eval_loss"]) == (1.7, 1.7)
     assert loss_summary(tmp_path / "missing.csv") == {}
+
+
+def test_heldout_answers_get_the_verify_stages_limit(tmp_path):
+    """Held-out answers are cut where the smoke test cuts answers (the longest training answer
+    plus a margin), not at a fixed 96 tokens: a babbling base takes less time, and the card
+    says which limit applied. Without a verify record: the fixed default."""
+    import json
+    from types import SimpleNamespace
+
+    from ftpack.model_card import HELDOUT_ANSWER_TOKENS, heldout_answer_limit, render_model_card
+
+    manifest = _manifest(tmp_path)
+    manifest.stages["verify"].main_output = "verify/verify.json"
+    (tmp_path / "verify").mkdir()
+    (tmp_path / "verify" / "verify.json").write_text(json.dumps(
+        {"max_answer_tokens": 58, "limit_reason": "the longest training answer, 42 tokens, + 16"}))
+    tokens, why = heldout_answer_limit(SimpleNamespace(manifest=manifest, build_dir=tmp_path))
+    assert tokens == 58 and "42 tokens, + 16" in why
+    unverified = _manifest(tmp_path, verify=False)
+    assert heldout_answer_limit(SimpleNamespace(manifest=unverified, build_dir=tmp_path))[0] == HELDOUT_ANSWER_TOKENS
+
+    heldout = {"file": "q.jsonl", "questions": 1, "tuned_correct": 1, "base_correct": None, "base": "not a GGUF",
+               "max_answer_tokens": tokens, "limit_reason": why,
+               "answers": [{"question": "Who?", "keywords": ["Ada"], "tuned": "Ada.", "tuned_correct": True}]}
+    card = render_model_card(manifest, heldout=heldout)
+    assert "in at most 58 tokens (the verify stage's limit: the longest training answer, 42 tokens, + 16)" in card
