@@ -35,16 +35,11 @@ HELDOUT_ANSWER_TOKENS = 96
 def heldout_answer_limit(ctx) -> tuple[int, str]:
     """(tokens, why) for held-out answers: the limit the verify stage held the model to (the
     longest training answer plus a margin: an answer that has not stated the fact by then
-    has failed the smoke test's own measure), else :data:`HELDOUT_ANSWER_TOKENS`."""
-    import json
-
+    has failed the smoke test's own measure; build.json records it), else
+    :data:`HELDOUT_ANSWER_TOKENS`."""
     rec = ctx.manifest.stages.get("verify")
-    if rec is not None and rec.status == "done" and rec.main_output:
-        try:
-            verify = json.loads((ctx.build_dir / rec.main_output).read_text(encoding="utf-8"))
-            return int(verify["max_answer_tokens"]), f"the verify stage's limit: {verify['limit_reason']}"
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+    if rec is not None and rec.status == "done" and rec.metrics.get("max_answer_tokens"):
+        return int(rec.metrics["max_answer_tokens"]), f"the verify stage's limit: {rec.metrics.get('limit_reason')}"
     return HELDOUT_ANSWER_TOKENS, f"the default {HELDOUT_ANSWER_TOKENS} (no verify record)"
 
 

@@ -144,18 +144,16 @@ def test_loss_summary_reads_first_last_and_lowest(tmp_path):
 
 def test_heldout_answers_get_the_verify_stages_limit(tmp_path):
     """Held-out answers are cut where the smoke test cuts answers (the longest training answer
-    plus a margin), not at a fixed 96 tokens: a babbling base takes less time, and the card
-    says which limit applied. Without a verify record: the fixed default."""
-    import json
+    plus a margin, as build.json's verify record says), not at a fixed 96 tokens: a babbling
+    base takes less time, and the card says which limit applied. Without a verify record:
+    the fixed default."""
     from types import SimpleNamespace
 
     from ftpack.model_card import HELDOUT_ANSWER_TOKENS, heldout_answer_limit, render_model_card
 
     manifest = _manifest(tmp_path)
-    manifest.stages["verify"].main_output = "verify/verify.json"
-    (tmp_path / "verify").mkdir()
-    (tmp_path / "verify" / "verify.json").write_text(json.dumps(
-        {"max_answer_tokens": 58, "limit_reason": "the longest training answer, 42 tokens, + 16"}))
+    manifest.stages["verify"].metrics.update(max_answer_tokens=58,
+                                             limit_reason="the longest training answer, 42 tokens, + 16")
     tokens, why = heldout_answer_limit(SimpleNamespace(manifest=manifest, build_dir=tmp_path))
     assert tokens == 58 and "42 tokens, + 16" in why
     unverified = _manifest(tmp_path, verify=False)

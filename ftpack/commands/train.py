@@ -45,7 +45,8 @@ def train(config_file: Path | None, resume: bool | None, **params) -> None:
     from ftpack.training.train import train as run_training
 
     reporter = get_reporter()
-    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun / accelerate: rank 0 speaks for all
+    other_rank = int(os.environ.get("RANK", "0")) > 0  # under torchrun / accelerate: rank 0 speaks for all
+    if other_rank:
         reporter = Reporter("quiet")
         set_reporter(reporter)
     file_values = load_config_file(config_file) if config_file else None
@@ -56,7 +57,7 @@ def train(config_file: Path | None, resume: bool | None, **params) -> None:
     out = Path(cfg.out)
     with contextlib.ExitStack() as stack:
         layout = BuildLayout(out)  # data/ as in a build; the training outputs go straight into --out
-        if int(os.environ.get("RANK", "0")) > 0:
+        if other_rank:
             # Under a launcher only rank 0 checks --out and writes there before training: the
             # other ranks make the same (seeded) split in a private folder, so nothing of theirs
             # can appear in --out before rank 0 has looked at it.
@@ -70,7 +71,7 @@ def train(config_file: Path | None, resume: bool | None, **params) -> None:
     loss = f"loss {result.first_loss:.3f} → {result.train_loss:.3f}" if result.train_loss is not None else ""
     if result.eval_loss is not None:
         loss += f", eval loss {result.eval_loss:.3f}"
-    if int(os.environ.get("RANK", "0")) > 0:
+    if other_rank:
         return
     reporter.final(f"Trained {result.method} for {result.steps} steps ({loss}) in {result.seconds:.0f}s: "
                    f"{result.output}")

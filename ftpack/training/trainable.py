@@ -58,7 +58,7 @@ def make_trainable(path: Path, settings: Any, *, device: str, bf16: bool, report
         # (the Trainer seeds only later, when the adapter already exists).
         from transformers import set_seed
 
-        set_seed(int(settings.seed if settings.seed is not None else 42))
+        set_seed(settings.seed)
         model = add_lora(model, quantized=settings.method == "qlora", r=settings.lora_r, alpha=settings.lora_alpha,
                          dropout=settings.lora_dropout, target_modules=settings.target_modules, dora=settings.dora,
                          gradient_checkpointing=bool(settings.gradient_checkpointing))
