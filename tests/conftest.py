@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,17 @@ def isolated_user_locations(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("FTPACK_HOME", str(root / "ftpack-home"))
     monkeypatch.setenv("OLLAMA_MODELS", str(root / "ollama-models"))
     monkeypatch.setattr(locations, "OLLAMA_SERVICE_MODELS", root / "no-service-store")
-    return root
+    yield root
+    # Registered models are copies of GGUFs: don't let them fill the disk over the suite.
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def pytest_report_header(config):
+    """Free disk where the tests write: a full disk fails every later test in odd ways."""
+    base = Path(os.environ.get("TMPDIR", "/tmp"))
+    free_gb = shutil.disk_usage(base).free / 1e9
+    note = "" if free_gb >= 6 else "  <- LOW: the suite writes up to ~2 GB at once"
+    return f"free disk in {base}: {free_gb:.1f} GB{note}"
 
 
 @pytest.fixture(scope="session")
