@@ -165,3 +165,16 @@ def test_llama_cpp_log_only_with_debug(run_cli, tiny_ggufs, capfd):
     native = capfd.readouterr()
     assert loud.exit_code == 0
     assert "llama_model_load" in loud.output + native.err + native.out
+
+
+def test_llama_cpp_runs_on_every_physical_core(tiny_ggufs, monkeypatch):
+    """Generation uses one thread per physical core, as llama.cpp (and so Ollama) picks by
+    itself; llama-cpp-python's own default, half the logical CPUs, is 1 thread on 2 cores."""
+    from ftpack.core import cpu
+    from ftpack.inference.runtime import open_llama
+
+    monkeypatch.setattr(cpu, "physical_cores", lambda: 3)
+    with open_llama(tiny_ggufs["Q4_K_M"], n_ctx=64) as llm:
+        assert (llm.context_params.n_threads, llm.context_params.n_threads_batch) == (3, 3)
+    with open_llama(tiny_ggufs["Q4_K_M"], n_ctx=64, threads=1) as llm:
+        assert (llm.context_params.n_threads, llm.context_params.n_threads_batch) == (1, 1)

@@ -23,6 +23,8 @@ def load_llama(gguf: str | Path, *, n_ctx: int = 2048, threads: int | None = Non
                lora: str | Path | None = None):
     """A ``llama_cpp.Llama`` for ``gguf``; the caller closes it (or uses :func:`open_llama`).
 
+    ``threads``: default one per physical core, as llama.cpp (and so Ollama) picks itself;
+    llama-cpp-python's own default is half the logical CPUs (1 on a 2-core machine).
     ``vocab_only``: only the tokenizer (a vocab-only GGUF, or any GGUF without its weights).
     ``lora``: a llama.cpp LoRA adapter GGUF applied at scale 1 (what Ollama's ADAPTER does)."""
     try:
@@ -32,7 +34,12 @@ def load_llama(gguf: str | Path, *, n_ctx: int = 2048, threads: int | None = Non
     gguf = Path(gguf)
     if not gguf.is_file():
         raise FtpackError(f"GGUF file not found: {gguf}", code=2)
-    kwargs: dict[str, Any] = {"n_ctx": n_ctx, "n_threads": threads, "seed": seed, "logits_all": logits_all,
+    if not threads:
+        from ftpack.core.cpu import physical_cores
+
+        threads = physical_cores()
+    kwargs: dict[str, Any] = {"n_ctx": n_ctx, "n_threads": threads, "n_threads_batch": threads, "seed": seed,
+                              "logits_all": logits_all,
                               "verbose": _debug()}
     if n_batch is not None:
         kwargs["n_batch"] = n_batch

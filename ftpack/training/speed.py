@@ -31,6 +31,8 @@ import os
 import time
 from typing import Any
 
+from ftpack.core.cpu import physical_cores
+
 #: Name under which :func:`register_cpu_attention` registers with transformers.
 CPU_ATTENTION = "ftpack_cpu"
 #: Largest score matrix (batch x heads x queries x keys) attended eagerly: 8 chat
@@ -43,24 +45,6 @@ BF16_MIN_SPEEDUP = 1.5
 
 
 # -- threads ---------------------------------------------------------------------------------
-
-def physical_cores() -> int:
-    """Physical cores this process may run on (hyper-threads share a core's FMA units, so
-    more threads than cores only adds contention)."""
-    try:
-        allowed = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - macOS / Windows
-        allowed = os.cpu_count() or 1
-    try:
-        import psutil
-
-        cores = psutil.cpu_count(logical=False) or allowed
-        logical = psutil.cpu_count(logical=True) or allowed
-    except ImportError:  # pragma: no cover - psutil is a dependency of accelerate
-        return allowed
-    per_core = max(1, logical // max(cores, 1))
-    return max(1, min(cores, allowed // per_core or 1))
-
 
 def use_physical_cores() -> int:
     """Set torch's intra-op threads to the physical cores unless the user chose a number
