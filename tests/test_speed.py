@@ -178,6 +178,49 @@ def test_bf16_storage_of_frozen_weights_changes_no_result_under_autocast(tiny_ll
     assert all(torch.equal(g, lean_grads[n]) for n, g in _lora_grads(plain).items())
 
 
+def test_cpu_lm_head_keeps_its_bf16_copy_until_the_head_changes(tiny_llama):
+    """The frozen head is lowered to bf16 once, not every step; changed in place, it is
+    lowered again (the loss follows the new weight)."""
+    import torch
+    from trl.trainer.utils import add_fused_lm_head
+
+    from ftpack.training.speed import install_cpu_lm_head
+
+    model = _lora_model(tiny_llama)
+    base = model.get_base_model()
+    add_fused_lm_head(base, outputs=("log_probs",))
+    install_cpu_lm_head(base)
+    batch = _batch()
+    copies = []
+    real_to = torch.Tensor.to
+
+    def counting_to(self, *args, **kwargs):
+        out = real_to(self, *args, **kwargs)
+        if self is not out and self.shape == base.lm_head.weight.shape:
+            copies.append(out)
+        return out
+
+    def loss():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(**batch, fused_lm_head=True).loss.item()
+
+    torch.Tensor.to = counting_to
+    try:
+        first, second = loss(), loss()
+        assert first == second and len(copies) == 1
+        with torch.no_grad():
+            base.lm_head.weight.mul_(1.5)
+        changed = loss()
+        assert len(copies) == 2 and changed != first
+    finally:
+        torch.Tensor.to = real_to
+    fresh = _lora_model(tiny_llama)
+    with torch.no_grad():
+        fresh.get_base_model().lm_head.weight.mul_(1.5)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert abs(fresh(**batch).loss.item() - changed) < 0.02 * changed
+
+
 def test_precision_choice(monkeypatch):
     from ftpack.training import speed
 

@@ -17,7 +17,8 @@ examples; benchmarks/train_throughput.py and README "Training speed" have the fi
   CPU and runs its backward GEMM in fp32. Here only the positions with a label (the
   assistant's tokens, about half of a chat) go through the 49k-word head, in row chunks,
   and each row's gradient is computed in the same pass as its log-probability (Liger
-  Kernel's approach), so the logits are computed once and never held whole.
+  Kernel's approach), so the logits are computed once and never held whole. The frozen
+  head's bf16 copy is made once, not on every step (28M values for SmolLM2).
 - **Threads**: one per physical core (:func:`use_physical_cores`).
 - Not used: padding-free batches (TRL ``padding_free``/BFD packing). Without a
   variable-length attention kernel on CPU the packed row attends over a block-diagonal
@@ -273,7 +274,7 @@ def _label_log_probs():
             top1 = torch.empty(rows, dtype=torch.bool)
             grad = torch.empty(rows, width, dtype=torch.float32) if need_grad else None
             with torch.autocast("cpu", enabled=False), torch.no_grad():
-                w = weight.detach().to(dtype)
+                w = weight.detach().to(dtype)  # a no-op for the head's kept copy (install_cpu_lm_head)
                 for start in range(0, rows, chunk_rows):
                     end = min(rows, start + chunk_rows)
                     target = labels[start:end].unsqueeze(1)
@@ -349,6 +350,17 @@ def install_cpu_lm_head(model) -> bool:
     if head is None or head.weight.device.type != "cpu" or not lm_head_supported(model):
         return False
     previous = model.forward
+    kept: list = []  # [the fp32 weight (keeps its storage), its version, dtype, its copy in dtype]
+
+    def lowered(weight):
+        """The frozen head in the autocast dtype, made once instead of on every step, and
+        made again only if the weight is changed in place or replaced."""
+        if not torch.is_autocast_enabled("cpu"):
+            return weight
+        dtype = torch.get_autocast_dtype("cpu")
+        if not (kept and kept[0].data_ptr() == weight.data_ptr() and kept[1] == weight._version and kept[2] == dtype):
+            kept[:] = [weight.detach(), weight._version, dtype, weight.detach().to(dtype)]
+        return kept[3]
 
     def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None,
                 **kwargs):
@@ -364,7 +376,7 @@ def install_cpu_lm_head(model) -> bool:
         else:
             labels = shift_labels
         mask = labels != -100
-        log_probs, entropy, top1 = label_log_probs(hidden[mask], weight, labels[mask])
+        log_probs, entropy, top1 = label_log_probs(hidden[mask], lowered(weight), labels[mask])
         per_token = [torch.zeros(mask.shape, dtype=x.dtype).masked_scatter(mask, x) for x in (log_probs, entropy, top1)]
         count = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
         return FusedCausalLMOutput(loss=-per_token[0].sum() / count, log_probs=per_token[0], entropy=per_token[1],
