@@ -98,7 +98,9 @@ def convert(model_dir: Path, out: Path | None, adapter_dir: Path | None, name: s
              "smallest of Q3_K_M..Q8_0 within --max-kld of the input on ftpack's fixed text.",
     "imatrix": "Importance matrix file (`ftpack imatrix` or llama-imatrix output; recorded as quantize.imatrix.* "
                "in the file); auto and none quantize without one here (a build computes it from its data)."})
-@click.option("--threads", type=int, default=None, help="Threads (default: all cores).")
+@click.option("--threads", type=int, default=None,
+              help="Threads (default, or 0: llama.cpp's choice: every CPU to quantize, one per physical core to "
+                   "score fidelity).")
 @click.option("--list-types", is_flag=True, help="List the quantization types and exit.")
 def quantize(src: Path, dst: Path | None, threads: int | None, list_types: bool, **flags) -> None:
     """Quantize a GGUF with llama.cpp's quantizer.

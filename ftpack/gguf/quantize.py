@@ -100,7 +100,7 @@ def quantize_gguf(src: Path | str, dst: Path | str, quant_type: str = DEFAULT_QU
                         "Compute one with `ftpack imatrix MODEL|BUILD --data FILE` (or llama.cpp's "
                         "llama-imatrix), or pick Q4_K_M / Q5_K_M / Q6_K.")
     if threads is not None and threads < 0:
-        raise bad_input("--threads must be 0 (all cores) or a positive number.")
+        raise bad_input("--threads must be 0 (llama.cpp's choice) or a positive number.")
     requantize = is_quantized(summary)
     if requantize:
         reporter.warn(f"{src.name} is already quantized ({summary['file_type']}); quantizing it again to {name} "

@@ -350,15 +350,18 @@ def install_cpu_lm_head(model) -> bool:
     if head is None or head.weight.device.type != "cpu" or not lm_head_supported(model):
         return False
     previous = model.forward
-    kept: list = []  # [the fp32 weight (keeps its storage), its version, dtype, its copy in dtype]
+    kept: list = []  # [the weight (keeps its storage), its version, dtype, its copy in dtype]
 
     def lowered(weight):
-        """The frozen head in the autocast dtype, made once instead of on every step, and
-        made again only if the weight is changed in place or replaced."""
+        """The frozen head in the autocast dtype, made once instead of on every step (the
+        same size as the copy each step made and dropped), and made again when the weight is
+        replaced or changed in place through autograd's view of it (``copy_``,
+        ``load_state_dict``; a change through ``.data`` bumps no version and is not seen)."""
         if not torch.is_autocast_enabled("cpu"):
             return weight
         dtype = torch.get_autocast_dtype("cpu")
-        if not (kept and kept[0].data_ptr() == weight.data_ptr() and kept[1] == weight._version and kept[2] == dtype):
+        if not (kept and kept[0].data_ptr() == weight.data_ptr() and kept[0].shape == weight.shape
+                and kept[1] == weight._version and kept[2] == dtype):
             kept[:] = [weight.detach(), weight._version, dtype, weight.detach().to(dtype)]
         return kept[3]
 
