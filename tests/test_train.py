@@ -221,13 +221,39 @@ def test_target_modules_default_override_and_wrong_name(tiny_llama):
     assert "lm_head" not in default and set(default) == {"q_proj", "k_proj", "v_proj", "o_proj",
                                                           "gate_proj", "up_proj", "down_proj"}
     assert lora_target_modules(model, ["q_proj,v_proj"]) == ["q_proj", "v_proj"]
-    assert lora_target_modules(model, ["lm_head"]) == ["lm_head"]  # allowed when asked for
     with pytest.raises(FtpackError) as err:
         lora_target_modules(model, ["q_proj", "query_key_value"])
     assert err.value.code == 2
     assert "query_key_value" in err.value.message
-    for valid in default + ["lm_head"]:
+    for valid in default:
         assert valid in err.value.hint
+
+
+def test_lora_on_the_lm_head_is_refused_because_it_would_never_learn(tiny_llama):
+    """TRL's fused LM head scores tokens with the head's base weight: an adapter on the head
+    gets no gradient at all (shown here), so ftpack refuses it up front."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from ftpack.training.trainable import lora_target_modules
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
+    with pytest.raises(FtpackError) as err:
+        lora_target_modules(model, ["q_proj,lm_head"])
+    assert err.value.code == 2 and "lm_head" in err.value.message and "--method sft" in err.value.hint
+
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "lm_head"], task_type="CAUSAL_LM"))
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    add_fused_lm_head(peft_model.get_base_model(), outputs=("log_probs",))  # what SFTTrainer does
+    ids = torch.randint(5, 300, (2, 12))
+    (-peft_model(input_ids=ids, labels=ids, fused_lm_head=True).log_probs.sum()).backward()
+    grads = {n: p.grad for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert all(g is None for n, g in grads.items() if "lm_head" in n)
+    assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "q_proj.lora_A" in n)
 
 
 def test_resume_continues_step_count(tiny_llama, chat_file, tmp_path):

@@ -10,8 +10,10 @@
   LM head learn (``train_embeddings`` adds the input embeddings); the rest is frozen.
 - ``full``: every parameter.
 
-LoRA targets default to every linear projection inside the decoder blocks (never the
-LM head unless named); ``target_modules`` overrides and is checked against the model.
+LoRA targets default to every linear projection inside the decoder blocks;
+``target_modules`` overrides and is checked against the model. Never the LM head: TRL's
+fused head (and ftpack's CPU head) score tokens with the head's base weight, so an adapter
+there would get no gradient and silently stay untrained; ``--method sft`` trains the head.
 """
 
 from __future__ import annotations
@@ -148,6 +150,14 @@ def linear_module_names(model) -> dict[str, list[str]]:
     return {"blocks": sorted(inside), "other": sorted(outside - inside)}
 
 
+def _output_head_name(model) -> str | None:
+    """Leaf name of the model's output projection (``lm_head`` for most), or None."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        return None
+    return next((name.rsplit(".", 1)[-1] for name, module in model.named_modules() if module is head), None)
+
+
 def lora_target_modules(model, requested: Sequence[str] | None = None) -> list[str]:
     """LoRA targets: every linear projection inside the decoder blocks, or the user's list
     (each name must be a linear layer of this model; the error lists the valid ones)."""
@@ -158,6 +168,13 @@ def lora_target_modules(model, requested: Sequence[str] | None = None) -> list[s
                               "Pass --target-modules, or use --method sft/full.")
         return names["blocks"]
     wanted = [t.strip() for item in requested for t in str(item).split(",") if t.strip()]
+    head = _output_head_name(model)
+    if head in wanted:
+        raise bad_input(f"--target-modules: {head} is the LM head, and a LoRA adapter there would never learn: the "
+                        "training loss is computed from the head's own weight in chunks (TRL's fused LM head), "
+                        "which bypasses an adapter on it.",
+                        f"Leave {head} out; to train the head use --method sft (the top blocks, the final norm and "
+                        "the head learn).")
     valid = set(names["blocks"]) | set(names["other"])
     wrong = [t for t in wanted if t not in valid and t != "all-linear"]
     if wrong:
