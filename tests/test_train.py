@@ -227,6 +227,7 @@ def test_target_modules_default_override_and_wrong_name(tiny_llama):
     assert "query_key_value" in err.value.message
     for valid in default:
         assert valid in err.value.hint
+    assert "lm_head" not in err.value.hint  # refused as a target (next test)
 
 
 def test_lora_on_the_lm_head_is_refused_because_it_would_never_learn(tiny_llama):

@@ -152,7 +152,7 @@ def linear_module_names(model) -> dict[str, list[str]]:
 
 def _output_head_name(model) -> str | None:
     """Leaf name of the model's output projection (``lm_head`` for most), or None."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = model.get_output_embeddings()
     if head is None:
         return None
     return next((name.rsplit(".", 1)[-1] for name, module in model.named_modules() if module is head), None)
@@ -175,12 +175,12 @@ def lora_target_modules(model, requested: Sequence[str] | None = None) -> list[s
                         "which bypasses an adapter on it.",
                         f"Leave {head} out; to train the head use --method sft (the top blocks, the final norm and "
                         "the head learn).")
-    valid = set(names["blocks"]) | set(names["other"])
+    valid = names["blocks"] + [n for n in names["other"] if n != head]
     wrong = [t for t in wanted if t not in valid and t != "all-linear"]
     if wrong:
         raise bad_input(f"--target-modules: {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} not a linear "
                         f"layer of {type(model).__name__}.",
-                        f"Valid names: {', '.join(names['blocks'] + names['other'])}.")
+                        f"Valid names: {', '.join(valid)}.")
     if "all-linear" in wanted:
         return names["blocks"]
     return wanted
