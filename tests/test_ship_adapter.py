@@ -224,8 +224,9 @@ def test_adapter_for_another_base_is_refused(shipped, tmp_path):
 
 
 def test_fast_header_reader_agrees_with_gguf_py(shipped, tiny_ggufs, tmp_path):
-    """The header reader the store writer and the LoRA check use (milliseconds instead of gguf-py's
-    seconds on a real tokenizer) sees the same scalars and tensor shapes as gguf-py's GGUFReader."""
+    """The header reader the store writer, the LoRA check and `ftpack inspect` use (milliseconds
+    instead of gguf-py's seconds on a real tokenizer) sees the same scalars, arrays, tensor shapes,
+    types and offsets as gguf-py's GGUFReader."""
     import math
 
     from gguf import GGUFReader
@@ -234,8 +235,17 @@ def test_fast_header_reader_agrees_with_gguf_py(shipped, tiny_ggufs, tmp_path):
     from ftpack.gguf.header import read_gguf_header
 
     for path in (shipped["base.f16"], shipped["lora.f32"], tiny_ggufs["Q4_K_M"]):
-        header, reader = read_gguf_header(path), GGUFReader(str(path))
+        reader = GGUFReader(str(path))
+        arrays = {k: f for k, f in reader.fields.items() if f.types[0].name == "ARRAY"}
+        assert "tokenizer.ggml.tokens" in arrays or path == shipped["lora.f32"]
+        header = read_gguf_header(path, arrays=tuple(arrays))
         assert header.tensors == {t.name: tuple(int(x) for x in t.shape) for t in reader.tensors}
+        assert header.tensor_types == {t.name: int(t.tensor_type) for t in reader.tensors}
+        assert {n: header.data_start + o for n, o in header.tensor_offsets.items()} == \
+            {t.name: int(t.data_offset) for t in reader.tensors}
+        assert header.arrays == {k: f.contents() for k, f in arrays.items()}
+        short = read_gguf_header(path)  # without asking: only the short arrays
+        assert short.arrays == {k: f.contents() for k, f in arrays.items() if len(f.data) <= 4096}
         scalars = {k: f for k, f in reader.fields.items() if not k.startswith("GGUF.") and f.types[0].name != "ARRAY"}
         assert set(header.scalars) == set(scalars)
         for key, f in scalars.items():

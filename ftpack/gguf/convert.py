@@ -492,10 +492,9 @@ def _gguf_source_license(folder: Path) -> str | None:
         path = json.loads(src.read_text(encoding="utf-8")).get("source")
         if not path or not Path(path).is_file():
             return None
-        from gguf import GGUFReader
+        from ftpack.gguf.header import read_gguf_header
 
-        field = GGUFReader(path).fields.get("general.license")
-        return bytes(field.parts[field.data[0]]).decode("utf-8") if field is not None else None
+        return read_gguf_header(path).get("general.license", "STRING")
     except Exception:
         return None
 

@@ -148,11 +148,9 @@ def gguf_arch_of(config: Mapping[str, Any], gguf_path: Path | None = None) -> st
     import gguf
 
     if gguf_path is not None:
-        from gguf import GGUFReader
+        from ftpack.gguf.header import read_gguf_header
 
-        from ftpack.gguf.inspect import field_value
-
-        arch = field_value(GGUFReader(gguf_path), "general.architecture")
+        arch = read_gguf_header(gguf_path).get("general.architecture", "STRING")
         if arch:
             return str(arch)
     from ftpack.gguf.convert import ARCHITECTURES
@@ -169,9 +167,9 @@ def gguf_arch_of(config: Mapping[str, Any], gguf_path: Path | None = None) -> st
 
 def gguf_tensor_columns(gguf_path: Path) -> dict[str, int]:
     """Name -> input columns (ggml ne[0]) of every 2-D+ tensor of a GGUF."""
-    from gguf import GGUFReader
+    from ftpack.gguf.header import read_gguf_header
 
-    return {t.name: int(t.shape[0]) for t in GGUFReader(gguf_path).tensors if len(t.shape) >= 2}
+    return {name: int(ne[0]) for name, ne in read_gguf_header(gguf_path).tensors.items() if len(ne) >= 2}
 
 
 def imatrix_targets(model: Any, arch: str, n_layers: int,

@@ -775,12 +775,8 @@ def converter_error(code: int, lines: list[str], source: LlamaCppSource) -> Ftpa
 
 def gguf_summary(path: Path) -> tuple[str, int, str | None]:
     """(general.architecture, tensor count, tokenizer.ggml.pre) of a GGUF the converter wrote."""
-    from gguf import GGUFReader
+    from ftpack.gguf.header import read_gguf_header
 
-    reader = GGUFReader(str(path))
-
-    def text(key: str) -> str | None:
-        f = reader.fields.get(key)
-        return None if f is None else bytes(f.parts[f.data[0]]).decode("utf-8")
-
-    return text("general.architecture") or "?", len(reader.tensors), text("tokenizer.ggml.pre")
+    header = read_gguf_header(path)
+    return (header.get("general.architecture", "STRING") or "?", len(header.tensors),
+            header.get("tokenizer.ggml.pre", "STRING"))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from ftpack.core.errors import bad_input
+from ftpack.core.errors import FtpackError, bad_input
 
 
 @dataclass
@@ -102,15 +102,13 @@ def built_adapter(build_dir: Path) -> Path | None:
 
 def template_from_gguf(gguf: Path) -> str | None:
     """The templates/ entry whose fingerprint matches the GGUF's tokenizer.chat_template."""
-    from gguf import GGUFReader
-
+    from ftpack.gguf.header import read_gguf_header
     from ftpack.training.templates import template_for_tokenizer_template
 
     try:
-        field_ = GGUFReader(str(gguf)).fields.get("tokenizer.chat_template")
-    except Exception:  # damaged file: llama.cpp will say more when loading
+        text = read_gguf_header(gguf).get("tokenizer.chat_template", "STRING")
+    except FtpackError:  # damaged file: llama.cpp will say more when loading
         return None
-    text = field_.contents() if field_ is not None else None
     return template_for_tokenizer_template(text) if text else None
 
 
