@@ -8,12 +8,16 @@ its own child process so that peak RSS is measured per path:
       random sampler), SDPA attention, assistant-only loss with the same training chat
       template, gradient checkpointing off (TRL's default turns it on, which is slower);
   (b) ftpack: ``ftpack.training.train.train`` as the demo config sets it up (``--precision
-      auto``, so bf16 autocast where the CPU has native bf16), nothing else changed.
+      auto``, so bf16 autocast where the CPU has native bf16; ``--torch-compile auto``,
+      which the demo's 136 steps turn on where a C++ compiler is installed, so this shorter
+      run asks for it), nothing else changed. ``--eager`` adds ftpack without the compile.
 
 Both run ``--steps`` optimizer steps of the demo's batch size after two warm-up steps
-that are not timed. Reported per path: tokens/s of real tokens (TRL's count of
-non-padding tokens), peak RSS (the child's own VmHWM: ``ru_maxrss`` of a fork+exec child
-would include the parent) and model FLOP utilisation. Also the machine's attainable matmul
+that are not timed (the first step of a compiled run compiles the decoder blocks, or
+loads them from the cache: its seconds are reported as ``first_step_seconds``).
+Reported per path: tokens/s of real tokens (TRL's count of non-padding tokens), peak RSS
+(the child's own VmHWM: ``ru_maxrss`` of a fork+exec child would include the parent) and
+model FLOP utilisation. Also the machine's attainable matmul
 peak in fp32 and bf16 (GFLOP/s on the training threads, an MLP-shaped and a square
 matmul, the larger wins).
 
@@ -28,7 +32,7 @@ the path trains in.
 The CPU may be shared (other processes make every figure lower and noisier); the JSON
 records the load average before and after. Not a test (minutes).
 
-    .venv/bin/python benchmarks/train_throughput.py [--steps 20] [--checkpointing] [--json]
+    .venv/bin/python benchmarks/train_throughput.py [--steps 20] [--eager] [--checkpointing] [--json]
 """
 
 from __future__ import annotations
@@ -145,13 +149,16 @@ def run_baseline(steps: int) -> dict:
     return measured(timer, counts, model, precision="fp32", threads=torch.get_num_threads())
 
 
-def run_ftpack(steps: int, checkpointing: bool = False) -> dict:
-    """(b) ``ftpack train`` with the demo config's settings (``checkpointing``: plus
-    ``--gradient-checkpointing``, the memory-saving variant)."""
+def run_ftpack(steps: int, checkpointing: bool = False, eager: bool = False) -> dict:
+    """(b) ``ftpack train`` with the demo config's settings as the demo runs them
+    (``checkpointing``: plus ``--gradient-checkpointing``, the memory-saving variant;
+    ``eager``: without ``--torch-compile``)."""
     import torch
 
     from ftpack.core.report import silenced
     from ftpack.training import train as train_module
+    from ftpack.training.block_compile import AUTO_MIN_STEPS, resolve_torch_compile
+    from ftpack.training.speed import resolve_precision
 
     timer = step_timer()
     counts, wrap = label_counter()
@@ -167,11 +174,18 @@ def run_ftpack(steps: int, checkpointing: bool = False) -> dict:
         settings = demo_settings(steps)
         if checkpointing:
             settings = dataclasses.replace(settings, gradient_checkpointing=True)
+        # What --torch-compile auto gives the demo's own run (136 steps), not this short one.
+        bf16 = resolve_precision(settings.precision, "cpu")[0] == "bf16"
+        demo_compiles, _ = resolve_torch_compile(settings.torch_compile, method=settings.method, device="cpu",
+                                                 bf16=bf16, world=1, steps=max(steps, AUTO_MIN_STEPS),
+                                                 checkpointing=checkpointing)
+        settings = dataclasses.replace(settings, torch_compile=demo_compiles and not eager)
         result = train_module.train("smollm2-135m", DATA, Path(out), settings=settings,
                                     template="chatml", callbacks=[timer], resume=False)
     model_info = result.metrics
-    return measured(timer, counts, None, precision=model_info["precision"], threads=torch.get_num_threads(),
-                    why=model_info.get("precision_reason"), lora_parameters=model_info["trainable_parameters"])
+    return {**measured(timer, counts, None, precision=model_info["precision"], threads=torch.get_num_threads(),
+                       why=model_info.get("precision_reason"), lora_parameters=model_info["trainable_parameters"]),
+            "torch_compile": model_info["torch_compile"], "torch_compile_reason": model_info["torch_compile_reason"]}
 
 
 def measured(timer, counts, model, *, precision: str, threads: int, why: str | None = None,
@@ -185,7 +199,7 @@ def measured(timer, counts, model, *, precision: str, threads: int, why: str | N
     return {"tokens_per_s": round(tokens / seconds, 1), "seconds": round(seconds, 2), "tokens": int(tokens),
             "labelled": int(counts["labelled"] * share), "peak_rss_gb": peak_rss_gb(), "precision": precision,
             "precision_reason": why, "threads": threads, "lora_parameters": lora_parameters,
-            "step_seconds": [round(x, 2) for x in timer.seconds]}
+            "first_step_seconds": round(timer.seconds[0], 2), "step_seconds": [round(x, 2) for x in timer.seconds]}
 
 
 def model_flops(r: dict) -> float:
@@ -231,12 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--checkpointing", action="store_true",
                     help="also run ftpack train with --gradient-checkpointing (less memory, slower)")
-    ap.add_argument("--child", choices=("baseline", "ftpack", "ftpack-checkpointing"), help=argparse.SUPPRESS)
+    ap.add_argument("--eager", action="store_true", help="also run ftpack train with --no-torch-compile")
+    ap.add_argument("--child", choices=("baseline", "ftpack", "ftpack-checkpointing", "ftpack-eager"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     total = args.steps + WARMUP_STEPS
     if args.child:
         run = {"baseline": run_baseline, "ftpack": run_ftpack,
-               "ftpack-checkpointing": lambda n: run_ftpack(n, checkpointing=True)}[args.child]
+               "ftpack-checkpointing": lambda n: run_ftpack(n, checkpointing=True),
+               "ftpack-eager": lambda n: run_ftpack(n, eager=True)}[args.child]
         print(json.dumps(run(total)))
         return 0
 
@@ -244,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     peaks = matmul_peaks()
     base, fast = child("baseline", total), child("ftpack", total)
     lean = child("ftpack-checkpointing", total) if args.checkpointing else None
+    eager = child("ftpack-eager", total) if args.eager else None
     peak_of = {"fp32": peaks["fp32"], "bf16": peaks["bf16"]}
     mfu = lambda r: round(model_flops(r) / r["seconds"] / 1e9 / peak_of.get(r["precision"], peaks["fp32"]), 4)  # noqa: E731
     result = {
@@ -255,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_gflops_per_s": round(model_flops(fast) / fast["seconds"] / 1e9, 1),
         "model_gflops_per_s_baseline": round(model_flops(base) / base["seconds"] / 1e9, 1),
         "precision": fast["precision"], "precision_reason": fast["precision_reason"], "threads": fast["threads"],
+        "torch_compile": fast["torch_compile"], "first_step_seconds": fast["first_step_seconds"],
         "steps": args.steps, "batch_size": demo_settings(1).per_device_train_batch_size,
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "baseline": base, "ftpack": fast,
@@ -262,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     if lean is not None:
         result.update(tokens_per_s_checkpointing=lean["tokens_per_s"], peak_rss_gb_checkpointing=lean["peak_rss_gb"],
                       ftpack_checkpointing=lean)
+    if eager is not None:
+        result.update(tokens_per_s_eager=eager["tokens_per_s"], peak_rss_gb_eager=eager["peak_rss_gb"],
+                      mfu_eager=mfu(eager), ftpack_eager=eager)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -271,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'peak RSS (GB)':28s}{base['peak_rss_gb']:>26.2f}{fast['peak_rss_gb']:>16.2f}")
     print(f"{'MFU':28s}{result['mfu_baseline']:>26.1%}{result['mfu']:>16.1%}")
     print(f"{'precision':28s}{'fp32':>26s}{fast['precision']:>16s}")
+    print(f"{'torch.compile (blocks)':28s}{'no':>26s}{'yes' if fast['torch_compile'] else 'no':>16s}"
+          f"   (first step {fast['first_step_seconds']:.0f} s, not timed)")
+    if eager is not None:
+        print(f"ftpack train --no-torch-compile: {eager['tokens_per_s']:.1f} tokens/s, "
+              f"peak RSS {eager['peak_rss_gb']:.2f} GB, MFU {result['mfu_eager']:.1%}")
     if lean is not None:
         print(f"ftpack train --gradient-checkpointing: {lean['tokens_per_s']:.1f} tokens/s, "
               f"peak RSS {lean['peak_rss_gb']:.2f} GB")

@@ -22,7 +22,8 @@ ADAPTER_METHODS = ("qlora", "lora")
 #: Default peak learning rate per method (the usual recipes: QLoRA paper / TRL docs).
 DEFAULT_LEARNING_RATE = {"qlora": 2e-4, "lora": 2e-4, "sft": 5e-5, "full": 2e-5}
 #: Settings that do not change what is learned (not part of the fingerprint or model card).
-BOOKKEEPING = ("logging_steps", "save_steps", "trust_remote_code", "allow_pickle", "gradient_checkpointing")
+BOOKKEEPING = ("logging_steps", "save_steps", "trust_remote_code", "allow_pickle", "gradient_checkpointing",
+               "torch_compile")
 
 
 def _option_default(key: str) -> Any:
@@ -54,6 +55,7 @@ class TrainSettings:
     train_on_prompts: bool = _option_default("train_on_prompts")
     packing: bool = _option_default("packing")
     precision: str = _option_default("precision")  # auto | bf16 | fp16 | fp32
+    torch_compile: bool | None = _option_default("torch_compile")  # None: by method/device/steps
     logging_steps: int = _option_default("logging_steps")
     save_steps: int = _option_default("save_steps")
     seed: int = _option_default("seed")

@@ -154,6 +154,8 @@ class TrainingRun:
     started: float = field(default_factory=time.monotonic)
     eval_loss: float | None = None
     precision_reason: str = ""
+    compiled: bool = False  # decoder blocks run through torch.compile (block_compile)
+    compile_reason: str = ""
     threads: int | None = None  # torch threads on CPU
 
 
@@ -163,6 +165,7 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
     """Resolve the settings, load base + tokenizer + template, make the model trainable,
     build the trainer and work out the schedule (warm-up steps from the real step count)."""
     from ftpack.training.bases import load_tokenizer, resolve_base
+    from ftpack.training.block_compile import compile_decoder_blocks, resolve_torch_compile
     from ftpack.training.checkpoints import checkpoint_to_resume, run_fingerprint
     from ftpack.training.data import read_messages_jsonl
     from ftpack.training.settings import optimizer_steps, resolve_method, warmup_steps
@@ -232,10 +235,18 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
                              callbacks=list(callbacks))
         batches = len(trainer.get_train_dataloader())
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the reporter shows progress
+    inner = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     if device == "cpu":  # only the labelled positions go through the LM head (speed.install_cpu_lm_head)
-        inner = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
         install_cpu_lm_head(inner)
     total = optimizer_steps(batches, settings)
+    compiled, compile_why = resolve_torch_compile(
+        settings.torch_compile, method="dora" if settings.dora else settings.method, device=device, bf16=bf16,
+        world=world, steps=total, checkpointing=_checkpointing(args))
+    if compiled:
+        blocks = compile_decoder_blocks(inner)
+        compile_why += f"; {blocks} decoder blocks, compiled on the first step (cached for later runs)"
+        compiled = blocks > 0
+    r.info(f"torch.compile {compile_why}.")
     # The schedule's warm-up in whole steps, from the run's real step count (after packing
     # and sharding): the same on every transformers version (see settings.warmup_steps).
     trainer.args.warmup_steps = warmup = warmup_steps(settings.warmup_ratio, total)
@@ -245,7 +256,8 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
                        tokenizer=tokenizer, progress=progress, fingerprint=fingerprint, resume_from=resume_from,
                        has_eval=bool(eval_rows), world=world, total_steps=total, warmup_steps=warmup,
                        parameters=(n_train, n_total), reporter=r, started=started,
-                       precision_reason=precision_why, threads=threads)
+                       precision_reason=precision_why, threads=threads, compiled=compiled,
+                       compile_reason=compile_why)
 
 
 def fit(run: TrainingRun) -> None:
@@ -300,6 +312,7 @@ def save(run: TrainingRun, *, keep_checkpoints: bool = False) -> TrainResult:
         "warmup_steps": run.warmup_steps, "resumed_from_step": result.resumed_from, "seconds": result.seconds,
         "world_size": run.world, "settings": settings.hyper_parameters(),  # the model card shows these
         "precision": settings.precision, "precision_reason": run.precision_reason, "threads": run.threads,
+        "torch_compile": run.compiled, "torch_compile_reason": run.compile_reason,
         **throughput(trainer.state.log_history),
     }
     return result
@@ -389,6 +402,11 @@ def _sft_config(output_dir: Path, settings: TrainSettings, *, device: str, world
         dataloader_num_workers=0, dataset_num_proc=None,
         **extra,
     )
+
+
+def _checkpointing(args: Any) -> bool:
+    """Whether the Trainer will checkpoint activations (either name of the setting)."""
+    return bool(getattr(args, "activation_checkpointing", False) or getattr(args, "gradient_checkpointing", False))
 
 
 # -- progress ------------------------------------------------------------------------------
