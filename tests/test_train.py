@@ -290,6 +290,37 @@ def test_resume_continues_step_count(tiny_llama, chat_file, tmp_path):
     assert err.value.code == 2
 
 
+def test_evaluations_every_fifth_of_the_run_and_the_last_one_is_not_repeated(tiny_llama, chat_file, tmp_path):
+    from transformers import TrainerCallback
+
+    from ftpack.training.train import eval_interval
+
+    assert eval_interval(9) is None and eval_interval(10) == 2 and eval_interval(136) == 28
+    evals = tmp_path / "eval.jsonl"
+    rows = chat_file.read_text(encoding="utf-8").splitlines()
+    evals.write_text("\n".join(rows[:4]) + "\n", encoding="utf-8")
+
+    class CountEvaluations(TrainerCallback):
+        steps: list[int] = []
+
+        def on_evaluate(self, args, state, control, **kw):
+            CountEvaluations.steps.append(state.global_step)
+
+    for steps, expected in ((10, [2, 4, 6, 8, 10]), (11, [3, 6, 9, 11]), (6, [6])):
+        CountEvaluations.steps = []
+        result = _train(tiny_llama, chat_file, tmp_path / str(steps), method="lora", max_steps=steps,
+                        eval_file=evals, callbacks=[CountEvaluations()])
+        assert CountEvaluations.steps == expected, steps  # the last step's evaluation is the final one
+        logged = [h for h in result_history(tmp_path / str(steps)) if "eval_loss" in h]
+        assert result.eval_loss == logged[-1]["eval_loss"] and logged[-1]["step"] == steps
+
+
+def result_history(out: Path) -> list[dict]:
+    import json
+
+    return json.loads((out / "trainer_state.json").read_text(encoding="utf-8"))["log_history"]
+
+
 def test_changed_settings_do_not_resume(tiny_llama, chat_file, tmp_path):
     from transformers import TrainerCallback
 

@@ -220,7 +220,7 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
     world = int(os.environ.get("WORLD_SIZE", "1"))
     estimate = optimizer_steps(-(-len(train_rows) // (settings.per_device_train_batch_size * world)), settings)
     args = _sft_config(outputs.checkpoints, settings, device=device, world=world, bf16=bf16, fp16=fp16,
-                       eval_steps=estimate // 5 if eval_rows and estimate >= 10 else None)  # + a final evaluation
+                       eval_steps=eval_interval(estimate) if eval_rows else None)
     if template.renders_ollama:
         args.assistant_only_loss = False  # pre-tokenized rows: their assistant_masks are the loss mask
 
@@ -279,8 +279,12 @@ def fit(run: TrainingRun) -> None:
     finally:
         run.progress.close()  # an exception skips on_train_end; the bar must not stay open
     if run.has_eval:
-        with quiet_libraries():
-            run.eval_loss = trainer.evaluate().get("eval_loss")
+        last = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
+        if last is not None and last.get("step") == trainer.state.global_step:  # just evaluated: not again
+            run.eval_loss = last["eval_loss"]
+        else:
+            with quiet_libraries():
+                run.eval_loss = trainer.evaluate().get("eval_loss")
 
 
 def save(run: TrainingRun, *, keep_checkpoints: bool = False) -> TrainResult:
@@ -402,6 +406,15 @@ def _sft_config(output_dir: Path, settings: TrainSettings, *, device: str, world
         dataloader_num_workers=0, dataset_num_proc=None,
         **extra,
     )
+
+
+def eval_interval(steps: int) -> int | None:
+    """Steps between evaluations during a run of ``steps``: every fifth of the run (the
+    final evaluation, which :func:`fit` runs, is not repeated when the last one falls on
+    the last step); none in a run under 10 steps, where only the final one informs."""
+    if steps < 10:
+        return None
+    return -(-steps // 5)
 
 
 def _checkpointing(args: Any) -> bool:
