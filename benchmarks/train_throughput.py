@@ -178,7 +178,7 @@ def run_ftpack(steps: int, checkpointing: bool = False, eager: bool = False) -> 
         bf16 = resolve_precision(settings.precision, "cpu")[0] == "bf16"
         demo_compiles, _ = resolve_torch_compile(settings.torch_compile, method=settings.method, device="cpu",
                                                  bf16=bf16, world=1, steps=max(steps, AUTO_MIN_STEPS),
-                                                 checkpointing=checkpointing)
+                                                 checkpointing=checkpointing, dora=settings.dora)
         settings = dataclasses.replace(settings, torch_compile=demo_compiles and not eager)
         result = train_module.train("smollm2-135m", DATA, Path(out), settings=settings,
                                     template="chatml", callbacks=[timer], resume=False)

@@ -25,7 +25,7 @@ def _resolve(asked=None, **over):
 def test_auto_compiles_long_bf16_lora_runs_on_a_cpu_only():
     assert _resolve()[0] is True
     for over in (dict(device="cuda"), dict(bf16=False), dict(method="full"), dict(method="qlora"),
-                 dict(method="dora"), dict(world=2), dict(steps=AUTO_MIN_STEPS - 1), dict(checkpointing=True)):
+                 dict(dora=True), dict(world=2), dict(steps=AUTO_MIN_STEPS - 1), dict(checkpointing=True)):
         on, why = _resolve(**over)
         assert on is False and why, over
     assert _resolve(True, device="cuda", bf16=False, method="full", steps=1)[0] is True  # asked for: on

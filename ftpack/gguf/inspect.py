@@ -60,28 +60,32 @@ def field_value(reader, key: str) -> Any:
 def tensor_type_table(header) -> list[dict[str, Any]]:
     """One row per GGML type of a :class:`~ftpack.gguf.header.GGUFHeader`: how many tensors,
     parameters and bytes."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf import GGMLQuantizationType
 
     counts: Counter[str] = Counter()
     params: Counter[str] = Counter()
     nbytes: Counter[str] = Counter()
     for name, ggml_type in header.tensor_types.items():
-        kind = GGMLQuantizationType(ggml_type)
-        n = math.prod(header.tensors[name])
-        block, size = GGML_QUANT_SIZES[kind]
-        counts[kind.name] += 1
-        params[kind.name] += n
-        nbytes[kind.name] += n // block * size
+        kind = GGMLQuantizationType(ggml_type).name
+        counts[kind] += 1
+        params[kind] += math.prod(header.tensors[name])
+        nbytes[kind] += tensor_bytes(ggml_type, header.tensors[name])
     return [{"type": k, "tensors": counts[k], "parameters": params[k], "bytes": nbytes[k]}
             for k in sorted(counts, key=lambda k: -nbytes[k])]
+
+
+def tensor_bytes(ggml_type: int, ne: tuple[int, ...]) -> int:
+    """Bytes of a tensor's data in the GGUF (ValueError/KeyError for a type gguf-py does not know)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+    return math.prod(ne) // block * size
 
 
 def read_gguf_summary_header(path: Path | str):
     """The GGUF's header with its vocabulary (:func:`~ftpack.gguf.header.read_gguf_header`:
     milliseconds, where gguf-py's reader takes seconds for a 49k-token vocabulary):
     not-a-GGUF, damaged and truncated files are clear errors."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
     from ftpack.gguf.header import read_gguf_header
 
     path = Path(path)
@@ -100,11 +104,10 @@ def read_gguf_summary_header(path: Path | str):
     size = path.stat().st_size
     for name, ggml_type in header.tensor_types.items():
         try:
-            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+            end = header.data_start + header.tensor_offsets[name] + tensor_bytes(ggml_type, header.tensors[name])
         except (ValueError, KeyError):
             raise bad_input(f"{path} is damaged: tensor {name} has unknown type {ggml_type}.",
                             "Re-create it (convert/quantize again).") from None
-        end = header.data_start + header.tensor_offsets[name] + math.prod(header.tensors[name]) // block * type_size
         if end > size:
             raise bad_input(f"{path} is truncated: tensor {name} ends past the end of the file.",
                             "Re-create it (convert/quantize again).")

@@ -47,7 +47,7 @@ def c_compiler() -> str | None:
 
 
 def resolve_torch_compile(asked: bool | None, *, method: str, device: str, bf16: bool, world: int, steps: int,
-                          checkpointing: bool) -> tuple[bool, str]:
+                          checkpointing: bool, dora: bool = False) -> tuple[bool, str]:
     """(compile the blocks?, why) for ``--torch-compile`` (True/False) or auto (None)."""
     if asked is False:
         return False, "off (--no-torch-compile)"
@@ -57,7 +57,7 @@ def resolve_torch_compile(asked: bool | None, *, method: str, device: str, bf16:
                               "Drop one of them: --no-gradient-checkpointing or --no-torch-compile.")
         return False, "off: gradient checkpointing recomputes the blocks eagerly"
     if asked is None:
-        if device != "cpu" or not bf16 or method != "lora":
+        if device != "cpu" or not bf16 or method != "lora" or dora:
             return False, "auto: off (on only for LoRA with bf16 autocast on a CPU, where it was measured)"
         if world > 1:
             return False, "auto: off in distributed runs"

@@ -240,8 +240,8 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
         install_cpu_lm_head(inner)
     total = optimizer_steps(batches, settings)
     compiled, compile_why = resolve_torch_compile(
-        settings.torch_compile, method="dora" if settings.dora else settings.method, device=device, bf16=bf16,
-        world=world, steps=total, checkpointing=_checkpointing(args))
+        settings.torch_compile, method=settings.method, device=device, bf16=bf16, world=world, steps=total,
+        checkpointing=_checkpointing(args), dora=settings.dora)
     if compiled:
         blocks = compile_decoder_blocks(inner)
         compile_why += f"; {blocks} decoder blocks, compiled on the first step (cached for later runs)"
