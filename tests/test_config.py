@@ -173,6 +173,20 @@ def test_ollama_parameters_are_checked(params, words):
     assert words in _error(parameters=params).message
 
 
+def test_typical_p_stops_the_build_at_config_load(tmp_path, cli_in_fresh_process):
+    """Ollama 0.34+ refuses typical_p as a model parameter (400 at /api/create,
+    server/create.go@0029bb5): the build exits 2 at config load, before torch or transformers
+    is imported and before a build folder exists, not after minutes of training."""
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}\n')
+    out = tmp_path / "build"
+    status, heavy, output = cli_in_fresh_process("build", "x", "--data", data, "--out", out,
+                                                 "--param", "typical_p=0.5", "--no-register")
+    assert (status, heavy) == (2, False), output
+    assert "typical_p is deprecated and cannot be set" in " ".join(output.split())
+    assert not out.exists()
+
+
 def test_ollama_parameters_that_ollama_accepts_pass():
     cfg = build_config("m", {"parameters": {"num_ctx": 4096, "stop": ["<a>", "<b>"], "temperature": 0.2,
                                             "use_mmap": True}})

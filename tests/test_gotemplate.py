@@ -206,6 +206,17 @@ def test_language_constructs_render_identically(go_renderer, name):
         assert any(not r.get("error") for r in theirs)
 
 
+def test_tools_is_a_typed_empty_list_as_in_ollama(go_renderer):
+    """Ollama passes .Tools as a typed nil slice ([]api.Tool): `len .Tools` renders 0, `if .Tools`
+    is false, and printing it gives []; an untyped nil would make len fail."""
+    from ftpack.ollama.gotemplate import parse_ollama_template
+
+    template = "{{ len .Tools }}|{{ if .Tools }}tools{{ else }}none{{ end }}|{{ .Tools }}{{ range .Messages }}{{ .Content }}{{ end }}"
+    msgs = [{"role": "user", "content": "Hi"}]
+    assert go_renderer.render(template, msgs) == "0|none|[]Hi"
+    assert parse_ollama_template(template).render(msgs) == "0|none|[]Hi"
+
+
 def test_templates_go_refuses_are_refused(go_renderer):
     mismatches, refused = [], 0
     for template in SYNTAX_PROBES:

@@ -243,6 +243,8 @@ def test_parameter_types(name, text, value):
     ("temperature", "hot", "expected a number"), ("temperature", "1e39", "out of range"),
     ("use_mmap", "yes", "expected true or false"), ("temprature", "1", "Did you mean 'temperature'"),
     ("mirostat", "1", "no longer supports"),
+    # today's server answers 400 for typical_p as a model parameter (server/create.go@0029bb5)
+    ("typical_p", "0.5", "typical_p is deprecated and cannot be set as a model parameter"),
 ])
 def test_parameter_errors_name_the_parameter(name, text, needle):
     with pytest.raises(FtpackError) as info:

@@ -300,7 +300,7 @@ def test_formats_that_cannot_be_trained_are_refused_with_the_reason(store, tiny_
     ob = _base(store, tiny_blob, template, **kw)
     with pytest.raises(FtpackError) as err:
         template_for_ollama_base(ob)
-    why = {"renderer": "built-in 'harmony' renderer", "no-template": "has no TEMPLATE",
+    why = {"renderer": "built-in 'harmony' renderer, which ftpack does not reproduce", "no-template": "has no TEMPLATE",
            "no-end": "could not learn where to stop", "bad-syntax": "js"}[case]
     assert err.value.code == 2 and why in err.value.message, err.value.message
     assert "--template" in err.value.hint
@@ -404,32 +404,115 @@ def test_the_model_card_says_training_started_from_a_quantized_blob(tmp_path):
     assert f"Base: {note} Blob `sha256:{'d' * 64}`." in card
 
 
-def test_build_ships_an_adapter_on_the_ollama_models_own_blob(run_cli, store, tiny_blob, tmp_path):
-    """`ftpack build my-tiny --base ollama:tiny`: trains in tiny's format, registers the LoRA as an
-    adapter on tiny's own model blob (the same digest, nothing copied) with tiny's TEMPLATE and
-    SYSTEM; the adapter is a small fraction of the base. (The random tiny model never ends a
-    turn by itself: extra stop strings it emits early let verify pass.)"""
+def test_build_on_an_ollama_base_ships_the_merged_model_and_no_adapter(run_cli, store, tiny_blob, tmp_path):
+    """`ftpack build my-tiny --base ollama:tiny`: trains in tiny's format and, because Ollama
+    0.34.1+ no longer creates models with LoRA adapters (server/create.go@0029bb5), registers
+    one merged GGUF: no adapter is built, no ADAPTER line is written, no adapter layer is
+    stored. The model is served with tiny's TEMPLATE and SYSTEM, as trained. (The random tiny
+    model never ends a turn by itself: extra stop strings it emits early let verify pass.)"""
     put_model(store, "tiny:latest", tiny_blob, template=CUSTOM_TEMPLATE, system="Be brief.",
               params={"stop": CUSTOM_STOPS})
     base = json.loads((store / "manifests/registry.ollama.ai/library/tiny/latest").read_text())
+    build = tmp_path / "build"
     result = run_cli("build", "my-tiny", "--base", "ollama:tiny", "--data", _dataset(tmp_path / "d.jsonl"),
                      "--method", "lora", "--max-steps", "3", "--batch-size", "2", "--lora-r", "4",
-                     "--register", "offline", "--models-dir", store, "--out", tmp_path / "build",
+                     "--register", "offline", "--models-dir", store, "--out", build,
                      *[x for s in ("e", "a", "o", " ") for x in ("--param", f"stop={s}")])
     assert result.exit_code == 0, result.output
+    assert "no longer create models with LoRA adapters" in " ".join(result.output.split())
     tuned = json.loads((store / "manifests/registry.ollama.ai/library/my-tiny/latest").read_text())
 
     def layer(manifest, kind):
-        return next(x for x in manifest["layers"] if x["mediaType"] == f"application/vnd.ollama.image.{kind}")
+        return next((x for x in manifest["layers"] if x["mediaType"] == f"application/vnd.ollama.image.{kind}"), None)
 
-    assert layer(tuned, "model")["digest"] == layer(base, "model")["digest"]  # the base's own blob, reused
-    adapter = layer(tuned, "adapter")
-    assert adapter["size"] < 0.1 * layer(base, "model")["size"]  # ~80 KB on a 1.1 MB Q4_K_M base
-    for kind in ("template", "system"):  # served exactly as trained: the base's own layers
+    assert layer(tuned, "adapter") is None and layer(tuned, "model")["digest"] != layer(base, "model")["digest"]
+    for kind in ("template", "system"):  # served exactly as trained: the base's own texts
         assert layer(tuned, kind)["digest"] == layer(base, kind)["digest"]
-    params = json.loads((store / "blobs" / layer(tuned, "params")["digest"].replace(":", "-")).read_text())
-    assert params["stop"][:2] == CUSTOM_STOPS
-    manifest = json.loads((tmp_path / "build" / "build.json").read_text())
+    modelfile = (build / "ollama" / "Modelfile").read_text()
+    assert "ADAPTER" not in modelfile and "\nTEMPLATE " in modelfile
+    assert not list(build.rglob("*.lora.gguf"))  # no adapter built anywhere
+    manifest = json.loads((build / "build.json").read_text())
+    assert manifest["stages"]["modelfile"]["metrics"]["prompt_path"] == "template"
+    assert "adapter" not in manifest["stages"] or manifest["stages"]["adapter"]["status"] != "done"
     record = manifest["stages"]["data"]["metrics"]["ollama_base"]
     assert record["digest"] == layer(base, "model")["digest"] and record["quantized"] is True
-    assert "dequantized 4-bit" in (tmp_path / "build" / "report.md").read_text()
+    assert "dequantized 4-bit" in (build / "report.md").read_text()
+
+
+# -- bases Ollama prompts with a built-in RENDERER -------------------------------------------------------
+
+RENDERER_CASES = [("qwen3.5", "qwen3.5", "qwen3.5"), ("gemma4", "gemma4", "gemma4-small"),
+                  ("nemotron-3-nano", "nemotron-3-nano", "nemotron-3-nano")]
+
+
+@pytest.mark.parametrize("renderer, parser, resolved", RENDERER_CASES)
+def test_a_renderer_model_trains_on_the_prompt_ollama_serves_at_every_turn(store, tiny_blob, renderer, parser,
+                                                                          resolved):
+    """A library model of the newest families has no TEMPLATE, only ``renderer``/``parser`` in
+    its config. Training renders with that renderer in the mode it is served in (think on: the
+    parser can think), and for every answer the ids before its first trained token are
+    exactly llama.cpp's ids of the prompt Ollama serves at that turn (the renderer's text for
+    the messages before it, BOS as the runtime adds it); the trained part is what the renderer
+    writes for the model's own answer, and its end of turn."""
+    from ftpack.inference.runtime import open_llama
+    from ftpack.ollama import renderers
+    from ftpack.training.bases import load_tokenizer, resolve_base
+    from ftpack.training.ollama_format import served_turns
+
+    put_model(store, "fam:latest", tiny_blob, config={"renderer": renderer, "parser": parser, "model_type": "4.0B"})
+    ob = read_ollama_base("ollama:fam")
+    tpl = template_for_ollama_base(ob)
+    assert (tpl.ollama_renderer, tpl.ollama_parser, tpl.think) == (resolved, parser, True)
+    assert tpl.end_of_turn == renderers.END_OF_TURN[resolved]
+    tokenizer = load_tokenizer(resolve_base("ollama:fam", tokenizer_only=True).path)
+    with open_llama(ob.model_blob, vocab_only=True) as llm:
+        for conv in CONVERSATIONS:
+            answers = [k for k, m in enumerate(conv) if m["role"] == "assistant"]
+            turns = served_turns(tpl, tokenizer, conv)
+            assert len(turns) == len(answers)
+            for k, (prompt, before) in zip(answers, turns):
+                want = renderers.render(resolved, conv[:k], True)
+                assert prompt == (want[len("<bos>"):] if resolved.startswith("gemma4") else want)
+                assert before == llm.tokenize(prompt.encode(), add_bos=True, special=True)
+            for row in encode_conversation(tpl, tokenizer, conv):
+                trained = tokenizer.decode([t for t, m in zip(row["input_ids"], row["assistant_masks"]) if m])
+                assert trained.endswith(tpl.end_of_turn)
+    if resolved == "qwen3.5":  # not prefix-stable: earlier answers lose their think block, one sequence each
+        assert len(training_sequences(tpl, CONVERSATIONS[1])) == 2
+        text, [(start, end)] = training_sequences(tpl, CONVERSATIONS[0])[0]
+        assert text[:start].endswith("<|im_start|>assistant\n<think>\n")
+        assert text[start:end] == "\n</think>\n\nParis.<|im_end|>"
+
+
+def test_a_renderer_ftpack_does_not_reproduce_is_refused_naming_the_supported_ones(store, tiny_blob):
+    put_model(store, "glm:latest", tiny_blob, config={"renderer": "glm-4.7", "parser": "glm-4.7"})
+    with pytest.raises(FtpackError) as err:
+        template_for_ollama_base(read_ollama_base("ollama:glm"))
+    assert err.value.code == 2 and "'glm-4.7'" in err.value.message
+    assert "qwen3.5" in err.value.hint and "gemma4" in err.value.hint
+
+
+def test_build_on_a_renderer_model_registers_merged_with_its_renderer_and_parser(run_cli, store, tiny_blob,
+                                                                                tmp_path):
+    """A qwen3.5-style base (no TEMPLATE, RENDERER/PARSER in its config): the build trains on
+    the renderer's text, checks every turn's served prompt against llama.cpp, registers the
+    merged GGUF with RENDERER and PARSER kept (no TEMPLATE: it would not be used), and the
+    build records that Ollama prompts it with its renderer path."""
+    put_model(store, "fam:latest", tiny_blob, config={"renderer": "qwen3.5", "parser": "qwen3.5"})
+    build = tmp_path / "build"
+    result = run_cli("build", "fam-qa", "--base", "ollama:fam", "--data", _dataset(tmp_path / "d.jsonl"),
+                     "--method", "lora", "--max-steps", "2", "--batch-size", "2", "--lora-r", "4",
+                     "--register", "offline", "--models-dir", store, "--out", build,
+                     *[x for s in ("e", "a", "o", " ") for x in ("--param", f"stop={s}")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((build / "build.json").read_text())
+    data = manifest["stages"]["data"]["metrics"]
+    assert data["tokenization_equal"] and data["tokenization_turns"] >= 6
+    assert manifest["stages"]["modelfile"]["metrics"]["prompt_path"] == "renderer"
+    modelfile = (build / "ollama" / "Modelfile").read_text().splitlines()
+    assert "RENDERER qwen3.5" in modelfile and "PARSER qwen3.5" in modelfile
+    assert not any(line.startswith(("TEMPLATE", "ADAPTER")) for line in modelfile)
+    tuned = json.loads((store / "manifests/registry.ollama.ai/library/fam-qa/latest").read_text())
+    config = json.loads((store / "blobs" / tuned["config"]["digest"].replace(":", "-")).read_text())
+    assert (config["renderer"], config["parser"]) == ("qwen3.5", "qwen3.5")
+    assert not any(x["mediaType"].endswith((".adapter", ".template")) for x in tuned["layers"])

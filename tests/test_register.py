@@ -19,8 +19,8 @@ from ftpack.ollama.gojson import go_json
 from ftpack.ollama.names import parse_model_name
 from ftpack.core.report import Reporter
 from ollama_double import OllamaDouble, parse_name
-from ollama_double.fixtures import (ftpack_home, go_renderer, ollama_double, ollama_models_dir,  # noqa: F401
-                                    tiny_gguf, write_tiny_gguf)
+from ollama_double.fixtures import (ftpack_home, go_renderer, old_ollama_double, ollama_double,  # noqa: F401
+                                    ollama_models_dir, tiny_gguf, write_tiny_gguf)
 from ollama_double.gojson import go_json as double_go_json
 
 MEDIA = "application/vnd.ollama.image."
@@ -89,7 +89,7 @@ def test_register_end_to_end(run_cli, ollama_double, modelfile, tiny_gguf, ollam
         {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
     assert json.loads(blob(m["config"]["digest"]).read_bytes()) == {
         "model_format": "gguf", "model_family": "llama", "model_families": ["llama"], "model_type": "136",
-        "file_type": "Q4_K_M", "architecture": "amd64", "os": "linux"}
+        "file_type": "Q4_K_M"}  # model.ConfigV2: no architecture/os any more (types/model/config.go@0abf7fa)
     # HEAD before the one upload
     blob_calls = [c for c in ollama_double.requests if c[1].startswith("/api/blobs/")]
     assert blob_calls == [("HEAD", "/api/blobs/" + model_layer["digest"]), ("POST", "/api/blobs/" + model_layer["digest"])]
@@ -121,8 +121,10 @@ def test_existing_model_needs_force_and_reregistering_uploads_nothing(run_cli, o
 
 
 @pytest.mark.parametrize("with_adapter", [False, True])
-def test_offline_store_is_byte_identical_to_the_servers(run_cli, ollama_double, modelfile, ollama_models_dir,
+def test_offline_store_is_byte_identical_to_the_servers(run_cli, request, modelfile, ollama_models_dir,
                                                         tmp_path, ftpack_home, tiny_gguf, with_adapter):
+    # adapters: a server of the last release that still creates them (0.34.0)
+    request.getfixturevalue("old_ollama_double" if with_adapter else "ollama_double")
     offline_dir = tmp_path / "offline-store"
     if with_adapter:
         adapter = write_tiny_gguf(tmp_path / "lora.gguf", kind="adapter", seed=1)
@@ -154,7 +156,7 @@ def _adapter_modelfile(folder: Path, base_name: str, adapter: Path, **kw) -> Pat
 
 
 def test_adapter_model_store_is_byte_identical_to_the_servers_and_reuses_the_base(
-        run_cli, ollama_double, ollama_models_dir, tmp_path, tiny_gguf, ftpack_home):
+        run_cli, old_ollama_double, ollama_models_dir, tmp_path, tiny_gguf, ftpack_home):
     """Ollama's create with `from` + `adapters`: the base's layers by digest (marked from the base),
     the adapter, then TEMPLATE/SYSTEM replaced, LICENSE added, PARAMETERs merged with the base's.
     The offline writer produces the very same store, and sends or copies nothing but the adapter."""
@@ -186,11 +188,12 @@ def test_adapter_model_store_is_byte_identical_to_the_servers_and_reuses_the_bas
     assert params["temperature"] == 0.2 and params["top_k"] == 20 and params["num_ctx"] == 1024
     assert manifest_of(offline_dir, "tuned")["config"] == base["config"]  # described by the base's GGUF
     # the server received the base GGUF once and then only the adapter
-    posts = [p for m, p in ollama_double.requests if m == "POST" and p.startswith("/api/blobs/")]
+    posts = [p for m, p in old_ollama_double.requests if m == "POST" and p.startswith("/api/blobs/")]
     assert posts == ["/api/blobs/sha256:" + sha(tiny_gguf), "/api/blobs/sha256:" + sha(adapter)]
 
 
-def test_adapter_model_needs_its_base_where_it_is_registered(run_cli, ollama_double, tmp_path, ftpack_home):
+def test_adapter_model_needs_its_base_where_it_is_registered(run_cli, old_ollama_double, tmp_path, ftpack_home):
+    ollama_double = old_ollama_double
     adapter = write_tiny_gguf(tmp_path / "a.gguf", kind="adapter")
     mf = _adapter_modelfile(tmp_path / "m", "nowhere-base", adapter)
     server = run_cli("register", "tuned", "--modelfile", mf)
@@ -200,7 +203,7 @@ def test_adapter_model_needs_its_base_where_it_is_registered(run_cli, ollama_dou
     assert not any(p.startswith("/api/blobs/") for _, p in ollama_double.requests)  # nothing sent
 
 
-def test_remove_keeps_a_base_an_adapter_model_is_built_on_server(run_cli, ollama_double, tmp_path, tiny_gguf,
+def test_remove_keeps_a_base_an_adapter_model_is_built_on_server(run_cli, old_ollama_double, tmp_path, tiny_gguf,
                                                                    ftpack_home):
     assert run_cli("register", "tiny-base", "--modelfile", make_modelfile(tmp_path / "b", tiny_gguf)).exit_code == 0
     adapter = write_tiny_gguf(tmp_path / "a.gguf", kind="adapter")
@@ -223,7 +226,8 @@ def test_a_server_without_adapters_creates_nothing(tmp_path, tiny_gguf, monkeypa
     the probe finds out before anything is uploaded; a create that fails later leaves no model."""
     from ftpack.ollama.registration import AdaptersRejected, register
 
-    double = OllamaDouble(tmp_path / "store", adapters=behaviour).start()
+    double = OllamaDouble(tmp_path / "store", adapters=behaviour,
+                          version="0.34.2" if behaviour == "reject" else "0.32.15").start()
     monkeypatch.setenv("OLLAMA_HOST", double.url)
     try:
         assert register("tiny-base", make_modelfile(tmp_path / "b", tiny_gguf), reporter=Reporter("quiet"))
@@ -234,7 +238,7 @@ def test_a_server_without_adapters_creates_nothing(tmp_path, tiny_gguf, monkeypa
         double.stop()
     posted = [p for m, p in double.requests if m == "POST" and p.startswith("/api/blobs/")]
     if behaviour == "reject":
-        assert "LoRA adapters are no longer supported" in info.value.message and "0.32.15" in info.value.message
+        assert "LoRA adapters are no longer supported" in info.value.message and "0.34.2" in info.value.message
         assert posted == ["/api/blobs/sha256:" + sha(tiny_gguf)]  # the base's, before; never the adapter
     else:
         assert "could not create tuned:latest with the adapter" in info.value.message
@@ -708,7 +712,12 @@ def test_store_bytes_match_ollamas_own_test_digests(tmp_path, offline, ollama_do
         register_with_server("test", req, host=ollama_double.url, reporter=quiet)
     m = manifest_of(ollama_models_dir, "test")
     digests = {x["mediaType"].removeprefix(MEDIA): x["digest"] for x in m["layers"]}
-    assert m["config"]["digest"] == OLLAMA_TEST_DIGESTS["config"]
+    # The config is today's model.ConfigV2 (types/model/config.go@0abf7fa: no architecture/os; the
+    # digest Ollama's older tests assert, 99759ad5…, was of the config with "architecture":"amd64",
+    # "os":"linux"): Go's json.Marshal of the struct, fields in order, omitempty ones left out.
+    config = (ollama_models_dir / "blobs" / m["config"]["digest"].replace(":", "-")).read_bytes()
+    assert config == (b'{"model_format":"gguf","model_family":"test","model_families":["test"],"model_type":"0",'
+                      b'"file_type":"unknown"}\n')
     assert digests["system"] == OLLAMA_TEST_DIGESTS["system"]
     assert digests["params"] == OLLAMA_TEST_DIGESTS["params"]
     assert digests["template"] == OLLAMA_TEST_DIGESTS["template"]

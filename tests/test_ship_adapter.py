@@ -5,8 +5,9 @@ adapter GGUF equal llama.cpp's logits of the merged GGUF (ftpack's converter wit
 adapter fused) and transformers' base + PEFT adapter, within the bounds stated below,
 for F32 and F16 files; on a Q4_K_M base (what Ollama pulls) the *change* the adapter
 makes matches transformers' on the dequantized base. Then the build: stages, what is
-registered (the base's model blob reused, the adapter a fraction of it), the merged
-fallback when a server refuses adapters, and the refusals before training.
+registered on servers older than Ollama 0.34.1 (the base's model blob reused, the adapter a
+fraction of it), today's servers refusing it before any work, and the refusals before
+training. The default ships merged (ftpack.pipeline.resolve_ship).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import numpy as np
 import pytest
 
 from ollama_double import OllamaDouble
-from ollama_double.fixtures import _render_with_go, llama_generator, ollama_double, ollama_models_dir  # noqa: F401
+from ollama_double.fixtures import (_render_with_go, llama_generator, old_ollama_double, ollama_double,  # noqa: F401
+                                   ollama_models_dir)
 from runnable_gguf import tiny_ggufs  # noqa: F401  (fixture)
 from test_build_e2e import write_hello_data
 
@@ -273,18 +275,19 @@ def test_ship_adapter_refuses_what_it_cannot_ship_before_training(run_cli, tiny_
     assert not (out / "train").exists()
 
 
-def test_ship_auto_resolves_per_base(tiny_llama):
+def test_ship_auto_is_merged_for_every_base(tiny_llama):
+    """Ollama 0.34.1+ refuses to create models with LoRA adapters (server/create.go@0029bb5):
+    auto ships one merged GGUF, also for a base that comes from Ollama; adapter only when asked."""
     from ftpack.core.config import build_config
     from ftpack.pipeline import resolve_ship
 
     assert resolve_ship(build_config("x", {"base": str(tiny_llama)}), "lora")[0] == "merged"
     cfg = build_config("x", {})
-    cfg.base = "ollama:llama3.2"  # what H12's --base ollama:NAME gives (checked there)
-    assert resolve_ship(cfg, "lora") == ("adapter", "the base is the Ollama model llama3.2:latest: only the "
-                                                    "adapter is shipped, its blob is reused")
-    assert resolve_ship(cfg, "full")[0] == "merged"
-    cfg.dora = True
-    assert resolve_ship(cfg, "lora")[0] == "merged"
+    cfg.base = "ollama:llama3.2"
+    ship, why = resolve_ship(cfg, "lora")
+    assert ship == "merged" and "no longer create models with LoRA adapters" in why and "0029bb5" in why
+    cfg.ship = "adapter"
+    assert resolve_ship(cfg, "lora")[0] == "adapter"
 
 
 # -- the build ------------------------------------------------------------------------------------
@@ -371,7 +374,9 @@ def test_adapter_build_stages_and_files(trained):
     assert report.stopped and report.gguf.endswith(" + " + str(adapter)) and report.fidelity is None
 
 
-def test_adapter_build_registers_on_the_bases_blob(trained, run_cli, ollama_double, ollama_models_dir, tmp_path):
+def test_adapter_build_registers_on_the_bases_blob(trained, run_cli, old_ollama_double, ollama_models_dir, tmp_path):
+    """--ship adapter on a server that still creates adapter models (Ollama before 0.34.1)."""
+    ollama_double = old_ollama_double
     from ftpack.core.atomic import sha256_file
     from ftpack.core.manifest import Manifest
     from ftpack.training.templates import load_template
@@ -460,14 +465,31 @@ def test_adapter_build_offline_and_list_remove(trained, run_cli, tmp_path):
     assert not base_blob.exists()
 
 
-@pytest.mark.parametrize("behaviour", ["reject", "fail"])
-def test_server_without_adapters_gets_the_merged_model(trained, run_cli, tmp_path, monkeypatch, behaviour):
-    from ftpack.core.atomic import sha256_file
-    from ftpack.core.manifest import Manifest
+def test_ship_adapter_to_todays_server_stops_before_any_work(trained, run_cli, tmp_path, monkeypatch):
+    """Today's server refuses adapters: --ship adapter asks it first (a side-effect-free probe)
+    and stops with exit 2 before training or converting anything; nothing is registered."""
+    store = tmp_path / "server-store"
+    double = OllamaDouble(store).start()  # today's release: adapters refused
+    monkeypatch.setenv("OLLAMA_HOST", double.url)
+    try:
+        out = tmp_path / "fresh-build"
+        result = _build(run_cli, "tiny-ad", trained["base"], trained["data"], out, "--register", "server")
+    finally:
+        double.stop()
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "LoRA adapters are no longer supported" in said and "--ship merged" in said
+    assert not (out / "train").exists() and not any(p.startswith("/api/blobs/") for _, p in double.requests)
+    assert not (store / "manifests" / "registry.ollama.ai" / "library" / "tiny-ad").exists()
 
+
+def test_a_server_that_fails_the_adapter_model_leaves_nothing_registered(trained, run_cli, tmp_path, monkeypatch):
+    """An older server takes the probe but fails to create the adapter model: a clear error, and
+    the base this build registered for it is removed again."""
     store = tmp_path / "server-store"
     generator = llama_generator()
-    double = OllamaDouble(store, renderer=_render_with_go, generator=generator, adapters=behaviour).start()
+    double = OllamaDouble(store, version="0.32.15", renderer=_render_with_go, generator=generator,
+                          adapters="fail").start()
     monkeypatch.setenv("OLLAMA_HOST", double.url)
     try:
         out = _copy(trained, tmp_path)
@@ -475,23 +497,20 @@ def test_server_without_adapters_gets_the_merged_model(trained, run_cli, tmp_pat
     finally:
         double.stop()
         generator.close()
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "nothing was registered" in said and "--ship merged" in said
+    library = store / "manifests" / "registry.ollama.ai" / "library"
+    assert not (library / "tiny-ad").exists() and not (library / "tiny-ad-base").exists()
+
+
+def test_adapter_build_offline_warns_that_todays_ollama_cannot_create_it(trained, run_cli, tmp_path):
+    out = _copy(trained, tmp_path)
+    result = _build(run_cli, "tiny-ad", trained["base"], trained["data"], out, "--register", "offline",
+                    "--models-dir", tmp_path / "store")
     assert result.exit_code == 0, result.output
-    warned = " ".join(result.output.split())
-    assert "Shipping the merged model instead" in warned
-    reg = Manifest.load(out).stages["register"].metrics
-    assert reg["shipped"] == "merged" and reg["fallback"]
-    base_digest = "sha256:" + sha256_file(out / "gguf" / "tiny-ad.base.Q4_K_M.gguf")
-    if behaviour == "reject":  # refused up front: the base was never registered, never uploaded
-        assert "LoRA adapters are no longer supported" in reg["fallback"]
-        assert ("POST", f"/api/blobs/{base_digest}") not in double.requests
-    merged = out / reg["merged_gguf"]
-    model = _manifest(store, "tiny-ad")
-    assert [x["mediaType"].removeprefix(MEDIA) for x in model["layers"]][:2] == ["model", "template"]
-    assert model["layers"][0]["digest"] == "sha256:" + sha256_file(merged)
-    # nothing half-registered: the base registered for the adapter (fail) is gone again, or was never made
-    assert not (store / "manifests" / "registry.ollama.ai" / "library" / "tiny-ad-base").exists()
-    assert not any(x["mediaType"] == MEDIA + "adapter" for x in model["layers"])
-    assert Manifest.load(out).stages["roundtrip"].metrics["ollama_answer"].startswith("Hello, ")
+    said = " ".join(result.output.split())
+    assert "Ollama 0.34.1 and later cannot create models with a LoRA adapter" in said
 
 
 # -- the base stage for GGUF and Ollama bases (no training needed) -------------------------------------
@@ -552,9 +571,10 @@ def test_base_stage_uses_the_ollama_models_own_blob(shipped, tmp_path):
 
 # -- the two-line story: a model already in Ollama, tuned and shipped as an adapter on it -------------
 
-def test_build_on_an_ollama_model_ships_an_adapter_on_its_blob(run_cli, ollama_double, ollama_models_dir, tiny_ggufs,
-                                                               tmp_path, monkeypatch):
-    """`ftpack build my-x --base ollama:tiny` (ship auto): the new model's layers are tiny's own model
+def test_build_on_an_ollama_model_ships_an_adapter_on_its_blob(run_cli, old_ollama_double, ollama_models_dir,
+                                                               tiny_ggufs, tmp_path, monkeypatch):
+    """`ftpack build my-x --base ollama:tiny --ship adapter` to a server older than 0.34.1: the new
+    model's layers are tiny's own model
     blob (same digest, not uploaded), the adapter (27% of the Q4_K_M base for this tiny model,
     hidden 256 at rank 16; ~3% for a 1B Llama: benchmarks/ship_size.py), and tiny's template and stops."""
     from ftpack.core.manifest import Manifest
@@ -570,11 +590,10 @@ def test_build_on_an_ollama_model_ships_an_adapter_on_its_blob(run_cli, ollama_d
     out = tmp_path / "build"
     result = run_cli("--json", "build", "my-tiny", "--base", "ollama:tiny", "--data", data, "--out", out,
                      "--method", "lora", "--max-steps", "30", "--learning-rate", "5e-3", "--max-seq-length", "64",
-                     "--per-device-train-batch-size", "4", "--register", "server")
+                     "--per-device-train-batch-size", "4", "--register", "server", "--ship", "adapter")
     assert result.exit_code == 0, result.output
     assert _statuses(result.stdout) == {s: "done" for s in ADAPTER_STAGES}
-    assert any("ship: adapter (the base is the Ollama model tiny:latest" in e.get("message", "")
-               for e in _events(result.stdout))
+    assert any("ship: adapter (as asked" in e.get("message", "") for e in _events(result.stdout))
 
     model = _manifest(ollama_models_dir, "my-tiny")
     assert [x["mediaType"].removeprefix(MEDIA) for x in model["layers"]] == ["model", "adapter", "template", "params"]
@@ -585,7 +604,7 @@ def test_build_on_an_ollama_model_ships_an_adapter_on_its_blob(run_cli, ollama_d
         _blob(ollama_models_dir, base["layers"][1]["digest"]).read_bytes()  # the base's TEMPLATE, as trained
     params = json.loads(_blob(ollama_models_dir, model["layers"][3]["digest"]).read_bytes())
     assert params["stop"] == list(chatml.stop) and params["temperature"] == 0.6  # Ollama keeps the base's others
-    posts = [p for m, p in ollama_double.requests if m == "POST" and p.startswith("/api/blobs/")]
+    posts = [p for m, p in old_ollama_double.requests if m == "POST" and p.startswith("/api/blobs/")]
     assert posts == ["/api/blobs/" + model["layers"][1]["digest"]]  # only the adapter travelled
     reg = Manifest.load(out).stages["register"].metrics
     assert reg["shipped"] == "adapter" and reg["base"] == "pulled into Ollama" and reg["base_source"] == "ollama"

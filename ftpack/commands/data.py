@@ -92,11 +92,11 @@ def data(file: Path, base: str | None, out: Path | None, show_tokens: int | None
     report_summary(summary, reporter)
     if show_tokens:
         from ftpack.training.data import load_dataset
-        from ftpack.training.token_check import trained_tokens
+        from ftpack.training.token_check import trained_sequences
 
         for i, messages in enumerate(load_dataset(file, settings["format"]).conversations[:show_tokens]):
-            view = trained_tokens(tokenizer, tpl, messages)
-            reporter.tokens(i, view.text, view.pieces, view.input_ids, view.train)
+            for view in trained_sequences(tokenizer, tpl, messages):  # one per answer where prompts change
+                reporter.tokens(i, view.text, view.pieces, view.input_ids, view.train)
     reporter.result(summary.as_dict())
     written_text = f"; wrote {', '.join(summary.outputs.values())}" if summary.outputs else "; nothing written (use -o)"
     reporter.final(f"{summary.records} valid records ({summary.format}){written_text}", **{"records": summary.records})

@@ -150,9 +150,9 @@ OPTIONS: tuple[Option, ...] = (
        "none; auto = the server when reachable, else offline.",
        "register", choices=REGISTER_MODES),
     _o("host", str, None, "Ollama server URL (default: OLLAMA_HOST or http://127.0.0.1:11434).", "register"),
-    _o("ship", str, "auto", "What to register: adapter (a small LoRA GGUF on the base's own GGUF, which is "
-       "reused, not copied), merged (one full GGUF); auto = adapter when the base comes from Ollama "
-       "(--base ollama:NAME), else merged.", "", choices=SHIP_MODES),
+    _o("ship", str, "auto", "What to register: merged (one full GGUF with the fine-tune merged in; what auto "
+       "means for every base), or adapter (a small LoRA GGUF on the base's own GGUF: only for servers older than "
+       "Ollama 0.34.1, which refuse adapters).", "", choices=SHIP_MODES),
     _o("ollama_base", str, None, "--ship adapter on a base that ftpack converts: the Ollama model the base is "
        "registered as, shared by every adapter on it (default: NAME-base).", ""),
     _o("models_dir", Path, None, "Ollama model store for --offline (default: OLLAMA_MODELS, else "

@@ -308,7 +308,11 @@ def run_roundtrip_stage(ctx):
     Reads ``ctx.upstream("register").metrics`` (mode, name): registered offline, it records
     "skipped: offline"; through a server, it asks the verify stage's question with
     ``POST /api/chat`` when the server answers (else records why not, with a warning).
-    Writes ``roundtrip/roundtrip.json``; fails when the server answers with an empty message.
+    Writes ``roundtrip/roundtrip.json``. Fails when the server answers with an empty message,
+    when it did not end the answer itself (``done_reason`` must be "stop": the model stopped
+    on a stop string or its end-of-turn token), or when the answer differs from verify's
+    greedy answer to the same question: both are llama.cpp on the same GGUF, so a different
+    answer means Ollama served a different prompt than the one verified (and trained).
     """
     from ftpack.core.atomic import write_json
     from ftpack.core.runner import StageResult
@@ -332,24 +336,35 @@ def run_roundtrip_stage(ctx):
             limit = verified.metrics.get("max_answer_tokens") if verified and verified.status == "done" else None
             # no system turn added here: the Modelfile's SYSTEM is the server's to add
             messages = sample_question(build_conversations(ctx.layout))
-            answer = chat_via_server(reg["name"], messages, host=probe.host,
-                                     max_tokens=int(limit or DEFAULT_ANSWER_TOKENS))
-            metrics.update(roundtrip="done", question=messages[-1]["content"], ollama_answer=answer)
+            answer, done = chat_via_server(reg["name"], messages, host=probe.host,
+                                           max_tokens=int(limit or DEFAULT_ANSWER_TOKENS))
+            metrics.update(roundtrip="done", question=messages[-1]["content"], ollama_answer=answer,
+                           done_reason=done)
             r.info(f"Ollama /api/chat ({reg['name']}): {answer.strip()}")
             if not answer.strip():
                 raise FtpackError(f"Ollama answered {reg['name']} with an empty message.",
                                   "Check the model's TEMPLATE with `ollama show --template`.")
+            if done != "stop":
+                raise FtpackError(f"Ollama did not see {reg['name']} end its answer (done_reason {done!r}): it ran to "
+                                  "the token limit.", "Check the model's stop parameters with `ollama show`.")
+            said = verified.metrics.get("answer") if verified and verified.status == "done" else None
+            if said is not None and said.strip() != answer.strip():
+                raise FtpackError(f"Ollama's answer for {reg['name']} differs from verify's greedy answer to the same "
+                                  f"question:\n  verify: {said.strip()[:200]!r}\n  Ollama: {answer.strip()[:200]!r}",
+                                  "Ollama served another prompt than the one verified and trained: compare "
+                                  "`ollama show --modelfile` with build.json's modelfile record (prompt_path).")
     out = ctx.stage_dir / "roundtrip.json"
     write_json(out, metrics)
     return StageResult(outputs=[out], main_output=out, metrics=metrics)
 
 
-def chat_via_server(name: str, messages: Conversation, *, host: str | None = None, max_tokens: int = 128) -> str:
-    """The registered model's answer through POST /api/chat (greedy, bounded)."""
+def chat_via_server(name: str, messages: Conversation, *, host: str | None = None, max_tokens: int = 128
+                    ) -> tuple[str, str | None]:
+    """The registered model's answer through POST /api/chat (greedy, bounded), and its done_reason."""
     from ftpack.ollama.api import OllamaServer
 
     with OllamaServer(host) as server:
-        return "".join(server.chat(name, list(messages), options={"temperature": 0, "num_predict": max_tokens}))
+        return server.chat_answer(name, list(messages), options={"temperature": 0, "num_predict": max_tokens})
 
 
 # -- `ftpack verify BUILD|GGUF` ----------------------------------------------------------------------

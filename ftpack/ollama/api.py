@@ -182,11 +182,15 @@ class OllamaServer:
                req: RegistrationRequest) -> Iterator[str]:
         """POST /api/create (streamed); yields the server's status lines. ``req.from_model``
         becomes ``from`` (the new model starts from that model's layers)."""
-        stream = self._call(
-            self.client.create, name, from_=req.from_model or None, files=files or None, adapters=adapters or None,
-            template=req.template or None,
-            system=req.system or None, parameters=req.parameters or None,
-            messages=req.messages or None, license=req.licenses or None, stream=True, what="POST /api/create")
+        from ollama._types import CreateRequest, ProgressResponse
+
+        payload = CreateRequest(
+            model=name, stream=True, from_=req.from_model or None, files=files or None, adapters=adapters or None,
+            template=req.template or None, system=req.system or None, parameters=req.parameters or None,
+            messages=req.messages or None, license=req.licenses or None).model_dump(exclude_none=True)
+        payload.update(req.create_fields())  # renderer, parser, requires, capabilities: no client argument
+        stream = self._call(self.client._request, ProgressResponse, "POST", "/api/create", json=payload, stream=True,
+                            what="POST /api/create")
         it = iter(stream)
         while True:
             part = self._call(next, it, None, what="POST /api/create")
@@ -241,6 +245,19 @@ class OllamaServer:
             if part is None:
                 return
             yield part.message.content or ""
+
+
+    def chat_answer(self, name: str, messages: list[dict[str, str]], *, options: dict[str, Any] | None = None
+                    ) -> tuple[str, str | None]:
+        """(the whole answer, ``done_reason``) of one streamed POST /api/chat."""
+        parts = self._call(self.client.chat, name, messages=messages, options=options, stream=True,
+                           what=f"POST /api/chat {name}",
+                           not_found=f"Model {name} is not on the Ollama server at {self.host}.")
+        text, reason, it = [], None, iter(parts)
+        while (part := self._call(next, it, None, what=f"POST /api/chat {name}")) is not None:
+            text.append(part.message.content or "")
+            reason = getattr(part, "done_reason", None) or reason
+        return "".join(text), reason
 
 
 def _error_text(r) -> str:

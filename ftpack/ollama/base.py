@@ -67,6 +67,8 @@ class OllamaBase:
     parameters: dict[str, Any] = field(default_factory=dict)  # params layer (stop, temperature, …)
     messages: tuple[dict[str, str], ...] = ()
     renderer: str = ""  # the config's built-in renderer (a Go-coded prompt format), if any
+    parser: str = ""  # the config's built-in output parser (thinking, tool calls), if any
+    model_type: str = ""  # the config's parameter count as Ollama writes it ("135.00M")
     confirmed_by: str | None = None  # the server whose /api/show named this same blob
 
     @property
@@ -177,7 +179,8 @@ def _read_model(model: Any, store: Path, confirmed: str | None) -> OllamaBase:
         model_size=blob.stat().st_size, architecture=summary.architecture, file_type=file_type, template=text,
         system=system, parameters=params if isinstance(params, dict) else {},
         messages=tuple(m for m in messages if isinstance(m, dict)) if isinstance(messages, list) else (),
-        renderer=str(config.get("renderer") or ""), confirmed_by=confirmed)
+        renderer=str(config.get("renderer") or ""), parser=str(config.get("parser") or ""),
+        model_type=str(config.get("model_type") or ""), confirmed_by=confirmed)
 
 
 def _layer_text(store: Path, model: Any, media: str) -> str | None:

@@ -1708,7 +1708,8 @@ class OllamaTemplate:
         system, msgs = collate(messages)
         if self.uses_messages:
             data = {"System": system, "Messages": [template_message(m["role"], m["content"]) for m in msgs],
-                    "Tools": None, "Response": "", "Think": False, "ThinkLevel": "", "IsThinkSet": False}
+                    # Values.Tools is a typed []api.Tool (template/template.go): nil, yet `len .Tools` is 0
+                    "Tools": [], "Response": "", "Think": False, "ThinkLevel": "", "IsThinkSet": False}
             return execute(self.root, self.templates, data, funcs=funcs)
         out: list[str] = []
         state = {"system": "", "prompt": "", "response": ""}

@@ -28,9 +28,15 @@ if TYPE_CHECKING:
 
 # -- Ollama's grammar --------------------------------------------------------------------
 
-#: Command words Ollama accepts (case-insensitive), from parser.isValidCommand.
+#: Command words Ollama accepts (case-insensitive), from parser.isValidCommand
+#: (parser/parser.go@00dc3af), plus CAPABILITY, which Ollama's Modelfile reference documents
+#: from October 2026 on (docs/modelfile.mdx@efe43c5) and /api/create takes as ``capabilities``
+#: (server/create.go@0029bb5); the parser code that reads it was not available to compare.
 COMMANDS = ("from", "license", "template", "system", "adapter", "draft", "renderer", "parser",
-            "parameter", "message", "requires")
+            "parameter", "message", "requires", "capability")
+#: Capability names /api/create accepts (types/model/capability.go, IsValid; 400 "unknown
+#: capability" otherwise, server/create.go@0029bb5).
+CAPABILITIES = ("completion", "tools", "insert", "vision", "embedding", "thinking", "image", "audio", "decision")
 MESSAGE_ROLES = ("system", "user", "assistant")
 
 ERR_INVALID_COMMAND = ('command must be one of "from", "license", "template", "system", "adapter", '
@@ -53,6 +59,13 @@ PARAMETER_TYPES: dict[str, str] = {
 #: Names Ollama still parses but ignores with a warning (parser.deprecatedParameters).
 DEPRECATED_PARAMETERS = ("penalize_newline", "low_vram", "f16_kv", "logits_all", "vocab_only",
                          "use_mlock", "mirostat", "mirostat_tau", "mirostat_eta")
+
+#: Names today's server refuses as *model* parameters (400 at /api/create, whatever the value),
+#: with its message: server/create.go@0029bb5 (errTypicalPDeprecated). They stay request options.
+REFUSED_PARAMETERS: dict[str, str] = {
+    "typical_p": "typical_p is deprecated and cannot be set as a model parameter; pass it as a request option "
+                 "instead",
+}
 
 _STATE_NIL, _STATE_NAME, _STATE_VALUE, _STATE_PARAMETER, _STATE_MESSAGE, _STATE_COMMENT = range(6)
 
@@ -311,6 +324,10 @@ def parameter_value(name: str, text: str) -> Any:
     the stored params blob is the same), bools follow Go's ``strconv.ParseBool``.
     ``stop`` values stay text. Errors are bad-input FtpackErrors naming the parameter.
     """
+    if name in REFUSED_PARAMETERS:
+        raise bad_input(f"PARAMETER {name}: Ollama 0.34 and later refuse it: \"{REFUSED_PARAMETERS[name]}\".",
+                        f"Remove it; pass {name} per request instead (`ollama run` /set parameter, or the "
+                        "API's options).")
     if name in DEPRECATED_PARAMETERS:
         raise bad_input(f"PARAMETER {name}: Ollama no longer supports this parameter (it is ignored with "
                         "a warning).", "Remove it.")
@@ -395,12 +412,23 @@ class ModelfileSpec:
     licenses: list[str] = field(default_factory=list)
     adapter: str | None = None
     comment: str | None = None  # header comment lines (not part of the model)
+    renderer: str | None = None  # RENDERER: Ollama's built-in prompt renderer (replaces TEMPLATE)
+    parser: str | None = None  # PARSER: Ollama's built-in output parser (thinking, tool calls)
+    requires: str | None = None  # REQUIRES: the oldest Ollama version that runs the model
+    draft: str | None = None  # DRAFT: a draft model for speculative decoding (a path)
+    capabilities: list[str] = field(default_factory=list)  # CAPABILITY lines
 
     def commands(self) -> list[Command]:
         """The commands Ollama's parser must read from the rendered file, in order."""
         cmds = [Command("model", self.from_path)]
         if self.adapter is not None:
             cmds.append(Command("adapter", self.adapter))
+        if self.draft is not None:
+            cmds.append(Command("draft", self.draft))
+        for name in ("renderer", "parser", "requires"):
+            if getattr(self, name) is not None:
+                cmds.append(Command(name, getattr(self, name)))
+        cmds += [Command("capability", c) for c in self.capabilities]
         if self.template is not None:
             cmds.append(Command("template", self.template))
         if self.system is not None:
@@ -445,11 +473,33 @@ def spec_from_commands(commands: Sequence[Command]) -> ModelfileSpec:
             role, _, content = c.args.partition(": ")
             spec.messages.append((role, content))
         elif c.name in ("draft", "renderer", "parser", "requires"):
-            raise bad_input(f"{c.name.upper()} is not supported by ftpack's registration.")
+            if getattr(spec, c.name) is not None:
+                raise bad_input(f"This Modelfile has more than one {c.name.upper()} line.")
+            setattr(spec, c.name, check_requires(c.args) if c.name == "requires" else c.args)
+        elif c.name == "capability":
+            spec.capabilities.append(check_capability(c.args))
         else:
             parameter_value(c.name, c.args)
             spec.parameters.append((c.name, c.args))
     return spec
+
+
+def check_requires(text: str) -> str:
+    """REQUIRES as Ollama's client reads it: a semantic version, a leading ``v`` dropped
+    (parser/parser.go@00dc3af: "requires must be a valid semver (e.g. 0.14.0)")."""
+    value = text.strip()
+    value = value[1:] if value[:1] in ("v", "V") else value
+    if not re.fullmatch(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?", value):
+        raise bad_input(f"REQUIRES {text!r}: requires must be a valid semver (e.g. 0.14.0).")
+    return value
+
+
+def check_capability(text: str) -> str:
+    value = text.strip()
+    if value not in CAPABILITIES:
+        raise bad_input(f'CAPABILITY {text!r}: unknown capability: "{value}" (Ollama answers 400).',
+                        "Capabilities: " + ", ".join(CAPABILITIES) + ".")
+    return value
 
 
 def read_modelfile(path: str | os.PathLike) -> ModelfileSpec:
@@ -489,6 +539,11 @@ def render_modelfile(spec: ModelfileSpec) -> str:
         comment_lines=comment_lines,
         from_path=q(spec.from_path, "FROM"),
         adapter=None if spec.adapter is None else q(spec.adapter, "ADAPTER"),
+        draft=None if spec.draft is None else q(spec.draft, "DRAFT"),
+        renderer=None if spec.renderer is None else q(spec.renderer, "RENDERER"),
+        parser=None if spec.parser is None else q(spec.parser, "PARSER"),
+        requires=None if spec.requires is None else q(spec.requires, "REQUIRES"),
+        capabilities=[q(c, "CAPABILITY") for c in spec.capabilities],
         template=None if spec.template is None else q(spec.template, "TEMPLATE"),
         system=None if spec.system is None else q(spec.system, "SYSTEM"),
         parameters=[(n, q(v, f"PARAMETER {n}")) for n, v in spec.parameters],
@@ -535,7 +590,8 @@ def build_spec(gguf: str | os.PathLike, modelfile: str | os.PathLike, *, templat
     """The Modelfile for ``gguf`` with a chat format: ``template`` (a build's, as trained) or
     ``template_name`` (one from ``templates/``).
 
-    TEMPLATE and one ``PARAMETER stop`` per stop string come from the template entry
+    TEMPLATE (or, for a format Ollama prompts with a built-in renderer, RENDERER and PARSER)
+    and one ``PARAMETER stop`` per stop string come from the template entry
     (user ``stop`` parameters are added after them); SYSTEM defaults to the template's
     default system prompt; ``num_ctx`` (the training max length) is used unless the user
     gave one.
@@ -556,9 +612,12 @@ def build_spec(gguf: str | os.PathLike, modelfile: str | os.PathLike, *, templat
         params.append((name, text))
     if system is None:
         system = tmpl.default_system or None
+    renderer = getattr(tmpl, "ollama_renderer", "") or None  # a built-in renderer replaces TEMPLATE
     return ModelfileSpec(
         from_path=relative_from(gguf, modelfile),
-        template=tmpl.ollama_template,
+        template=None if renderer else tmpl.ollama_template,
+        renderer=renderer,
+        parser=(getattr(tmpl, "ollama_parser", "") or None) if renderer else None,
         system=system,
         parameters=params,
         messages=list(messages),
@@ -570,7 +629,9 @@ def build_spec(gguf: str | os.PathLike, modelfile: str | os.PathLike, *, templat
 
 def spec_to_dict(spec: ModelfileSpec) -> dict[str, Any]:
     """JSON-friendly view (for ``--json`` results)."""
-    return {"from": spec.from_path, "adapter": spec.adapter, "template": spec.template, "system": spec.system,
+    return {"from": spec.from_path, "adapter": spec.adapter, "renderer": spec.renderer, "parser": spec.parser,
+            "requires": spec.requires, "draft": spec.draft, "capabilities": list(spec.capabilities),
+            "template": spec.template, "system": spec.system,
             "parameters": [list(p) for p in spec.parameters], "messages": [list(m) for m in spec.messages],
             "license": spec.licenses}
 
@@ -624,9 +685,32 @@ def run_modelfile_stage(ctx):
     spec = build_spec_of(cfg, ctx.layout, ctx.upstream_path("quantize"), out,
                          comment=f"Modelfile for {cfg.name}, written by ftpack (chat format: {template.name}).\n"
                                  f"Create the model: ollama create {cfg.name} -f Modelfile")
+    path, why = check_prompt_path(spec, ctx.upstream_path("quantize"), template)
     write_modelfile(out, spec)
-    ctx.reporter.info(f"wrote {out} (template {template.name}, {len(spec.parameters)} parameters)")
+    ctx.reporter.info(f"wrote {out} (template {template.name}, {len(spec.parameters)} parameters); Ollama prompts "
+                      f"it with its {path} path: {why}")
     return StageResult(outputs=[out], main_output=out,
                        metrics={"template": template.name, "from": spec.from_path,
                                 "stop": [v for n, v in spec.parameters if n == "stop"],
-                                "parameters": spec.typed_parameters()})
+                                "parameters": spec.typed_parameters(), "prompt_path": path,
+                                "prompt_path_reason": why})
+
+
+def check_prompt_path(spec: ModelfileSpec, gguf: Path, template: Any) -> tuple[str, str]:
+    """The prompt path today's Ollama serves ``spec`` + ``gguf`` with (ftpack.ollama.prompt_path),
+    which must be the one training rendered: the renderer for a renderer-based format, the
+    TEMPLATE otherwise (its text is the training text). A GGUF whose own Jinja template would
+    take over is a user error here, before anything is registered."""
+    from ftpack.gguf.header import read_gguf_header
+    from ftpack.ollama.prompt_path import RENDERER, TEMPLATE, served_path
+
+    chat_template = read_gguf_header(gguf).get("tokenizer.chat_template") or ""
+    path, why = served_path(renderer=spec.renderer, parser=spec.parser, go_template=spec.template,
+                            gguf_chat_template=chat_template)
+    trained = RENDERER if getattr(template, "ollama_renderer", "") else TEMPLATE
+    if path != trained:
+        raise FtpackError(f"Ollama would not prompt this model the way it was trained: it would use its {path} path "
+                          f"({why}), while training rendered its {trained}.",
+                          "Train with one of ftpack's formats (--template NAME), whose GGUF chat template never "
+                          "takes over from the TEMPLATE.", code=2)
+    return path, why

@@ -29,6 +29,18 @@ class RegistrationRequest:
     messages: list[dict[str, str]] = field(default_factory=list)
     licenses: list[str] = field(default_factory=list)
     from_model: str | None = None  # an Ollama model name (FROM <name>) instead of a GGUF file
+    renderer: str | None = None  # RENDERER: Ollama's built-in prompt renderer (config "renderer")
+    parser: str | None = None  # PARSER (config "parser")
+    requires: str | None = None  # REQUIRES: the oldest Ollama version for the model
+    capabilities: list[str] = field(default_factory=list)  # CAPABILITY lines
+
+    def create_fields(self) -> dict[str, Any]:
+        """The /api/create fields Ollama's client has no arguments for (ollama 0.6.3):
+        ``renderer``, ``parser``, ``requires``, ``capabilities`` (server/create.go@0029bb5)."""
+        out: dict[str, Any] = {k: getattr(self, k) for k in ("renderer", "parser", "requires") if getattr(self, k)}
+        if self.capabilities:
+            out["capabilities"] = list(self.capabilities)
+        return out
 
     def __post_init__(self) -> None:
         if (self.model_path is None) == (self.from_model is None):
@@ -46,6 +58,9 @@ class RegistrationRequest:
         from ftpack.ollama.modelfile import read_modelfile, resolve_path
 
         spec = read_modelfile(modelfile)
+        if spec.draft is not None:
+            raise bad_input(f"{modelfile}: DRAFT {spec.draft}: ftpack does not register draft models.",
+                            "Register this Modelfile with `ollama create -f`, or remove the DRAFT line.")
         model_path: Path | None = resolve_path(spec.from_path, modelfile)
         from_model = None
         if not model_path.is_file():
@@ -66,7 +81,8 @@ class RegistrationRequest:
         return cls(model_path=model_path, adapter_path=adapter, template=spec.template, system=spec.system,
                    parameters=spec.typed_parameters(),
                    messages=[{"role": r, "content": c} for r, c in spec.messages], licenses=list(spec.licenses),
-                   from_model=from_model)
+                   from_model=from_model, renderer=spec.renderer, parser=spec.parser, requires=spec.requires,
+                   capabilities=list(spec.capabilities))
 
 
 def model_name_in_from(value: str) -> str | None:

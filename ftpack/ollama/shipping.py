@@ -12,12 +12,11 @@ layers. Registering it:
 2. the adapter model is created from it (server: HEAD/upload of the adapter blob, then
    ``/api/create`` with ``from`` + ``adapters``; offline: the store written as Ollama
    would);
-3. a server that does not take adapters (newer Ollama releases dropped LoRA adapters; a
-   side-effect-free probe asks first) or fails creating the model makes the build ship
-   the merged model instead, with a warning: the fine-tune fused into one GGUF
-   (converted and quantized then, smoke-tested like verify does) and registered the
-   usual way. A base registered in step 1 by this run is removed again, so nothing is
-   left half-registered. build.json's register record says what was shipped and why.
+3. a server that does not take adapters (Ollama 0.34.1 and later: server/create.go@0029bb5
+   refuses them; a side-effect-free probe asks before the build starts, and again here) or
+   fails creating the model is a clear error: a base registered in step 1 by this run is
+   removed again, so nothing is left half-registered. ``--ship adapter`` is only built when
+   asked: the default ships the merged model (ftpack.pipeline.resolve_ship).
 """
 
 from __future__ import annotations
@@ -30,10 +29,6 @@ from ftpack.core.errors import FtpackError
 from ftpack.gguf.ship import ShippedBase, base_of
 from ftpack.ollama.names import parse_model_name
 from ftpack.ollama.request import RegistrationRequest
-
-#: Where the register stage writes the Modelfile of the merged model it falls back to.
-FALLBACK_MODELFILE = "Modelfile.merged"
-
 
 def run_adapter_modelfile_stage(ctx):
     """Stage `modelfile` of an adapter build: ``FROM <base model>`` + ``ADAPTER ../gguf/<name>.lora.gguf``.
@@ -90,10 +85,10 @@ def register_adapter_build(ctx, build) -> tuple[Any, dict[str, Any], list[Path]]
     except AdaptersRejected as exc:
         if created_base:
             _unregister_base(base.model, reporter=reporter, **where)
-        reporter.warn(f"{exc.message.rstrip('.')}. Shipping the merged model instead: the fine-tune fused into "
-                      "one GGUF, the base's blob not reused.",
-                      "Update Ollama to a release that takes LoRA adapters, or pass --ship merged to skip the try.")
-        return register_merged_fallback(ctx, build, reason=exc.message)
+        raise FtpackError(f"{exc.message.rstrip('.')}: nothing was registered.",
+                          "Ship the merged model: `ftpack build ... --ship merged` (the default) reuses this "
+                          "build's training. The adapter GGUF stays in gguf/ for `llama-server --lora`.",
+                          code=2) from None
     metrics = {"shipped": "adapter", "base_model": base.model, "base_source": base.source, "base": base_state,
                "base_digest": base.digest, "base_bytes": base.bytes, "base_uploaded_bytes": base_sent,
                "adapter_digest": result.adapter_digest,
@@ -217,54 +212,3 @@ def _unregister_base(name: str, *, mode: str, host: str | None, models_dir: str 
         reporter.info(f"removed the base {name} registered for the adapter again")
     except FtpackError as exc:  # e.g. another model uses it by now: then it stays, complete on its own
         reporter.warn(f"Kept the base {name}: {exc.message}")
-
-
-def register_merged_fallback(ctx, build, *, reason: str) -> tuple[Any, dict[str, Any], list[Path]]:
-    """Build the merged GGUF (convert with the adapter fused, quantize), smoke-test it, write
-    ``register/Modelfile.merged`` and register that: what a merged build ships."""
-    from ftpack.core.config import DEFAULT_QUANT
-    from ftpack.gguf.convert import convert_to_gguf, train_output
-    from ftpack.gguf.quantize import quantize_gguf, resolve_quant_type
-    from ftpack.gguf.ship import _imatrix_file
-    from ftpack.ollama.modelfile import build_spec_of, write_modelfile
-    from ftpack.ollama.registration import register
-
-    cfg = ctx.config
-    layout = ctx.layout
-    base_dir, adapter_dir = train_output(ctx)
-    outtype = (cfg.outtype or "f16").lower()
-    # the merged fallback keeps the default type for --quant auto (no candidate search here)
-    quant, _ = resolve_quant_type(cfg.quant if cfg.quant not in (None, "auto") else DEFAULT_QUANT)
-    full = layout.gguf_file(cfg.name, outtype)
-    convert_to_gguf(base_dir, full, outtype=outtype, adapter_dir=adapter_dir, name=cfg.name,
-                    allow_pickle=cfg.allow_pickle)
-    gguf = full
-    if quant.lower() != outtype:
-        gguf = layout.gguf_file(cfg.name, quant)
-        quantize_gguf(full, gguf, quant, imatrix=_imatrix_file(cfg))
-    if cfg.verify:
-        _smoke_test(ctx, gguf)
-    out = layout.stage_dir("register") / FALLBACK_MODELFILE
-    spec = build_spec_of(cfg, layout, gguf, out, comment=f"Modelfile for {cfg.name} (merged: {reason.rstrip('.')}), "
-                                                         f"written by ftpack.")
-    write_modelfile(out, spec)
-    result = register(cfg.name, out, mode=cfg.register, host=cfg.host, models_dir=cfg.models_dir, force="own",
-                      reporter=ctx.reporter, build=build)
-    metrics = {"shipped": "merged", "fallback": reason, "merged_gguf": str(gguf.relative_to(layout.root)),
-               "merged_bytes": gguf.stat().st_size}
-    return result, metrics, sorted({full, gguf, out})
-
-
-def _smoke_test(ctx, gguf: Path) -> None:
-    """The verify stage's answer-and-stop check, on the merged GGUF about to be registered instead."""
-    from ftpack.inference.verify import _as_smoke, build_conversations, extra_stops, require_stop, verify_gguf
-    from ftpack.training.templates import template_of_build
-
-    cfg = ctx.config
-    tpl = template_of_build(ctx.layout)
-    report = verify_gguf(gguf, template_name=tpl.name, conversations=build_conversations(ctx.layout),
-                         system=cfg.system,
-                         stop=list(tpl.stop) + [s for s in extra_stops(cfg.parameters) if s not in tpl.stop],
-                         max_answer_tokens=cfg.max_answer_tokens, measure_fidelity=False,
-                         n_ctx=max(512, min(int(cfg.max_seq_length or 2048), 4096)), reporter=ctx.reporter)
-    require_stop(_as_smoke(report), tpl.name)

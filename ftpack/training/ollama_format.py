@@ -25,7 +25,17 @@ system prompt into the last user turn) gets one sequence per answer, each with e
 prompt Ollama sends at that turn. Sequences are tokenized here (BOS as the runtime adds it)
 and handed to TRL pre-tokenized with their assistant masks.
 
-If neither way works — Ollama's built-in (Go-coded) renderers, a model without TEMPLATE,
+3. **Ollama's built-in RENDERER.** A model whose config names a renderer (the newest
+   families: qwen3.5, gemma4, laguna, nemotron-3-nano) is prompted by that Go code and by
+   nothing else. :mod:`ftpack.ollama.renderers` reproduces it (proven against Ollama's own
+   outputs); the ChatTemplate carries the renderer, the parser and the ``think`` value the
+   model is served with (on, when the parser can think). Renderers are not prefix-stable
+   (qwen3.5 drops the think block of earlier answers), so each answer is trained on its own
+   sequence: the prompt Ollama serves for that turn, then what the renderer writes for the
+   model's own answer (the text after the longest common prefix of the prompt and the
+   rendering that ends with the answer), then the end of turn.
+
+If none of these works — a renderer ftpack does not reproduce, a model without TEMPLATE,
 a template that does not render an answer verbatim or gives it no end — the build stops
 before any work with the reason, suggesting ``--template``.
 """
@@ -81,6 +91,13 @@ def ollama_messages(tpl: Any, messages: Sequence[Message]) -> list[dict[str, str
 
 
 def _render(tpl: Any, msgs: Sequence[Message]) -> str:
+    if getattr(tpl, "ollama_renderer", ""):
+        from ftpack.ollama.renderers import render
+
+        text = render(tpl.ollama_renderer, msgs, tpl.think)
+        # gemma4's textual <bos> never reaches the tokenizer: Ollama removes it, the tokenizer
+        # adds BOS (llm/llama_server.go@f427fa0 completionPrompt; tokenizerAddsBOS is forced for gemma4)
+        return text[len("<bos>"):] if tpl.ollama_renderer.startswith("gemma4") and text.startswith("<bos>") else text
     return _parsed(tpl.ollama_template).render(msgs)
 
 
@@ -97,9 +114,47 @@ class _NoSpan(ValueError):
     """A turn whose answer the template does not render (or never ends)."""
 
 
+def _renderer_turn(tpl: Any, msgs: list[dict[str, str]], k: int, markers: Sequence[str]) -> tuple[str, str, int]:
+    """:func:`_turn` for a renderer: P is what Ollama serves before answer k; the model's part
+    is what the rendering ending with that answer adds after their common prefix, cut after
+    the first end marker, or closed with the renderer's end of turn (a final answer is a
+    prefill there, left open)."""
+    import os
+
+    from ftpack.ollama.renderers import _trim
+
+    prompt = _render(tpl, msgs[:k])
+    final = _render(tpl, msgs[:k + 1])
+    common = os.path.commonprefix([prompt, final])
+    if common != prompt:  # the prompt ends in framing the answer's rendering lacks (an opened or an
+        # empty think block): the answer starts after the last tag or line both share, never mid-tag
+        common = common[:max(common.rfind(">"), common.rfind("\n")) + 1]
+    generated = final[len(common):]
+    answer = _trim(msgs[k]["content"])
+    start = generated.find(answer)
+    if start < 0:
+        raise _NoSpan(f"the answer {answer[:40]!r} does not appear verbatim in the renderer's text")
+    end = start + len(answer)
+    cuts = [generated.find(m, end) + len(m) for m in markers if generated.find(m, end) >= 0]
+    generated = generated[:min(cuts)] if cuts else generated[:end] + _closing(tpl, msgs, k, answer)
+    return prompt, generated, end
+
+
+def _closing(tpl: Any, msgs: list[dict[str, str]], k: int, answer: str) -> str:
+    """How the renderer closes answer k once the conversation goes on: the text after the
+    answer up to its end of turn (``\n</assistant>`` for laguna, ``<|im_end|>`` for qwen3.5)."""
+    closed = _render(tpl, [*msgs[:k + 1], {"role": "user", "content": _NEXT_USER}])
+    at = closed.rfind(answer, 0, closed.rfind(_NEXT_USER))
+    after = closed[at + len(answer):] if at >= 0 else ""
+    j = after.find(tpl.end_of_turn)
+    return after[:j + len(tpl.end_of_turn)] if j >= 0 else tpl.end_of_turn
+
+
 def _turn(tpl: Any, msgs: list[dict[str, str]], k: int, markers: Sequence[str]) -> tuple[str, str, int]:
     """(prompt P, what the model must produce after P, index in it where the answer ends)
     for the assistant message ``msgs[k]``."""
+    if getattr(tpl, "ollama_renderer", ""):
+        return _renderer_turn(tpl, msgs, k, markers)
     prompt = _render(tpl, msgs[:k])
     nxt = next((i for i in range(k + 1, len(msgs)) if msgs[i]["role"] == "assistant"), None)
     after = msgs[:nxt] if nxt is not None else msgs[:k + 1] + [{"role": "user", "content": _NEXT_USER}]
@@ -141,15 +196,18 @@ def _after_prompt(prompt: str, full: str, user: str, answer: str) -> str:
                   "place cannot be found")
 
 
-def training_sequences(tpl: Any, messages: Sequence[Message], *, extra_markers: Sequence[str] = ()
-                       ) -> list[tuple[str, list[tuple[int, int]]]]:
-    """[(text without BOS, [(start, end) of each trained span])] for one conversation."""
+def training_sequences(tpl: Any, messages: Sequence[Message], *, extra_markers: Sequence[str] = (),
+                       split: bool = False) -> list[tuple[str, list[tuple[int, int]]]]:
+    """[(text without BOS, [(start, end) of each trained span])] for one conversation: one
+    sequence when every answer's prompt continues the text before it, else (or with
+    ``split``) one per answer. The text before each span is exactly the prompt Ollama serves
+    for that answer."""
     msgs = ollama_messages(tpl, messages)
     markers = _markers(tpl, extra_markers)
     turns = [(k, *_turn(tpl, msgs, k, markers)) for k, m in enumerate(msgs) if m["role"] == "assistant"]
     if not turns:
         return [(_render(tpl, msgs), [])]
-    text, spans, consistent = "", [], True
+    text, spans, consistent = "", [], not split
     for k, prompt, generated, _ in turns:
         if not prompt.startswith(text):
             consistent = False
@@ -170,20 +228,66 @@ def conversation_text(tpl: Any, messages: Sequence[Message]) -> str:
 def encode_conversation(tpl: Any, tokenizer: Any, messages: Sequence[Message], *, masks: bool = True
                         ) -> list[dict[str, list[int]]]:
     """Token ids (BOS first when the tokenizer adds one, as llama.cpp does from the GGUF) and,
-    with ``masks``, the assistant mask (1 on every token of a trained span) per sequence."""
+    with ``masks``, the assistant mask (1 on every token of a trained span) per sequence.
+
+    Ids are assembled per turn, as Ollama produces them: the prompt served before an answer
+    is tokenized on its own (Ollama tokenizes the whole rendered prompt at every turn) and the
+    answer after it, so a token never spans the boundary (``<think>`` ``\n\n`` in one string
+    can be ``<think>`` ``\n`` at inference). A sequence holding several answers is kept only
+    when each earlier answer's served prompt tokenizes to exactly the ids before it; otherwise
+    the conversation is trained as one sequence per answer."""
+    rows = [_encode(tokenizer, text, spans, masks) for text, spans in training_sequences(tpl, messages)]
+    if all(row is not None for row in rows):
+        return rows  # type: ignore[return-value]
+    return [_encode(tokenizer, text, spans, masks, exact=False)  # type: ignore[misc]
+            for text, spans in training_sequences(tpl, messages, split=True)]
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+def _encode(tokenizer: Any, text: str, spans: Sequence[tuple[int, int]], masks: bool, *, exact: bool = True
+            ) -> dict[str, list[int]] | None:
+    """One sequence: tok(prompt before the last answer) + tok(last answer) + tok(rest); None
+    when ``exact`` and an earlier answer's served prompt would tokenize differently."""
     from ftpack.training.templates import tokenizer_adds_bos
 
     bos = [tokenizer.bos_token_id] if tokenizer_adds_bos(tokenizer) else []
-    rows = []
-    for text, spans in training_sequences(tpl, messages):
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = bos + list(enc["input_ids"])
-        row: dict[str, list[int]] = {"input_ids": ids}
-        if masks:
-            inside = [int(any(a < e and b > s for s, e in spans)) for a, b in enc["offset_mapping"]]
-            row["assistant_masks"] = [0] * len(bos) + inside
-        rows.append(row)
-    return rows
+    if not spans:
+        ids = _ids(tokenizer, text)
+        return {"input_ids": bos + ids, **({"assistant_masks": [0] * (len(bos) + len(ids))} if masks else {})}
+    start, end = spans[-1]
+    enc = tokenizer(text[:start], add_special_tokens=False, return_offsets_mapping=True) if start else None
+    head = list(enc["input_ids"]) if enc else []
+    offsets = list(enc["offset_mapping"]) if enc else []
+    answer, rest = _ids(tokenizer, text[start:end]), _ids(tokenizer, text[end:])
+    inside = [int(any(a < e and b > s for s, e in spans[:-1])) for a, b in offsets]
+    if exact:
+        for s, _ in spans[:-1]:  # the served prompt of each earlier answer is a token prefix
+            cut = next((i for i, (a, b) in enumerate(offsets) if b > s), len(head))
+            if (cut < len(offsets) and offsets[cut][0] != s) or _ids(tokenizer, text[:s]) != head[:cut]:
+                return None
+    row: dict[str, list[int]] = {"input_ids": bos + head + answer + rest}
+    if masks:
+        row["assistant_masks"] = [0] * len(bos) + inside + [1] * len(answer) + [0] * len(rest)
+    return row
+
+
+def served_turns(tpl: Any, tokenizer: Any, messages: Sequence[Message]) -> list[tuple[str, list[int]]]:
+    """For every trained answer, (the prompt Ollama serves before it, the training ids before
+    its first trained token): what the per-turn token check compares with llama.cpp."""
+    out = []
+    rows = encode_conversation(tpl, tokenizer, messages)
+    seqs = training_sequences(tpl, messages)
+    if len(rows) != len(seqs):
+        seqs = training_sequences(tpl, messages, split=True)
+    for (text, spans), row in zip(seqs, rows):
+        mask = row["assistant_masks"]
+        starts = [i for i, m in enumerate(mask) if m and (i == 0 or not mask[i - 1])]
+        for (s, _), first in zip(spans, starts):
+            out.append((text[:s], row["input_ids"][:first]))
+    return out
 
 
 def pretokenized_rows(tpl: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]], *, train_on_prompts: bool
@@ -216,8 +320,7 @@ def ollama_chat_template(ob: Any, *, eog: Sequence[str] | None = None) -> Any:
     from ftpack.training.templates import ChatTemplate, remember_template
 
     if ob.renderer:
-        raise _refuse(ob, f"Ollama prompts it with its built-in {ob.renderer!r} renderer (Go code inside Ollama), "
-                          "not with a TEMPLATE ftpack can reproduce")
+        return renderer_chat_template(ob)
     if not ob.template or not ob.template.strip():
         raise _refuse(ob, "it has no TEMPLATE, so Ollama sends prompts as they are and the model has no chat "
                           "format to train")
@@ -252,6 +355,36 @@ def ollama_chat_template(ob: Any, *, eog: Sequence[str] | None = None) -> Any:
     return remember_template(dataclasses.replace(tpl, name=name))
 
 
+def renderer_chat_template(ob: Any, *, name: str | None = None) -> Any:
+    """The format of a model Ollama prompts with a built-in renderer (``ob``: an
+    :class:`~ftpack.ollama.base.OllamaBase`, or anything with ``renderer``, ``parser``,
+    ``system``, ``stop``, ``display``, ``reference``, ``model_type``): served with the think
+    value its parser gives, trained per turn on exactly that text."""
+    import dataclasses
+    import hashlib
+
+    from ftpack.ollama import renderers
+    from ftpack.training.templates import ChatTemplate, remember_template
+
+    renderers.check_supported(ob.renderer, ob.reference)
+    resolved = renderers.resolve_name(ob.renderer, model_name=ob.display, model_type=getattr(ob, "model_type", ""))
+    parser = getattr(ob, "parser", "") or ""
+    eot = renderers.END_OF_TURN[resolved]
+    tpl = ChatTemplate(name=name or ob.reference, description=f"Ollama's {resolved} renderer ({ob.display})",
+                       chat_template="", ollama_template="", stop=tuple(ob.stop) or (eot,), end_of_turn=eot,
+                       default_system=ob.system, renderer=RENDERER, aliases=(), fingerprint=(), priority=100,
+                       ollama_renderer=resolved, ollama_parser=parser, think=renderers.served_think(parser))
+    try:
+        for probe in _PROBES:
+            training_sequences(tpl, probe)
+    except _NoSpan as exc:
+        raise _refuse(ob, f"its {resolved} renderer: {exc}") from None
+    if name is None:
+        content = json.dumps([resolved, parser, tpl.think, tpl.default_system, list(tpl.stop)])
+        tpl = dataclasses.replace(tpl, name=f"{ob.reference}@{hashlib.sha256(content.encode()).hexdigest()[:8]}")
+    return remember_template(tpl)
+
+
 def registry_match(own: Any, folder: Path | None = None) -> Any:
     """The ``templates/`` format whose training text equals ``own``'s Ollama rendering on every
     probe conversation (prompts and answers, with the model's SYSTEM), or None."""
@@ -280,6 +413,13 @@ def template_for_ollama_base(ob: Any, *, explicit: str | None = None, reporter: 
                           f"not with {ob.display}'s own TEMPLATE.")
         return tpl
     own = ollama_chat_template(ob, eog=eog)
+    if own.ollama_renderer:
+        if reporter is not None:
+            think = {True: "thinking on", None: "think not set", False: "thinking off"}[own.think]
+            reporter.info(f"Chat format: Ollama's built-in {own.ollama_renderer} renderer (with parser "
+                          f"{own.ollama_parser or 'none'}, served {think}), as {ob.display} is prompted; each answer "
+                          f"is trained on the exact prompt Ollama sends for its turn.")
+        return own
     match = registry_match(own)
     if match is not None:
         if reporter is not None:

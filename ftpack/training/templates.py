@@ -81,6 +81,12 @@ class ChatTemplate:
     fingerprint: tuple[str, ...] = ()  # substrings that identify a tokenizer's own template
     priority: int = 50  # lower is tried first when several formats match
     renderer: str = "jinja"  # "ollama": training text is ollama_template rendered as Ollama does
+    # An Ollama model prompted by a built-in RENDERER (Go code; ftpack.ollama.renderers) instead
+    # of a TEMPLATE: its name as the model's config holds it, the PARSER, and the ``think`` value
+    # it is served with. Only with renderer == "ollama".
+    ollama_renderer: str = ""
+    ollama_parser: str = ""
+    think: Any = None
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -105,7 +111,8 @@ class ChatTemplate:
         return {"name": self.name, "description": self.description, "chat_template": self.chat_template,
                 "ollama_template": self.ollama_template, "stop": list(self.stop), "end_of_turn": self.end_of_turn,
                 "default_system": self.default_system, "bos": self.bos, "aliases": list(self.aliases),
-                "fingerprint": list(self.fingerprint), "priority": self.priority, "renderer": self.renderer}
+                "fingerprint": list(self.fingerprint), "priority": self.priority, "renderer": self.renderer,
+                "ollama_renderer": self.ollama_renderer, "ollama_parser": self.ollama_parser, "think": self.think}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], path: Path | None = None) -> "ChatTemplate":
@@ -114,7 +121,8 @@ class ChatTemplate:
                    end_of_turn=data["end_of_turn"], default_system=data.get("default_system", ""),
                    bos=data.get("bos", "runtime"), aliases=tuple(data.get("aliases", ())),
                    fingerprint=tuple(data.get("fingerprint", ())), priority=int(data.get("priority", 50)),
-                   renderer=str(data.get("renderer", "jinja")), path=path)
+                   renderer=str(data.get("renderer", "jinja")), ollama_renderer=str(data.get("ollama_renderer", "")),
+                   ollama_parser=str(data.get("ollama_parser", "")), think=data.get("think"), path=path)
 
 
 # -- registry ---------------------------------------------------------------------------
@@ -286,7 +294,77 @@ def choose_base_template(explicit: str | None, resolved: Any, tokenizer: Any = N
         from ftpack.training.ollama_format import template_for_ollama_base
 
         return template_for_ollama_base(resolved.ollama, explicit=explicit, reporter=reporter)
+    served = architecture_renderer(resolved)
+    if served is not None:
+        return served_by_renderer(explicit, resolved, served, reporter=reporter)
     return choose_template(explicit, resolved.names, tokenizer, reporter=reporter)
+
+
+#: Hugging Face model types whose GGUF architecture Ollama gives a built-in renderer at create
+#: (server/create.go@0029bb5: gemma4, laguna, nemotron_h*; ftpack.ollama.renderers.ARCHITECTURE_RENDERERS).
+_RENDERED_MODEL_TYPES = {"gemma4": "gemma4", "gemma4_text": "gemma4", "laguna": "laguna",
+                         "nemotron_h": "nemotron_h", "nemotron_h_moe": "nemotron_h_moe"}
+
+
+def architecture_renderer(resolved: Any) -> tuple[str, str, tuple[str, ...]] | None:
+    """(renderer, parser, stop) Ollama serves a base of this architecture with, whatever TEMPLATE
+    is sent; None for the architectures Ollama prompts with the TEMPLATE."""
+    import json
+
+    from ftpack.ollama.renderers import ARCHITECTURE_RENDERERS
+
+    try:
+        config = json.loads((Path(resolved.path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return None
+    arch = _RENDERED_MODEL_TYPES.get(str(config.get("model_type") or ""))
+    return ARCHITECTURE_RENDERERS.get(arch) if arch else None
+
+
+def served_by_renderer(explicit: str | None, resolved: Any, served: tuple[str, str, tuple[str, ...]], *,
+                       reporter: Any = None) -> ChatTemplate:
+    """The format of a base whose GGUF Ollama serves with a built-in renderer: that renderer's
+    text (a ``--template`` would be ignored by Ollama, so it is refused)."""
+    from types import SimpleNamespace
+
+    from ftpack.training.ollama_format import renderer_chat_template
+
+    renderer, parser, stop = served
+    if explicit:
+        raise bad_input(f"--template {explicit}: Ollama serves a GGUF of this architecture with its built-in "
+                        f"{renderer!r} renderer whatever TEMPLATE it is given (server/create.go@0029bb5), so the "
+                        "model would not be prompted the way it was trained.",
+                        f"Leave --template out: ftpack trains on the {renderer} renderer's text.")
+    ob = SimpleNamespace(renderer=renderer, parser=parser, system="", stop=stop, display=resolved.model_id,
+                         reference=resolved.model_id, model_type=_parameter_count_text(resolved))
+    tpl = renderer_chat_template(ob)
+    if reporter is not None:
+        reporter.info(f"Chat format: Ollama's built-in {tpl.ollama_renderer} renderer (parser {parser}, thinking "
+                      "on as served): Ollama gives it to every GGUF of this architecture.")
+    return tpl
+
+
+def _parameter_count_text(resolved: Any) -> str:
+    """The base's parameter count as Ollama writes model_type ("4.0B"), from its safetensors
+    headers; "" when unknown (gemma4 then resolves to its small renderer, as Ollama does)."""
+    import json
+    import struct
+
+    total = 0
+    for f in Path(resolved.path).glob("*.safetensors"):
+        try:
+            with open(f, "rb") as fh:
+                n = struct.unpack("<Q", fh.read(8))[0]
+                header = json.loads(fh.read(n))
+        except (OSError, ValueError, struct.error):
+            return ""
+        for name, info in header.items():
+            if name != "__metadata__":
+                count = 1
+                for d in info.get("shape", []):
+                    count *= int(d)
+                total += count
+    return f"{total / 1e9:.1f}B" if total else ""
 
 
 # -- choosing a format for a base model -------------------------------------------------

@@ -147,10 +147,11 @@ class TokenCheck:
     tokens: int
     vocab_gguf: str
     mismatches: list[dict[str, Any]] = field(default_factory=list)
+    turns: int = 0  # answers whose served prompt was compared too
 
     def as_metrics(self) -> dict[str, Any]:
         return {"tokenization_checked": self.checked, "tokenization_tokens": self.tokens,
-                "tokenization_equal": not self.mismatches}
+                "tokenization_turns": self.turns, "tokenization_equal": not self.mismatches}
 
 
 def write_vocab_gguf(model_dir: Path, out: Path, name: str | None = None) -> Path:
@@ -237,13 +238,8 @@ def trained_tokens(tokenizer: Any, template: Any, messages: Sequence[Any], *,
     ``return_assistant_tokens_mask``."""
     from ftpack.training.templates import training_chat_template
 
-    if getattr(template, "renders_ollama", False):  # an Ollama model's TEMPLATE: ftpack.training.ollama_format
-        from ftpack.training.ollama_format import conversation_text, encode_conversation
-
-        row = encode_conversation(template, tokenizer, messages)[-1]
-        ids = row["input_ids"]
-        mask = [1] * len(ids) if train_on_prompts else row["assistant_masks"]
-        return TrainedTokens(conversation_text(template, messages), ids, mask, tokenizer.convert_ids_to_tokens(ids))
+    if getattr(template, "renders_ollama", False):  # an Ollama model's own format: its last sequence
+        return trained_sequences(tokenizer, template, messages, train_on_prompts=train_on_prompts)[-1]
     jinja = training_chat_template(template, tokenizer)
     chat = [dict(m) for m in messages]
     text = tokenizer.apply_chat_template(chat, chat_template=jinja, tokenize=False)
@@ -254,12 +250,44 @@ def trained_tokens(tokenizer: Any, template: Any, messages: Sequence[Any], *,
     return TrainedTokens(text, ids, mask, tokenizer.convert_ids_to_tokens(ids))
 
 
+def trained_sequences(tokenizer: Any, template: Any, messages: Sequence[Any], *,
+                      train_on_prompts: bool = False) -> list[TrainedTokens]:
+    """Every sequence one conversation trains as (`ftpack data --show-tokens`): one for ftpack's
+    formats; for an Ollama model's own format one per answer when its prompts are not
+    prefix-stable (each ending with that answer, after the exact prompt Ollama serves for it)."""
+    if not getattr(template, "renders_ollama", False):
+        return [trained_tokens(tokenizer, template, messages, train_on_prompts=train_on_prompts)]
+    from ftpack.training.ollama_format import encode_conversation, training_sequences
+
+    rows = encode_conversation(template, tokenizer, messages)
+    seqs = training_sequences(template, messages)
+    if len(seqs) != len(rows):
+        seqs = training_sequences(template, messages, split=True)
+    return [TrainedTokens(text, row["input_ids"], [1] * len(row["input_ids"]) if train_on_prompts
+                          else row["assistant_masks"], tokenizer.convert_ids_to_tokens(row["input_ids"]))
+            for (text, _), row in zip(seqs, rows)]
+
+
 def inference_text(tokenizer: Any, template: Any, messages: Sequence[Any]) -> str:
     """The text Ollama renders for the same conversation (no leading BOS: llama.cpp adds it)."""
     from ftpack.training.templates import render_chat
 
     return render_chat(template, messages, bos_token=tokenizer.bos_token or "",
                        eos_token=tokenizer.eos_token or "")
+
+
+def served_prompt_ids(tokenizer: Any, template: Any, messages: Sequence[Any]) -> list[tuple[str, list[int]]]:
+    """For every trained answer of a conversation: (the prompt Ollama serves before it, the
+    training ids before the answer's first trained token)."""
+    if getattr(template, "renders_ollama", False):
+        from ftpack.training.ollama_format import served_turns
+
+        return served_turns(template, tokenizer, messages)
+    tt = trained_tokens(tokenizer, template, messages)
+    starts = [i for i, m in enumerate(tt.train) if m and (i == 0 or not tt.train[i - 1])]
+    answers = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
+    return [(template.inference_prompt(list(messages[:k])), tt.input_ids[:first])
+            for k, first in zip(answers, starts)]
 
 
 def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
@@ -291,11 +319,22 @@ def check_tokenization(tokenizer: Any, template: Any, conversations: Sequence[An
             pos = first_difference(ours, theirs)
             if pos is not None:
                 check.mismatches.append(_describe(i, pos, ours, theirs, tokenizer))
+                continue
+            # every turn: the prompt Ollama serves before each trained answer, as llama.cpp
+            # tokenizes it, is exactly what training puts before that answer
+            for turn, (prompt, before) in enumerate(served_prompt_ids(tokenizer, template, messages), 1):
+                served = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+                check.turns += 1
+                pos = first_difference(before, served)
+                if pos is not None:
+                    check.mismatches.append({**_describe(i, pos, before, served, tokenizer), "turn": turn})
+                    break
     if check.mismatches and raise_on_mismatch:
         m = check.mismatches[0]
+        where = f", answer {m['turn']} (the prompt Ollama serves before it)" if m.get("turn") else ""
         raise FtpackError(
             f"Tokenization differs between {subject or 'training and llama.cpp/Ollama'} in {len(check.mismatches)} of "
-            f"{check.checked} checked conversations. First: record {m['record']}, token {m['position']}:\n"
+            f"{check.checked} checked conversations. First: record {m['record']}{where}, token {m['position']}:\n"
             f"  training : {m['training']}\n  llama.cpp: {m['llama_cpp']}\n  text near: {m['text']!r}",
             "The model would be trained on other tokens than it is queried with. Report this with the base's "
             "name; a --template whose text avoids the construct, or another base, works around it.")

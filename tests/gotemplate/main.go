@@ -148,7 +148,7 @@ func (t *Template) Execute(w *bytes.Buffer, msgs []Message) error {
 		return t.Template.Execute(w, map[string]any{
 			"System":     system,
 			"Messages":   tms,
-			"Tools":      nil,
+			"Tools":      []any(nil), // Ollama's Values.Tools: a typed nil slice ([]api.Tool), so len is 0
 			"Response":   "",
 			"Think":      false,
 			"ThinkLevel": "",

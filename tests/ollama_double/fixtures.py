@@ -61,13 +61,26 @@ def ollama_models_dir(tmp_path) -> Path:
 
 @pytest.fixture
 def ollama_double(ollama_models_dir, tmp_path, monkeypatch) -> Iterator[OllamaDouble]:
-    """The double on 127.0.0.1:<random port>, its store in a temp dir; OLLAMA_HOST points at it.
+    """The double of today's Ollama (0.34+) on 127.0.0.1:<random port>, its store in a temp
+    dir; OLLAMA_HOST points at it.
 
     FTPACK_HOME (ftpack's index of registered models) is isolated too, so registering
     against the double never touches the user's index.
     """
+    yield from _serve(ollama_models_dir, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def old_ollama_double(ollama_models_dir, tmp_path, monkeypatch) -> Iterator[OllamaDouble]:
+    """The double of Ollama 0.34.0, the last release that still creates models with LoRA
+    adapters (0.34.1 refuses them). For tests of ``--ship adapter`` on such servers."""
+    yield from _serve(ollama_models_dir, tmp_path, monkeypatch, version="0.34.0")
+
+
+def _serve(models_dir: Path, tmp_path: Path, monkeypatch, **kw) -> Iterator[OllamaDouble]:
     generator = llama_generator()
-    double = OllamaDouble(ollama_models_dir, renderer=_render_with_go, generator=generator).start()
+    double = OllamaDouble(models_dir, renderer=_render_with_go, generator=generator,
+                          jinja_renderer=render_gguf_jinja, **kw).start()
     monkeypatch.setenv("OLLAMA_HOST", double.url)
     monkeypatch.setenv("FTPACK_HOME", str(tmp_path / "ftpack-home"))
     try:
@@ -75,6 +88,19 @@ def ollama_double(ollama_models_dir, tmp_path, monkeypatch) -> Iterator[OllamaDo
     finally:
         double.stop()
         generator.close()
+
+
+def render_gguf_jinja(chat_template: str, messages: list[dict], think=None) -> str:
+    """A GGUF's own Jinja template rendered for llama-server's /v1/chat/completions path:
+    transformers' Jinja environment, ``enable_thinking`` when a ``think`` value is sent
+    (llm/llama_server.go@00f6d62 chat_template_kwargs), and a leading BOS text left out
+    (the runtime adds BOS from the GGUF)."""
+    from ftpack.training.templates import render_chat
+
+    extra = {} if think is None else {"enable_thinking": bool(think)}
+    text = render_chat(chat_template, messages, add_generation_prompt=True, bos_token="<s>", eos_token="</s>",
+                       **extra)
+    return text[len("<s>"):] if text.startswith("<s>") else text
 
 
 def _render_with_go(template: str, messages: list[dict]) -> str:
@@ -98,11 +124,9 @@ def llama_generator():
         key = (model_path, adapter_path)  # an ADAPTER layer is applied as Ollama's runner does (--lora)
         if key not in cache:
             cache[key] = load_llama(model_path, n_ctx=int(options.get("num_ctx", 1024)), lora=adapter_path)
-        for piece, _ in stream_answer(cache[key], prompt, stop=stop,
-                                      max_tokens=int(options.get("num_predict", 128)),
-                                      temperature=float(options.get("temperature", 0.8)), options=options):
-            if piece:
-                yield piece
+        # (text, finish reason): the double answers done_reason "length" when the limit was reached
+        yield from stream_answer(cache[key], prompt, stop=stop, max_tokens=int(options.get("num_predict", 128)),
+                                 temperature=float(options.get("temperature", 0.8)), options=options)
 
     def close() -> None:
         for model in cache.values():

@@ -13,8 +13,20 @@ bundled ``llama-quantize`` (a "COPY" pass) before storing the model layer; no
 llama-quantize exists here, so the double stores the uploaded blob itself as the model
 layer (as Ollama 0.5.5–0.29 did, and as an ``ollama pull`` of a GGUF does).
 
-/api/chat renders the stored TEMPLATE through injected hooks (the tests pass the Go
-renderer and a llama-cpp-python generator), so it answers like Ollama would.
+/api/chat builds the prompt the way the real server picks (``server/routes.go@fb30760``
+``chatModeForModel`` / ``usesOllamaRenderedChat``, ``server/images.go@fb30760``
+``shouldPreferChatTemplate``): a config ``renderer`` first (Ollama's Go renderers, here
+ftpack.ollama.renderers, proven equal to them in tests/test_renderers.py), else the Go
+TEMPLATE unless ``OLLAMA_GO_TEMPLATE`` says otherwise or the GGUF's Jinja template shows more
+capabilities, else the GGUF's own Jinja ``tokenizer.chat_template`` (llama-server's path;
+rendered by an injected hook). The final chat object carries ``prompt`` and ``prompt_path``
+so a test can see what was served and how; ``think`` defaults to true for a model whose
+parser can think (``server/routes.go@e0c95a5``).
+
+``version`` switches between today's server (0.34.2, the default: ``server/create.go@0029bb5``
+refuses adapters and typical_p, validates capabilities, writes ``model.ConfigV2``
+(types/model/config.go@0abf7fa), auto-sets gemma4/laguna/nemotron_h renderers and inherits
+a ``from`` model's whole config) and older releases for tests of the older behaviour.
 """
 
 from __future__ import annotations
@@ -143,7 +155,8 @@ def _read_gguf_info(path: Path) -> dict[str, Any]:
     return {"architecture": scalar("general.architecture", GGUFValueType.STRING) or "unknown",
             "kind": scalar("general.type", GGUFValueType.STRING) or "unknown",
             "file_type": FILE_TYPES.get(ft, "unknown") if ft else "unknown",
-            "parameter_count": params}
+            "parameter_count": params,
+            "chat_template": scalar("tokenizer.chat_template", GGUFValueType.STRING) or ""}
 
 
 def human_number(b: int) -> str:
@@ -249,21 +262,51 @@ class Store:
 # -- the HTTP server -----------------------------------------------------------------------
 
 Renderer = Callable[[str, list[dict]], str]
+JinjaRenderer = Callable[[str, list[dict], Any], str]
+
+#: The release the double answers as by default: today's (late 2026).
+TODAY = "0.34.2"
+#: server/create.go@0029bb5 errTypicalPDeprecated.
+ERR_TYPICAL_P = ("typical_p is deprecated and cannot be set as a model parameter; pass it as a request option "
+                 "instead")
+#: types/model/capability.go (IsValid), newer main: the names /api/create accepts.
+CAPABILITIES = ("completion", "tools", "insert", "vision", "embedding", "thinking", "image", "audio", "decision")
+#: server/create.go@0029bb5, "Auto-detect renderer, parser, and stop tokens from GGUF architecture".
+AUTO_RENDERERS = {"gemma4": ("gemma4", "gemma4", ["<turn|>"]), "laguna": ("laguna", "laguna", None),
+                  "nemotron_h": ("nemotron-3-nano", "nemotron-3-nano", None),
+                  "nemotron_h_moe": ("nemotron-3-nano", "nemotron-3-nano", None),
+                  "nemotron_h_omni": ("nemotron-3-nano", "nemotron-3-nano", None)}
+#: model/parsers whose HasThinkingSupport is true (server/images.go@a5165c5 parserCapabilities).
+THINKING_PARSERS = ("qwen3.5", "gemma4", "laguna", "nemotron-3-nano")
+#: types/model/config.go@0abf7fa ConfigV2 field order; True: omitempty.
+CONFIG_V2 = (("model_format", False), ("model_family", False), ("model_families", False), ("model_type", False),
+             ("file_type", False), ("generation_defaults", True), ("renderer", True), ("parser", True),
+             ("requires", True), ("remote_host", True), ("remote_model", True), ("capabilities", True),
+             ("capabilities_explicit", True), ("context_length", True), ("embedding_length", True),
+             ("base_name", True), ("draft", True))
 Generator = Callable[[Path, str, list[str], dict], Iterator[str]]
 
 
 class OllamaDouble:
     """The double: ``start()`` serves on 127.0.0.1:<random port>; ``url`` is its OLLAMA_HOST."""
 
-    def __init__(self, models_dir: Path, *, version: str = "0.32.15", renderer: Renderer | None = None,
+    def __init__(self, models_dir: Path, *, version: str = TODAY, renderer: Renderer | None = None,
                  generator: Generator | None = None, template_check: Callable[[str], str | None] | None = None,
-                 adapters: str = "accept"):
-        """``adapters``: "accept" (Ollama 0.5.5 up to at least 0.32), "reject" (newer releases
-        that dropped LoRA adapters: 400 before anything else is looked at), or "fail" (take
-        the request, then fail creating the model, as a broken adapter would)."""
+                 adapters: str | None = None, jinja_renderer: JinjaRenderer | None = None,
+                 go_template_env: str | None = None):
+        """``adapters``: "accept" (Ollama 0.5.5 up to 0.34.0), "reject" (0.34.1 and later:
+        400 before anything else is looked at; the default for those versions), or "fail"
+        (take the request, then fail creating the model, as a broken adapter would).
+        ``jinja_renderer(chat_template, messages, think)`` renders a GGUF's own template as
+        llama-server would; ``go_template_env`` is OLLAMA_GO_TEMPLATE as the server sees it."""
         self.store = Store(models_dir)
         self.version = version
-        self.adapters = adapters
+        self.today = _version_tuple(version) >= (0, 34, 1)
+        # model.ConfigV2 without architecture/os (types/model/config.go@0abf7fa) from the 0.34 line on
+        self.config_v2 = _version_tuple(version) >= (0, 34, 0)
+        self.adapters = adapters or ("reject" if self.today else "accept")
+        self.jinja_renderer = jinja_renderer
+        self.go_template_env = go_template_env
         self.renderer = renderer
         self.generator = generator
         self.template_check = template_check
@@ -326,8 +369,14 @@ class OllamaDouble:
         """POST /api/create (files-based), yielding the stream's JSON objects."""
         files = req.get("files") or {}
         adapters = req.get("adapters") or {}
+        if self.today:  # create.go@0029bb5, in its order
+            if (req.get("parameters") or {}).get("typical_p") is not None:
+                raise ApiError(400, ERR_TYPICAL_P)
+            for cap in req.get("capabilities") or []:
+                if cap not in CAPABILITIES:
+                    raise ApiError(400, f'unknown capability: "{cap}"')
         for rel, digest in files.items():
-            if not _fs_valid_path(rel):
+            if not _fs_valid_path(rel) or (self.today and any(c in rel for c in "\\:")):
                 raise ApiError(400, "file path must be relative")
             if not digest:
                 raise ApiError(400, "invalid digest format")
@@ -343,8 +392,11 @@ class OllamaDouble:
             parts = self.store.existing_name(parts)
             old = self.store.read_manifest(parts)
             layers: list[dict] = []
-            config = {"model_format": "", "model_family": "", "model_families": None, "model_type": "",
-                      "file_type": "", "architecture": "amd64", "os": "linux"}
+            config: dict[str, Any] = {"model_format": "", "model_family": "", "model_families": None,
+                                      "model_type": "", "file_type": ""}
+            if not self.config_v2:
+                config.update({"architecture": "amd64", "os": "linux"})
+            params = dict(req.get("parameters") or {})
             if req.get("from"):  # parseFromModel: the base's layers, by digest, marked with its name
                 base_parts = parse_name(req["from"])
                 if base_parts is None:
@@ -355,13 +407,16 @@ class OllamaDouble:
                 if base is None:  # Ollama would try to pull it; the double has no registry
                     yield {"error": "pull model manifest: file does not exist"}
                     return
+                base_config = json.loads(self.store.blob_path(base["config"]["digest"]).read_bytes())
+                if self.today:  # the whole base config (renderer, parser, capabilities, ...) is inherited
+                    config.update({k: v for k, v in base_config.items() if k not in ("architecture", "os")})
                 for src in base["layers"]:
                     layer = {"mediaType": src["mediaType"], "digest": src["digest"], "size": src["size"],
                              "from": display_shortest(base_parts)}
                     if src.get("name"):
                         layer["name"] = src["name"]
                     layers.append(layer)
-                    if src["mediaType"] == MEDIA["model"]:
+                    if src["mediaType"] == MEDIA["model"] and not config["model_format"]:
                         self._describe(config, gguf_info(self.store.blob_path(src["digest"])))
             elif not files:
                 yield {"error": "neither 'from' or 'files' was specified", "status": 400}
@@ -391,6 +446,10 @@ class OllamaDouble:
                     if is_adapter:
                         yield {"status": "parsing GGUF"}
                     info = gguf_info(path)
+                    if self.today and info["kind"] == "adapter":  # ggufLayersWithMediaType, create.go@0029bb5
+                        yield {"error": f"LoRA adapters are no longer supported: {rel} is a LoRA adapter",
+                               "status": 400}
+                        return
                     media = MEDIA["adapter"] if info["kind"] == "adapter" else MEDIA["model"]
                     layer = {"mediaType": media, "digest": digest, "size": path.stat().st_size}
                     if media != MEDIA["model"]:
@@ -398,6 +457,21 @@ class OllamaDouble:
                     layers.append(layer)
                     if media == MEDIA["model"]:
                         self._describe(config, info)
+                        if self.today and info["architecture"] in AUTO_RENDERERS and not (
+                                (req.get("renderer") or config.get("renderer")) and
+                                (req.get("parser") or config.get("parser"))):
+                            renderer, parser, stop = AUTO_RENDERERS[info["architecture"]]
+                            config["renderer"] = req.get("renderer") or config.get("renderer") or renderer
+                            config["parser"] = req.get("parser") or config.get("parser") or parser
+                            if stop and "stop" not in params:
+                                params["stop"] = stop
+            if self.today:
+                for key in ("renderer", "parser", "requires"):
+                    if req.get(key):
+                        config[key] = req[key]
+                if req.get("capabilities"):
+                    config["capabilities"] = list(dict.fromkeys([*(config.get("capabilities") or []),
+                                                                 *req["capabilities"]]))
             statuses = [f"using existing layer {layer['digest']}" for layer in layers]
 
             def set_layer(media: str, layer: dict) -> None:  # removeLayer, then append
@@ -415,7 +489,6 @@ class OllamaDouble:
             lic = req.get("license")
             for text in ([lic] if isinstance(lic, str) and lic else lic if isinstance(lic, list) else []):
                 layers.append(self.store.new_layer(text.encode(), MEDIA["license"]))
-            params = dict(req.get("parameters") or {})
             for layer in [x for x in layers if x["mediaType"] == MEDIA["params"]]:  # setParameters keeps the rest
                 for k, v in json.loads(self.store.blob_path(layer["digest"]).read_bytes()).items():
                     params.setdefault(k, v)
@@ -428,7 +501,8 @@ class OllamaDouble:
                 encoded = [{"role": str(m.get("role", "")).lower(), "content": m.get("content", "")} for m in msgs]
                 set_layer(MEDIA["messages"], self.store.new_layer((go_json(encoded) + "\n").encode(),
                                                                   MEDIA["messages"]))
-            cfg = {k: v for k, v in config.items()}
+            cfg = ({k: config.get(k, "") for k, omit in CONFIG_V2 if not (omit and not config.get(k))}
+                   if self.config_v2 else dict(config))
             cfg_layer = self.store.new_layer((go_json(cfg) + "\n").encode(), CONFIG_MEDIA)
             for layer in layers:
                 statuses.append(layer.pop("_status", None) or "")
@@ -479,16 +553,20 @@ class OllamaDouble:
         if m is None:
             raise ApiError(404, f"model '{name}' not found")
         out: dict[str, Any] = {"messages": [], "license": [], "params": {}, "template": "{{ .Prompt }}",
-                               "system": "", "model_path": None, "adapter_path": None}
+                               "system": "", "model_path": None, "adapter_path": None, "has_template": False,
+                               "chat_template": "", "name": display_shortest(parts),
+                               "config": json.loads(self.store.blob_path(m["config"]["digest"]).read_bytes())}
         for layer in m["layers"]:
             blob = self.store.blob_path(layer["digest"])
             mt = layer["mediaType"]
             if mt == MEDIA["model"]:
                 out["model_path"] = blob
+                out["chat_template"] = gguf_info(blob).get("chat_template") or ""
             elif mt == MEDIA["adapter"]:
                 out["adapter_path"] = blob
             elif mt == MEDIA["template"]:
                 out["template"] = blob.read_text()
+                out["has_template"] = True
             elif mt == MEDIA["system"]:
                 out["system"] = blob.read_text()
             elif mt == MEDIA["params"]:
@@ -519,6 +597,11 @@ class OllamaDouble:
         if model["messages"]:
             resp["messages"] = model["messages"]
         resp["modelfile"] = f"# Modelfile generated by the Ollama double\nFROM {model['model_path']}\n"
+        for key in ("renderer", "parser"):  # Model.String() writes them; /api/show fills no field (fb30760)
+            if cfg.get(key):
+                resp["modelfile"] += f"{key.upper()} {cfg[key]}\n"
+        if self.today and self._path(model) == "jinja" and model["chat_template"]:
+            resp["template"] = model["chat_template"]  # selectedModelTemplate, routes.go@fb30760
         if model["adapter_path"] is not None:
             resp["modelfile"] += f"ADAPTER {model['adapter_path']}\n"
         return resp
@@ -552,18 +635,128 @@ class OllamaDouble:
         msgs = list(model["messages"]) + req_msgs
         if req_msgs[0]["role"] != "system" and model["system"]:
             msgs = [{"role": "system", "content": model["system"]}] + msgs
-        if self.renderer is None or self.generator is None:
-            raise ApiError(500, "the double was started without a renderer/generator for /api/chat")
-        prompt = self.renderer(model["template"], msgs)
+        if self.generator is None:
+            raise ApiError(500, "the double was started without a generator for /api/chat")
+        think = req.get("think")
+        if think is None and self.today and self._can_think(model):
+            think = True  # ChatHandler, server/routes.go@e0c95a5
+        path, prompt = self._prompt(model, msgs, think)
         options = {**model["params"], **(req.get("options") or {})}
         stop = options.pop("stop", [])
-        pieces = []
+        reason = "stop"
         for piece in self.generator(model["model_path"], prompt, list(stop), options, model["adapter_path"]):
-            pieces.append(piece)
-            yield {"model": name, "created_at": created, "message": {"role": "assistant", "content": piece},
-                   "done": False}
+            if isinstance(piece, tuple):  # (text, finish reason) from generators that report it
+                piece, finish = piece
+                reason = "length" if finish == "length" else reason
+            if piece:
+                yield {"model": name, "created_at": created, "message": {"role": "assistant", "content": piece},
+                       "done": False}
         yield {"model": name, "created_at": created, "message": {"role": "assistant", "content": ""},
-               "done": True, "done_reason": "stop", "prompt": prompt}
+               "done": True, "done_reason": reason, "prompt": prompt, "prompt_path": path}
+
+    # -- which prompt path serves a model (server/routes.go@fb30760 chatModeForModel,
+    #    server/images.go@fb30760 GetModel / shouldPreferChatTemplate) ---------------------------
+    def _can_think(self, model: dict) -> bool:
+        cfg = model["config"]
+        if cfg.get("parser") in THINKING_PARSERS or "thinking" in (cfg.get("capabilities") or []):
+            return True
+        path = self._path(model)
+        if path == "template":
+            return _go_caps(model["template"]).count("thinking") > 0
+        return path == "jinja" and "thinking" in _jinja_caps(model["chat_template"])
+
+    def _path(self, model: dict) -> str:
+        cfg = model["config"]
+        if not self.today:
+            return "template"
+        if cfg.get("renderer"):
+            return "renderer"
+        if cfg.get("parser"):
+            return "template"  # rendered in Go with the TEMPLATE (usesOllamaRenderedChat)
+        if model["has_template"]:
+            env = self.go_template_env
+            if env is not None:  # goTemplateEnvSet: the variable decides
+                if env.strip().lower() in ("1", "t", "true"):
+                    return "template"
+                if env.strip().lower() in ("0", "f", "false"):
+                    return "jinja"
+                return "template"  # unparsable: the default (true)
+            if not (model["chat_template"] and _prefer_chat_template(model["chat_template"], model["template"])):
+                return "template"
+        return "jinja"
+
+    def _prompt(self, model: dict, msgs: list[dict], think: Any) -> tuple[str, str]:
+        from ftpack.ollama import renderers
+
+        path = self._path(model)
+        cfg = model["config"]
+        if path == "renderer":
+            name = renderers.resolve_name(cfg["renderer"], model_name=model["name"], model_type=cfg.get("model_type", ""))
+            prompt = renderers.render(name, msgs, think)
+            # llm/llama_server.go@f427fa0 completionPrompt: a textual BOS goes when the tokenizer adds one
+            # (forced for gemma4); the generator adds BOS from the GGUF.
+            for lead in (renderers.LEADING_BOS.get(name), "<bos>"):
+                if lead and prompt.startswith(lead):
+                    prompt = prompt[len(lead):]
+                    break
+            return path, prompt
+        if path == "template":
+            if self.renderer is None:
+                raise ApiError(500, "the double was started without a Go TEMPLATE renderer for /api/chat")
+            return path, self.renderer(model["template"], msgs)
+        if self.jinja_renderer is None:
+            raise ApiError(500, "the double was started without a Jinja renderer for /api/chat")
+        return path, self.jinja_renderer(model["chat_template"] or "", msgs, think)
+
+
+# The capability rules below are written again, from Ollama's source, apart from
+# ftpack.ollama.prompt_path on purpose: the double must not share the code it tests.
+def _go_caps(template: str) -> list[str]:
+    """goTemplateCapabilities (images.go@fb30760), from the template text: ``.Tools`` → tools,
+    ``.Suffix`` → insert, ``.Thinking`` (inside ``range .Messages``) → thinking."""
+    low = template.lower()
+    caps = [c for c, var in (("tools", ".tools"), ("insert", ".suffix")) if var in low]
+    if ".thinking" in low and "range" in low and ".messages" in low:
+        caps.append("thinking")
+    return caps
+
+
+def _jinja_caps(chat_template: str) -> list[str]:
+    """chatTemplateCapabilities (images.go@fb30760): plain substring tests."""
+    caps = []
+    if "tools" in chat_template or "tool_call" in chat_template:
+        caps.append("tools")
+    split = "content.split('</think>')" in chat_template or 'content.split("</think>")' in chat_template
+    if ("<think>" in chat_template and "</think>" in chat_template) or (
+            split and "reasoning_content" not in chat_template and "<SPECIAL_12>" not in chat_template):
+        caps.append("thinking")
+    return caps
+
+
+def _jinja_round_trip(t: str) -> bool:
+    if "tools" not in t and "tool_call" not in t:
+        return False
+    calls = "tool_calls" in t or "assistant_tool_call" in t
+    return calls and any(x in t for x in ("tool_response", "tool_results", "role'] == 'tool'", "role'] == \"tool\"",
+                                          "role\"] == 'tool'", "role\"] == \"tool\"", "message.role == 'tool'",
+                                          "message.role == \"tool\"", "ipython"))
+
+
+def _go_round_trip(t: str) -> bool:
+    low = t.lower()
+    return ".tools" in low and ".toolcalls" in low and (
+        'eq .Role "tool"' in t or "tool_response" in t or "TOOL_RESULTS" in t)
+
+
+def _prefer_chat_template(chat_template: str, go_template: str) -> bool:
+    """shouldPreferChatTemplate (images.go@fb30760): more capabilities by count, with the
+    tool-round-trip tie-breaks."""
+    jc, gc = _jinja_caps(chat_template), _go_caps(go_template)
+    if len(jc) > len(gc):
+        return not _go_round_trip(go_template) or _jinja_round_trip(chat_template)
+    if sorted(jc) != sorted(gc) or "tools" not in jc or "tools" not in gc:
+        return False
+    return _jinja_round_trip(chat_template) and not _go_round_trip(go_template)
 
 
 def _go_decoded(v: Any) -> Any:
