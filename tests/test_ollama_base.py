@@ -492,13 +492,15 @@ def test_a_renderer_ftpack_does_not_reproduce_is_refused_naming_the_supported_on
     assert "qwen3.5" in err.value.hint and "gemma4" in err.value.hint
 
 
+@pytest.mark.parametrize("renderer, resolved", [("qwen3.5", "qwen3.5"), ("gemma4", "gemma4-small")])
 def test_build_on_a_renderer_model_registers_merged_with_its_renderer_and_parser(run_cli, store, tiny_blob,
-                                                                                tmp_path):
-    """A qwen3.5-style base (no TEMPLATE, RENDERER/PARSER in its config): the build trains on
-    the renderer's text, checks every turn's served prompt against llama.cpp, registers the
-    merged GGUF with RENDERER and PARSER kept (no TEMPLATE: it would not be used), and the
-    build records that Ollama prompts it with its renderer path."""
-    put_model(store, "fam:latest", tiny_blob, config={"renderer": "qwen3.5", "parser": "qwen3.5"})
+                                                                                tmp_path, renderer, resolved):
+    """A qwen3.5- or gemma4-style base (no TEMPLATE, RENDERER/PARSER in its config): the build
+    trains on the renderer's text, checks every turn's served prompt against llama.cpp,
+    verifies that the model answers and stops with the served prompt, registers the merged
+    GGUF with RENDERER and PARSER kept (no TEMPLATE: it would not be used), and records that
+    Ollama prompts it with its renderer path."""
+    put_model(store, "fam:latest", tiny_blob, config={"renderer": renderer, "parser": renderer})
     build = tmp_path / "build"
     result = run_cli("build", "fam-qa", "--base", "ollama:fam", "--data", _dataset(tmp_path / "d.jsonl"),
                      "--method", "lora", "--max-steps", "2", "--batch-size", "2", "--lora-r", "4",
@@ -509,10 +511,11 @@ def test_build_on_a_renderer_model_registers_merged_with_its_renderer_and_parser
     data = manifest["stages"]["data"]["metrics"]
     assert data["tokenization_equal"] and data["tokenization_turns"] >= 6
     assert manifest["stages"]["modelfile"]["metrics"]["prompt_path"] == "renderer"
+    assert manifest["stages"]["verify"]["metrics"]["stopped"] is True
     modelfile = (build / "ollama" / "Modelfile").read_text().splitlines()
-    assert "RENDERER qwen3.5" in modelfile and "PARSER qwen3.5" in modelfile
+    assert f"RENDERER {resolved}" in modelfile and f"PARSER {renderer}" in modelfile
     assert not any(line.startswith(("TEMPLATE", "ADAPTER")) for line in modelfile)
     tuned = json.loads((store / "manifests/registry.ollama.ai/library/fam-qa/latest").read_text())
     config = json.loads((store / "blobs" / tuned["config"]["digest"].replace(":", "-")).read_text())
-    assert (config["renderer"], config["parser"]) == ("qwen3.5", "qwen3.5")
+    assert (config["renderer"], config["parser"]) == (resolved, renderer)
     assert not any(x["mediaType"].endswith((".adapter", ".template")) for x in tuned["layers"])
