@@ -500,7 +500,8 @@ def test_build_on_a_renderer_model_registers_merged_with_its_renderer_and_parser
     verifies that the model answers and stops with the served prompt, registers the merged
     GGUF with RENDERER and PARSER kept (no TEMPLATE: it would not be used), and records that
     Ollama prompts it with its renderer path."""
-    put_model(store, "fam:latest", tiny_blob, config={"renderer": renderer, "parser": renderer})
+    put_model(store, "fam:latest", tiny_blob, config={"renderer": renderer, "parser": renderer, "requires": "0.30.0",
+                                                      "capabilities": ["completion", "thinking"]})
     build = tmp_path / "build"
     result = run_cli("build", "fam-qa", "--base", "ollama:fam", "--data", _dataset(tmp_path / "d.jsonl"),
                      "--method", "lora", "--max-steps", "2", "--batch-size", "2", "--lora-r", "4",
@@ -514,8 +515,11 @@ def test_build_on_a_renderer_model_registers_merged_with_its_renderer_and_parser
     assert manifest["stages"]["verify"]["metrics"]["stopped"] is True
     modelfile = (build / "ollama" / "Modelfile").read_text().splitlines()
     assert f"RENDERER {resolved}" in modelfile and f"PARSER {renderer}" in modelfile
+    # the rest of the base's config is inherited as Ollama's `from` inherits it
+    assert "REQUIRES 0.30.0" in modelfile and "CAPABILITY thinking" in modelfile
     assert not any(line.startswith(("TEMPLATE", "ADAPTER")) for line in modelfile)
     tuned = json.loads((store / "manifests/registry.ollama.ai/library/fam-qa/latest").read_text())
     config = json.loads((store / "blobs" / tuned["config"]["digest"].replace(":", "-")).read_text())
     assert (config["renderer"], config["parser"]) == (resolved, renderer)
+    assert config["requires"] == "0.30.0" and config["capabilities"] == ["completion", "thinking"]
     assert not any(x["mediaType"].endswith((".adapter", ".template")) for x in tuned["layers"])

@@ -69,6 +69,8 @@ class OllamaBase:
     renderer: str = ""  # the config's built-in renderer (a Go-coded prompt format), if any
     parser: str = ""  # the config's built-in output parser (thinking, tool calls), if any
     model_type: str = ""  # the config's parameter count as Ollama writes it ("135.00M")
+    requires: str = ""  # the config's oldest Ollama version for the model
+    capabilities: tuple[str, ...] = ()  # the config's declared capabilities
     confirmed_by: str | None = None  # the server whose /api/show named this same blob
 
     @property
@@ -180,7 +182,9 @@ def _read_model(model: Any, store: Path, confirmed: str | None) -> OllamaBase:
         system=system, parameters=params if isinstance(params, dict) else {},
         messages=tuple(m for m in messages if isinstance(m, dict)) if isinstance(messages, list) else (),
         renderer=str(config.get("renderer") or ""), parser=str(config.get("parser") or ""),
-        model_type=str(config.get("model_type") or ""), confirmed_by=confirmed)
+        model_type=str(config.get("model_type") or ""), requires=str(config.get("requires") or ""),
+        capabilities=tuple(str(c) for c in config.get("capabilities") or () if isinstance(c, str)),
+        confirmed_by=confirmed)
 
 
 def _layer_text(store: Path, model: Any, media: str) -> str | None:

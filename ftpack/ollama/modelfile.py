@@ -13,6 +13,7 @@ before anyone writes it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -660,10 +661,24 @@ def build_spec_of(cfg: Any, layout: Any, gguf: Path, out: Path, *, adapter: Path
         if not lic.is_file():
             raise bad_input(f"License file not found: {lic}")
         license_text = lic.read_text(encoding="utf-8")
-    return build_spec(gguf, out, template=template_of_build(layout), system=cfg.system,
+    spec = build_spec(gguf, out, template=template_of_build(layout), system=cfg.system,
                       parameters=parse_parameter_args(cfg.parameters or ()),
                       messages=parse_message_args(cfg.messages or ()), license_text=license_text,
                       adapter=adapter, num_ctx=cfg.max_seq_length, comment=comment)
+    return inherit_ollama_base(spec, cfg)
+
+
+def inherit_ollama_base(spec: ModelfileSpec, cfg: Any) -> ModelfileSpec:
+    """A model made from an ``ollama:`` base keeps what its config declares beyond the prompt
+    format, as Ollama's own ``from`` inherits the base's config (server/create.go@0029bb5):
+    REQUIRES and CAPABILITY lines (the renderer and parser come with the chat format)."""
+    from ftpack.ollama.base import is_ollama_base, read_ollama_base
+
+    if spec.adapter is not None or not is_ollama_base(getattr(cfg, "base", None)):
+        return spec  # (an adapter model is FROM the base model itself: Ollama copies its config)
+    ob = read_ollama_base(cfg.base, models_dir=getattr(cfg, "models_dir", None), use_server=False)
+    return dataclasses.replace(spec, requires=spec.requires or (ob.requires or None),
+                               capabilities=list(dict.fromkeys([*spec.capabilities, *ob.capabilities])))
 
 
 def run_modelfile_stage(ctx):
