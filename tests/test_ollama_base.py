@@ -523,3 +523,31 @@ def test_build_on_a_renderer_model_registers_merged_with_its_renderer_and_parser
     assert (config["renderer"], config["parser"]) == (resolved, renderer)
     assert config["requires"] == "0.30.0" and config["capabilities"] == ["completion", "thinking"]
     assert not any(x["mediaType"].endswith((".adapter", ".template")) for x in tuned["layers"])
+
+
+def test_a_template_for_a_gemma4_ollama_base_is_refused(store, tiny_blob):
+    """Ollama gives a gemma4 GGUF its built-in renderer at create whatever TEMPLATE is sent
+    (server/create.go@0029bb5): --template would train a format the model is not served in."""
+    import dataclasses
+
+    put_model(store, "g4:latest", tiny_blob, config={"renderer": "gemma4", "parser": "gemma4"})
+    ob = dataclasses.replace(read_ollama_base("ollama:g4"), architecture="gemma4")  # the tiny blob is a llama GGUF
+    with pytest.raises(FtpackError) as err:
+        template_for_ollama_base(ob, explicit="chatml")
+    assert err.value.code == 2 and "'gemma4' renderer" in err.value.message
+
+
+def test_the_modelfile_stage_sees_the_renderer_ollama_create_would_add(tmp_path):
+    """A TEMPLATE sent for a gemma4 GGUF is not what serves it: the prompt-path check counts
+    the renderer `ollama create` fills in by architecture and refuses the mismatch."""
+    from ollama_double.fixtures import write_tiny_gguf as tiny
+
+    from ftpack.ollama.modelfile import ModelfileSpec, check_prompt_path
+    from ftpack.training.templates import load_template
+
+    chatml = load_template("chatml")
+    spec = ModelfileSpec(from_path="./m.gguf", template=chatml.ollama_template)
+    assert check_prompt_path(spec, tiny(tmp_path / "l.gguf"), chatml)[0] == "template"
+    with pytest.raises(FtpackError) as err:
+        check_prompt_path(spec, tiny(tmp_path / "g.gguf", arch="gemma4"), chatml)
+    assert "renderer path" in err.value.message and "gemma4" in err.value.message

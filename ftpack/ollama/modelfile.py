@@ -718,10 +718,16 @@ def check_prompt_path(spec: ModelfileSpec, gguf: Path, template: Any) -> tuple[s
     take over is a user error here, before anything is registered."""
     from ftpack.gguf.header import read_gguf_header
     from ftpack.ollama.prompt_path import RENDERER, TEMPLATE, served_path
+    from ftpack.ollama.renderers import ARCHITECTURE_RENDERERS
 
-    chat_template = read_gguf_header(gguf).get("tokenizer.chat_template") or ""
-    path, why = served_path(renderer=spec.renderer, parser=spec.parser, go_template=spec.template,
-                            gguf_chat_template=chat_template)
+    header = read_gguf_header(gguf)
+    renderer, parser = spec.renderer, spec.parser
+    arch = header.get("general.architecture") or ""
+    if arch in ARCHITECTURE_RENDERERS and not (renderer and parser):  # what `ollama create` fills in
+        renderer = renderer or ARCHITECTURE_RENDERERS[arch][0]
+        parser = parser or ARCHITECTURE_RENDERERS[arch][1]
+    path, why = served_path(renderer=renderer, parser=parser, go_template=spec.template,
+                            gguf_chat_template=header.get("tokenizer.chat_template") or "")
     trained = RENDERER if getattr(template, "ollama_renderer", "") else TEMPLATE
     if path != trained:
         raise FtpackError(f"Ollama would not prompt this model the way it was trained: it would use its {path} path "

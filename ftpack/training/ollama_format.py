@@ -236,11 +236,18 @@ def encode_conversation(tpl: Any, tokenizer: Any, messages: Sequence[Message], *
     can be ``<think>`` ``\n`` at inference). A sequence holding several answers is kept only
     when each earlier answer's served prompt tokenizes to exactly the ids before it; otherwise
     the conversation is trained as one sequence per answer."""
-    rows = [_encode(tokenizer, text, spans, masks) for text, spans in training_sequences(tpl, messages)]
-    if all(row is not None for row in rows):
-        return rows  # type: ignore[return-value]
-    return [_encode(tokenizer, text, spans, masks, exact=False)  # type: ignore[misc]
-            for text, spans in training_sequences(tpl, messages, split=True)]
+    return [row for _, _, row in encoded_sequences(tpl, tokenizer, messages, masks=masks)]
+
+
+def encoded_sequences(tpl: Any, tokenizer: Any, messages: Sequence[Message], *, masks: bool = True
+                      ) -> list[tuple[str, list[tuple[int, int]], dict[str, list[int]]]]:
+    """[(text, trained spans, row)] of :func:`encode_conversation`, with the texts the rows encode."""
+    seqs = training_sequences(tpl, messages)
+    rows = [_encode(tokenizer, text, spans, masks) for text, spans in seqs]
+    if any(row is None for row in rows):
+        seqs = training_sequences(tpl, messages, split=True)
+        rows = [_encode(tokenizer, text, spans, masks, exact=False) for text, spans in seqs]
+    return [(text, spans, row) for (text, spans), row in zip(seqs, rows)]  # type: ignore[misc]
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
@@ -278,15 +285,10 @@ def served_turns(tpl: Any, tokenizer: Any, messages: Sequence[Message]) -> list[
     """For every trained answer, (the prompt Ollama serves before it, the training ids before
     its first trained token): what the per-turn token check compares with llama.cpp."""
     out = []
-    rows = encode_conversation(tpl, tokenizer, messages)
-    seqs = training_sequences(tpl, messages)
-    if len(rows) != len(seqs):
-        seqs = training_sequences(tpl, messages, split=True)
-    for (text, spans), row in zip(seqs, rows):
+    for text, spans, row in encoded_sequences(tpl, tokenizer, messages):
         mask = row["assistant_masks"]
         starts = [i for i, m in enumerate(mask) if m and (i == 0 or not mask[i - 1])]
-        for (s, _), first in zip(spans, starts):
-            out.append((text[:s], row["input_ids"][:first]))
+        out += [(text[:s], row["input_ids"][:first]) for (s, _), first in zip(spans, starts)]
     return out
 
 
@@ -355,7 +357,7 @@ def ollama_chat_template(ob: Any, *, eog: Sequence[str] | None = None) -> Any:
     return remember_template(dataclasses.replace(tpl, name=name))
 
 
-def renderer_chat_template(ob: Any, *, name: str | None = None) -> Any:
+def renderer_chat_template(ob: Any) -> Any:
     """The format of a model Ollama prompts with a built-in renderer (``ob``: an
     :class:`~ftpack.ollama.base.OllamaBase`, or anything with ``renderer``, ``parser``,
     ``system``, ``stop``, ``display``, ``reference``, ``model_type``): served with the think
@@ -370,7 +372,7 @@ def renderer_chat_template(ob: Any, *, name: str | None = None) -> Any:
     resolved = renderers.resolve_name(ob.renderer, model_name=ob.display, model_type=getattr(ob, "model_type", ""))
     parser = getattr(ob, "parser", "") or ""
     eot = renderers.END_OF_TURN[resolved]
-    tpl = ChatTemplate(name=name or ob.reference, description=f"Ollama's {resolved} renderer ({ob.display})",
+    tpl = ChatTemplate(name=ob.reference, description=f"Ollama's {resolved} renderer ({ob.display})",
                        chat_template="", ollama_template="", stop=tuple(ob.stop) or (eot,), end_of_turn=eot,
                        default_system=ob.system, renderer=RENDERER, aliases=(), fingerprint=(), priority=100,
                        ollama_renderer=resolved, ollama_parser=parser, think=renderers.served_think(parser))
@@ -379,10 +381,9 @@ def renderer_chat_template(ob: Any, *, name: str | None = None) -> Any:
             training_sequences(tpl, probe)
     except _NoSpan as exc:
         raise _refuse(ob, f"its {resolved} renderer: {exc}") from None
-    if name is None:
-        content = json.dumps([resolved, parser, tpl.think, tpl.default_system, list(tpl.stop)])
-        tpl = dataclasses.replace(tpl, name=f"{ob.reference}@{hashlib.sha256(content.encode()).hexdigest()[:8]}")
-    return remember_template(tpl)
+    content = json.dumps([resolved, parser, tpl.think, tpl.default_system, list(tpl.stop)])
+    digest = hashlib.sha256(content.encode()).hexdigest()[:8]  # one name, one format
+    return remember_template(dataclasses.replace(tpl, name=f"{ob.reference}@{digest}"))
 
 
 def registry_match(own: Any, folder: Path | None = None) -> Any:
@@ -404,8 +405,14 @@ def template_for_ollama_base(ob: Any, *, explicit: str | None = None, reporter: 
                              eog: Sequence[str] | None = None) -> Any:
     """The chat format a build on ``ob`` trains with: ``--template`` when given, else ftpack's
     format when the Ollama TEMPLATE renders identically, else the Ollama TEMPLATE itself."""
+    from ftpack.ollama.renderers import ARCHITECTURE_RENDERERS
     from ftpack.training.templates import load_template
 
+    if explicit and ob.architecture in ARCHITECTURE_RENDERERS:
+        raise bad_input(f"--template {explicit}: Ollama serves a {ob.architecture} GGUF with its built-in "
+                        f"{ARCHITECTURE_RENDERERS[ob.architecture][0]!r} renderer whatever TEMPLATE it is given "
+                        "(server/create.go@0029bb5), so the model would not be prompted the way it was trained.",
+                        "Leave --template out: ftpack trains on the renderer's text.")
     if explicit:
         tpl = load_template(explicit)
         if reporter is not None:

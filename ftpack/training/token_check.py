@@ -257,15 +257,11 @@ def trained_sequences(tokenizer: Any, template: Any, messages: Sequence[Any], *,
     prefix-stable (each ending with that answer, after the exact prompt Ollama serves for it)."""
     if not getattr(template, "renders_ollama", False):
         return [trained_tokens(tokenizer, template, messages, train_on_prompts=train_on_prompts)]
-    from ftpack.training.ollama_format import encode_conversation, training_sequences
+    from ftpack.training.ollama_format import encoded_sequences
 
-    rows = encode_conversation(template, tokenizer, messages)
-    seqs = training_sequences(template, messages)
-    if len(seqs) != len(rows):
-        seqs = training_sequences(template, messages, split=True)
     return [TrainedTokens(text, row["input_ids"], [1] * len(row["input_ids"]) if train_on_prompts
                           else row["assistant_masks"], tokenizer.convert_ids_to_tokens(row["input_ids"]))
-            for (text, _), row in zip(seqs, rows)]
+            for text, _, row in encoded_sequences(template, tokenizer, messages)]
 
 
 def inference_text(tokenizer: Any, template: Any, messages: Sequence[Any]) -> str:
