@@ -724,3 +724,24 @@ def test_store_bytes_match_ollamas_own_test_digests(tmp_path, offline, ollama_do
     assert digests["messages"] == OLLAMA_TEST_DIGESTS["messages"]
     assert [x["digest"] for x in m["layers"] if x["mediaType"] == MEDIA + "license"] == \
         [OLLAMA_TEST_DIGESTS["license_mit"], OLLAMA_TEST_DIGESTS["license_apache"]]
+
+
+def test_list_and_remove_choose_like_register_auto(run_cli, modelfile, tmp_path, monkeypatch, ftpack_home):
+    """Right after a build registered offline (no server answering), `ftpack list` and `ftpack
+    remove` read Ollama's store, saying so, instead of stopping at "server not reachable"."""
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{port}")
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "store"))
+    assert run_cli("register", "offline-one", "--modelfile", modelfile, "--offline").exit_code == 0
+    listed = run_cli("list")
+    assert listed.exit_code == 0, listed.output
+    said = " ".join(listed.output.split())
+    assert "offline-one:latest" in said and f"No Ollama server at http://127.0.0.1:{port}" in said
+    assert "model store" in said
+    removed = run_cli("remove", "offline-one")
+    assert removed.exit_code == 0, removed.output
+    assert not (tmp_path / "store" / "manifests" / "registry.ollama.ai" / "library" / "offline-one").exists()

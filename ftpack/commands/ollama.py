@@ -74,8 +74,22 @@ def register(name: str, modelfile_path: Path, host: str | None, offline: bool, m
     r.final(f"Registered {result.name} in {result.place}. Try it: {run}", run=run)
 
 
+def _auto_place(offline: bool, host: str | None) -> bool:
+    """--offline as given; else the same choice as a build's ``--register auto``: the server when
+    it answers, otherwise Ollama's model store (said, so the user knows which was read)."""
+    if offline:
+        return True
+    from ftpack.ollama.probe import probe_server
+
+    probe = probe_server(host, timeout=2.0)  # what resolve_register("auto") asks
+    if not probe.reachable:
+        get_reporter().info(f"No Ollama server at {probe.host} ({probe.reason}): using Ollama's model store")
+    return not probe.reachable
+
+
 @click.command("list")
-@click.option("--offline", is_flag=True, help="Read Ollama's model store instead of asking the server.")
+@click.option("--offline", is_flag=True, help="Read Ollama's model store (default: the server when it answers, "
+                                              "otherwise the store).")
 @_where_options
 @click.option("--all", "show_all", is_flag=True, help="Also show models ftpack did not create.")
 def list_cmd(host: str | None, offline: bool, models_dir: Path | None, show_all: bool) -> None:
@@ -93,7 +107,7 @@ def list_cmd(host: str | None, offline: bool, models_dir: Path | None, show_all:
     from ftpack.ollama.registration import list_models
 
     r = get_reporter()
-    where, models = list_models(offline=offline, host=host, models_dir=models_dir)
+    where, models = list_models(offline=_auto_place(offline, host), host=host, models_dir=models_dir)
     shown = [m for m in models if show_all or m.ftpack is not None]
     rows, data = [], []
     for m in shown:
@@ -118,7 +132,8 @@ def list_cmd(host: str | None, offline: bool, models_dir: Path | None, show_all:
 
 @click.command()
 @click.argument("name")
-@click.option("--offline", is_flag=True, help="Remove from Ollama's model store directly.")
+@click.option("--offline", is_flag=True, help="Remove from Ollama's model store directly (default: through the "
+                                              "server when it answers, otherwise from the store).")
 @_where_options
 @click.option("--force", is_flag=True, help="Also remove a model ftpack did not create.")
 def remove(name: str, host: str | None, offline: bool, models_dir: Path | None, force: bool) -> None:
@@ -130,7 +145,7 @@ def remove(name: str, host: str | None, offline: bool, models_dir: Path | None, 
     from ftpack.ollama.registration import remove as do_remove
 
     r = get_reporter()
-    where = do_remove(name, offline=offline, host=host, models_dir=models_dir, force=force)
+    where = do_remove(name, offline=_auto_place(offline, host), host=host, models_dir=models_dir, force=force)
     r.result({"name": name, "where": where, "removed": True})
     r.final(f"Removed {name} ({place_of(where)}).")
 
