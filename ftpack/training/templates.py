@@ -87,6 +87,9 @@ class ChatTemplate:
     ollama_renderer: str = ""
     ollama_parser: str = ""
     think: Any = None
+    # An Ollama model without a TEMPLATE: Ollama hands its GGUF's own Jinja chat template to
+    # llama-server. (template, bos_token text, eos_token text, whether the vocabulary adds BOS).
+    gguf_jinja: tuple = ()
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -112,7 +115,8 @@ class ChatTemplate:
                 "ollama_template": self.ollama_template, "stop": list(self.stop), "end_of_turn": self.end_of_turn,
                 "default_system": self.default_system, "bos": self.bos, "aliases": list(self.aliases),
                 "fingerprint": list(self.fingerprint), "priority": self.priority, "renderer": self.renderer,
-                "ollama_renderer": self.ollama_renderer, "ollama_parser": self.ollama_parser, "think": self.think}
+                "ollama_renderer": self.ollama_renderer, "ollama_parser": self.ollama_parser, "think": self.think,
+                "gguf_jinja": list(self.gguf_jinja)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], path: Path | None = None) -> "ChatTemplate":
@@ -122,7 +126,8 @@ class ChatTemplate:
                    bos=data.get("bos", "runtime"), aliases=tuple(data.get("aliases", ())),
                    fingerprint=tuple(data.get("fingerprint", ())), priority=int(data.get("priority", 50)),
                    renderer=str(data.get("renderer", "jinja")), ollama_renderer=str(data.get("ollama_renderer", "")),
-                   ollama_parser=str(data.get("ollama_parser", "")), think=data.get("think"), path=path)
+                   ollama_parser=str(data.get("ollama_parser", "")), think=data.get("think"),
+                   gguf_jinja=tuple(data.get("gguf_jinja") or ()), path=path)
 
 
 # -- registry ---------------------------------------------------------------------------
