@@ -29,6 +29,7 @@ missing=()
 command -v gcc >/dev/null || missing+=(build-essential)
 command -v g++ >/dev/null || missing+=(g++)
 command -v cmake >/dev/null || missing+=(cmake)
+command -v make >/dev/null || missing+=(make)  # scripts/llama_jinja.sh
 command -v git >/dev/null || missing+=(git)
 PY=${PYTHON:-}
 if [[ -z "$PY" ]]; then
