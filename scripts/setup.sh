@@ -73,7 +73,7 @@ else
   else
     "${PIP[@]}" install -q --require-hashes --no-deps -r <("$VENV/bin/python" scripts/pins.py extract pip)
     bash scripts/llama_cpp.sh
-    echo "==> installing the tested set ($PINS; the first time compiles llama.cpp: 4-10 min)"
+    echo "==> installing the tested set ($PINS, hash-checked)"
     "${PIP[@]}" install -q --require-hashes --no-deps -r "$PINS"
     "${PIP[@]}" install -q --no-deps --no-build-isolation -e .
     extras=$("$VENV/bin/python" -m ftpack.core.pins check --extras "$PINS")
