@@ -130,7 +130,8 @@ after""",
     "errors-bad-compare": """{{ range .Messages }}{{ if eq .Role 1 }}x{{ end }}{{ end }}""",
     "errors-index-range": """{{ index .Messages 10 }}""",
     "errors-printf-format": """{{ printf .Tools }}{{ .Messages }}""",
-    "errors-len-nil": """{{ len .Tools }}{{ .Messages }}""",
+    # .Tools is a typed nil slice in Ollama (template.Values.Tools []api.Tool): len 0, not an error
+    "len-tools": """{{ len .Tools }}|{{ range .Messages }}{{ .Role }} {{ end }}|{{ json .Tools }}|{{ .Tools }}""",
 }
 
 SYNTAX_PROBES = [  # mostly refused by Go; each must be refused (or parsed) by both alike
@@ -211,10 +212,11 @@ def test_tools_is_a_typed_empty_list_as_in_ollama(go_renderer):
     is false, and printing it gives []; an untyped nil would make len fail."""
     from ftpack.ollama.gotemplate import parse_ollama_template
 
-    template = "{{ len .Tools }}|{{ if .Tools }}tools{{ else }}none{{ end }}|{{ .Tools }}{{ range .Messages }}{{ .Content }}{{ end }}"
+    template = ("{{ len .Tools }}|{{ if .Tools }}tools{{ else }}none{{ end }}|{{ .Tools }}|{{ json .Tools }}|"
+                "{{ range .Messages }}{{ .Content }}{{ end }}")
     msgs = [{"role": "user", "content": "Hi"}]
-    assert go_renderer.render(template, msgs) == "0|none|[]Hi"
-    assert parse_ollama_template(template).render(msgs) == "0|none|[]Hi"
+    assert go_renderer.render(template, msgs) == "0|none|[]|null|Hi"
+    assert parse_ollama_template(template).render(msgs) == "0|none|[]|null|Hi"
 
 
 def test_templates_go_refuses_are_refused(go_renderer):

@@ -403,6 +403,18 @@ def test_the_model_card_says_training_started_from_a_quantized_blob(tmp_path):
     assert f"Base: {note} Blob `sha256:{'d' * 64}`." in card
 
 
+def _build_offline(run_cli, name: str, base: str, store: Path, tmp_path: Path, *, steps: int = 2):
+    """`ftpack build NAME --base BASE` on the tiny model, registered offline into ``store``. The
+    random tiny model never ends a turn by itself: extra stop strings it emits early let verify pass."""
+    build = tmp_path / "build"
+    result = run_cli("build", name, "--base", base, "--data", _dataset(tmp_path / "d.jsonl"),
+                     "--method", "lora", "--max-steps", str(steps), "--batch-size", "2", "--lora-r", "4",
+                     "--register", "offline", "--models-dir", store, "--out", build,
+                     *[x for s in ("e", "a", "o", " ") for x in ("--param", f"stop={s}")])
+    assert result.exit_code == 0, result.output
+    return result, build
+
+
 def test_build_on_an_ollama_base_ships_the_merged_model_and_no_adapter(run_cli, store, tiny_blob, tmp_path):
     """`ftpack build my-tiny --base ollama:tiny`: trains in tiny's format and, because Ollama
     0.34.1+ no longer creates models with LoRA adapters (server/create.go@0029bb5), registers
@@ -412,12 +424,7 @@ def test_build_on_an_ollama_base_ships_the_merged_model_and_no_adapter(run_cli, 
     put_model(store, "tiny:latest", tiny_blob, template=CUSTOM_TEMPLATE, system="Be brief.",
               params={"stop": CUSTOM_STOPS})
     base = json.loads((store / "manifests/registry.ollama.ai/library/tiny/latest").read_text())
-    build = tmp_path / "build"
-    result = run_cli("build", "my-tiny", "--base", "ollama:tiny", "--data", _dataset(tmp_path / "d.jsonl"),
-                     "--method", "lora", "--max-steps", "3", "--batch-size", "2", "--lora-r", "4",
-                     "--register", "offline", "--models-dir", store, "--out", build,
-                     *[x for s in ("e", "a", "o", " ") for x in ("--param", f"stop={s}")])
-    assert result.exit_code == 0, result.output
+    result, build = _build_offline(run_cli, "my-tiny", "ollama:tiny", store, tmp_path, steps=3)
     assert "no longer create models with LoRA adapters" in " ".join(result.output.split())
     tuned = json.loads((store / "manifests/registry.ollama.ai/library/my-tiny/latest").read_text())
 
@@ -501,12 +508,7 @@ def test_build_on_a_renderer_model_registers_merged_with_its_renderer_and_parser
     Ollama prompts it with its renderer path."""
     put_model(store, "fam:latest", tiny_blob, config={"renderer": renderer, "parser": renderer, "requires": "0.30.0",
                                                       "capabilities": ["completion", "thinking"]})
-    build = tmp_path / "build"
-    result = run_cli("build", "fam-qa", "--base", "ollama:fam", "--data", _dataset(tmp_path / "d.jsonl"),
-                     "--method", "lora", "--max-steps", "2", "--batch-size", "2", "--lora-r", "4",
-                     "--register", "offline", "--models-dir", store, "--out", build,
-                     *[x for s in ("e", "a", "o", " ") for x in ("--param", f"stop={s}")])
-    assert result.exit_code == 0, result.output
+    _, build = _build_offline(run_cli, "fam-qa", "ollama:fam", store, tmp_path)
     manifest = json.loads((build / "build.json").read_text())
     data = manifest["stages"]["data"]["metrics"]
     assert data["tokenization_equal"] and data["tokenization_turns"] >= 6
@@ -602,12 +604,7 @@ def test_a_jinja_template_llama_cpp_renders_differently_is_refused(store, tiny_b
 
 def test_build_on_a_model_without_template_serves_the_ggufs_jinja_template(run_cli, store, tiny_blob, tmp_path):
     put_model(store, "jt:latest", tiny_blob)
-    build = tmp_path / "build"
-    result = run_cli("build", "jt-qa", "--base", "ollama:jt", "--data", _dataset(tmp_path / "d.jsonl"),
-                     "--method", "lora", "--max-steps", "2", "--batch-size", "2", "--lora-r", "4",
-                     "--register", "offline", "--models-dir", store, "--out", build,
-                     *[x for s in ("e", "a", "o", " ") for x in ("--param", f"stop={s}")])
-    assert result.exit_code == 0, result.output
+    result, build = _build_offline(run_cli, "jt-qa", "ollama:jt", store, tmp_path)
     assert "llama.cpp's engine renders all" in " ".join(result.output.split())
     manifest = json.loads((build / "build.json").read_text())
     assert manifest["stages"]["modelfile"]["metrics"]["prompt_path"] == "jinja"

@@ -64,11 +64,15 @@ def tested_set() -> dict[str, str] | None:
 
 
 def installed_versions() -> dict[str, str]:
-    """``{normalized name: version}`` of every distribution this interpreter sees."""
+    """``{normalized name: version}`` of every distribution installed in this environment's
+    site-packages (what pip lists). Not the whole ``sys.path``: setuptools puts its vendored
+    packages' metadata (``setuptools/_vendor``) on it once imported, which pip never installed."""
+    import sysconfig
     from importlib import metadata
 
+    site = list(dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib")))
     out: dict[str, str] = {}
-    for dist in metadata.distributions():
+    for dist in metadata.distributions(path=site):
         name = dist.metadata["Name"]
         if name:
             out.setdefault(normalize(name), dist.version)

@@ -1709,7 +1709,7 @@ class OllamaTemplate:
         if self.uses_messages:
             data = {"System": system, "Messages": [template_message(m["role"], m["content"]) for m in msgs],
                     # Values.Tools is a typed []api.Tool (template/template.go): nil, yet `len .Tools` is 0
-                    "Tools": [], "Response": "", "Think": False, "ThinkLevel": "", "IsThinkSet": False}
+                    "Tools": NilSlice(), "Response": "", "Think": False, "ThinkLevel": "", "IsThinkSet": False}
             return execute(self.root, self.templates, data, funcs=funcs)
         out: list[str] = []
         state = {"system": "", "prompt": "", "response": ""}
