@@ -6,7 +6,7 @@ installs. But llama-cpp-python exists only as a source distribution, which pip h
 already downloaded to build it, and that sdist vendors llama.cpp — the converter scripts,
 the ``conversion/`` package they import, the ``gguf-py`` that matches them, and
 ``models/ggml-vocab-*.gguf`` vocab files with llama.cpp's tokenizer tests
-(``.inp``/``.out``). Taking them from the sdist of the *installed* version means the
+(``.inp``/``.out``), and ``models/templates/*.jinja``, real models' chat templates. Taking them from the sdist of the *installed* version means the
 converter, the quantizer and the runtime are one llama.cpp commit: no clone, no version
 skew with the ``gguf`` package on PyPI.
 
@@ -70,7 +70,7 @@ LORA_SCRIPT = "convert_lora_to_gguf.py"
 REQUIRED_FILES = (CONVERT_SCRIPT, LORA_SCRIPT, "gguf-py/gguf/__init__.py", "gguf-py/gguf/constants.py")
 #: llama.cpp's MODEL_ARCH for vision/audio projectors: never a text model.
 _MMPROJ = "MMPROJ"
-_MANIFEST_FORMAT = 1
+_MANIFEST_FORMAT = 2  # 2: models/templates/*.jinja (real chat templates) are extracted too
 _DOWNLOAD_PREFIX = "ftpack-llama-cpp-sdist-"
 
 
@@ -78,7 +78,8 @@ def _wanted(rel: str) -> bool:
     """The parts of llama.cpp the converter and the tokenizer tests need."""
     return (rel in (CONVERT_SCRIPT, LORA_SCRIPT, "LICENSE", "gguf-py/LICENSE")
             or rel.startswith(("conversion/", "gguf-py/gguf/", "models/ggml-vocab-",
-                               "requirements/requirements-convert")))
+                               "requirements/requirements-convert"))
+            or (rel.startswith("models/templates/") and rel.endswith(".jinja")))
 
 
 # -- where the converter comes from ---------------------------------------------------------
@@ -117,6 +118,11 @@ class LlamaCppSource:
             if vocab.is_file() and expected.is_file():
                 out[vocab.name[len("ggml-vocab-"):-len(".gguf")]] = (vocab, inp, expected)
         return out
+
+    def chat_templates(self) -> dict[str, Path]:
+        """Real models' Jinja chat templates llama.cpp tests with (``models/templates/``):
+        file stem (``Qwen3.5-4B``, ``google-gemma-4-31B-it``, …) -> file."""
+        return {p.stem: p for p in sorted((self.models_dir / "templates").glob("*.jinja"))}
 
     def subprocess_env(self) -> dict[str, str]:
         """The environment for its scripts: its gguf-py first, so PyPI's gguf is never used."""
