@@ -447,6 +447,26 @@ def test_build_on_an_ollama_base_ships_the_merged_model_and_no_adapter(run_cli, 
 
 # -- bases Ollama prompts with a built-in RENDERER -------------------------------------------------------
 
+def check_served_prompts(tpl, ob, base: str, served) -> object:
+    """For every answer of CONVERSATIONS: the prompt training puts before it is ``served(the
+    messages before it)`` — what Ollama sends — and its training ids are llama.cpp's tokens of
+    that prompt on the model's own blob. Returns the training tokenizer."""
+    from ftpack.inference.runtime import open_llama
+    from ftpack.training.bases import load_tokenizer, resolve_base
+    from ftpack.training.ollama_format import served_turns
+
+    tokenizer = load_tokenizer(resolve_base(base, tokenizer_only=True).path)
+    with open_llama(ob.model_blob, vocab_only=True) as llm:
+        for conv in CONVERSATIONS:
+            answers = [k for k, m in enumerate(conv) if m["role"] == "assistant"]
+            turns = served_turns(tpl, tokenizer, conv)
+            assert len(turns) == len(answers)
+            for k, (prompt, before) in zip(answers, turns):
+                assert prompt == served(conv[:k])
+                assert before == llm.tokenize(prompt.encode(), add_bos=True, special=True)
+    return tokenizer
+
+
 RENDERER_CASES = [("qwen3.5", "qwen3.5", "qwen3.5"), ("gemma4", "gemma4", "gemma4-small"),
                   ("nemotron-3-nano", "nemotron-3-nano", "nemotron-3-nano")]
 
@@ -460,29 +480,22 @@ def test_a_renderer_model_trains_on_the_prompt_ollama_serves_at_every_turn(store
     exactly llama.cpp's ids of the prompt Ollama serves at that turn (the renderer's text for
     the messages before it, BOS as the runtime adds it); the trained part is what the renderer
     writes for the model's own answer, and its end of turn."""
-    from ftpack.inference.runtime import open_llama
     from ftpack.ollama import renderers
-    from ftpack.training.bases import load_tokenizer, resolve_base
-    from ftpack.training.ollama_format import served_turns
 
     put_model(store, "fam:latest", tiny_blob, config={"renderer": renderer, "parser": parser, "model_type": "4.0B"})
     ob = read_ollama_base("ollama:fam")
     tpl = template_for_ollama_base(ob)
     assert (tpl.ollama_renderer, tpl.ollama_parser, tpl.think) == (resolved, parser, True)
     assert tpl.end_of_turn == renderers.END_OF_TURN[resolved]
-    tokenizer = load_tokenizer(resolve_base("ollama:fam", tokenizer_only=True).path)
-    with open_llama(ob.model_blob, vocab_only=True) as llm:
-        for conv in CONVERSATIONS:
-            answers = [k for k, m in enumerate(conv) if m["role"] == "assistant"]
-            turns = served_turns(tpl, tokenizer, conv)
-            assert len(turns) == len(answers)
-            for k, (prompt, before) in zip(answers, turns):
-                want = renderers.render(resolved, conv[:k], True)
-                assert prompt == (want[len("<bos>"):] if resolved.startswith("gemma4") else want)
-                assert before == llm.tokenize(prompt.encode(), add_bos=True, special=True)
-            for row in encode_conversation(tpl, tokenizer, conv):
-                trained = tokenizer.decode([t for t, m in zip(row["input_ids"], row["assistant_masks"]) if m])
-                assert trained.endswith(tpl.end_of_turn)
+    def served(before_answer):  # what Ollama's renderer serves (its textual <bos> dropped for gemma4)
+        want = renderers.render(resolved, before_answer, True)
+        return want[len("<bos>"):] if resolved.startswith("gemma4") else want
+
+    tokenizer = check_served_prompts(tpl, ob, "ollama:fam", served)
+    for conv in CONVERSATIONS:
+        for row in encode_conversation(tpl, tokenizer, conv):
+            trained = tokenizer.decode([t for t, m in zip(row["input_ids"], row["assistant_masks"]) if m])
+            assert trained.endswith(tpl.end_of_turn)
     if resolved == "qwen3.5":  # not prefix-stable: earlier answers lose their think block, one sequence each
         assert len(training_sequences(tpl, CONVERSATIONS[1])) == 2
         text, [(start, end)] = training_sequences(tpl, CONVERSATIONS[0])[0]
@@ -563,9 +576,7 @@ def test_a_model_without_template_trains_on_its_ggufs_jinja_template_as_llama_cp
     the ids before the answer's first trained token."""
     from ftpack.gguf.header import read_gguf_header
     from ftpack.inference.llama_jinja import render_with_llama_cpp
-    from ftpack.inference.runtime import open_llama
-    from ftpack.training.bases import load_tokenizer, resolve_base
-    from ftpack.training.ollama_format import check_llama_cpp_renders_alike, served_turns
+    from ftpack.training.ollama_format import check_llama_cpp_renders_alike
 
     put_model(store, "jt:latest", tiny_blob)  # like a library model imported without a TEMPLATE layer
     ob = read_ollama_base("ollama:jt")
@@ -573,16 +584,8 @@ def test_a_model_without_template_trains_on_its_ggufs_jinja_template_as_llama_cp
     template, bos, eos, add_bos = tpl.gguf_jinja
     assert template == read_gguf_header(tiny_blob).get("tokenizer.chat_template") and "<|im_start|>" in template
     assert tpl.end_of_turn == eos and tpl.renders_ollama and not tpl.ollama_renderer
-    tokenizer = load_tokenizer(resolve_base("ollama:jt", tokenizer_only=True).path)
-    with open_llama(ob.model_blob, vocab_only=True) as llm:
-        for conv in CONVERSATIONS:
-            answers = [k for k, m in enumerate(conv) if m["role"] == "assistant"]
-            turns = served_turns(tpl, tokenizer, conv)
-            assert len(turns) == len(answers)
-            for k, (prompt, before) in zip(answers, turns):
-                assert prompt == render_with_llama_cpp(template, conv[:k], bos_token=bos, eos_token=eos,
-                                                       add_bos=add_bos, enable_thinking=False)
-                assert before == llm.tokenize(prompt.encode(), add_bos=True, special=True)
+    check_served_prompts(tpl, ob, "ollama:jt", lambda before_answer: render_with_llama_cpp(
+        template, before_answer, bos_token=bos, eos_token=eos, add_bos=add_bos, enable_thinking=False))
     assert check_llama_cpp_renders_alike(tpl, CONVERSATIONS) == 5
 
 

@@ -716,8 +716,9 @@ def run_modelfile_stage(ctx):
 def check_prompt_path(spec: ModelfileSpec, gguf: Path, template: Any) -> tuple[str, str]:
     """The prompt path today's Ollama serves ``spec`` + ``gguf`` with (ftpack.ollama.prompt_path),
     which must be the one training rendered: the renderer for a renderer-based format, the
-    TEMPLATE otherwise (its text is the training text). A GGUF whose own Jinja template would
-    take over is a user error here, before anything is registered."""
+    GGUF's Jinja template (the very one trained) for a format that is that template, the
+    TEMPLATE otherwise (its text is the training text). A mismatch is a user error here,
+    before anything is registered."""
     from ftpack.gguf.header import read_gguf_header
     from ftpack.ollama.prompt_path import JINJA, RENDERER, TEMPLATE, served_path
     from ftpack.ollama.renderers import ARCHITECTURE_RENDERERS

@@ -35,9 +35,14 @@ and handed to TRL pre-tokenized with their assistant masks.
    model's own answer (the text after the longest common prefix of the prompt and the
    rendering that ends with the answer), then the end of turn.
 
-If none of these works — a renderer ftpack does not reproduce, a model without TEMPLATE,
-a template that does not render an answer verbatim or gives it no end — the build stops
-before any work with the reason, suggesting ``--template``.
+4. **The GGUF's own Jinja template.** A model with neither TEMPLATE nor renderer is served
+   by llama-server from its GGUF's ``tokenizer.chat_template``; training renders that
+   template per turn as llama-server does, and the data stage checks llama.cpp's own engine
+   renders every served prompt alike (:func:`check_llama_cpp_renders_alike`).
+
+If none of these works — a renderer ftpack does not reproduce, a GGUF without a chat
+template or end-of-sequence token, a template that does not render an answer verbatim or
+gives it no end — the build stops before any work with the reason, suggesting ``--template``.
 """
 
 from __future__ import annotations
@@ -137,7 +142,8 @@ def _render_gguf_jinja(tpl: Any, msgs: Sequence[Message], *, engine: str = "tran
 
 
 def _renderer_turn(tpl: Any, msgs: list[dict[str, str]], k: int, markers: Sequence[str]) -> tuple[str, str, int]:
-    """:func:`_turn` for a renderer: P is what Ollama serves before answer k; the model's part
+    """:func:`_turn` for a renderer or a GGUF Jinja template: P is what Ollama serves before
+    answer k; the model's part
     is what the rendering ending with that answer adds after their common prefix, cut after
     the first end marker, or closed with the renderer's end of turn (a final answer is a
     prefill there, left open)."""
@@ -341,7 +347,7 @@ def ollama_chat_template(ob: Any, *, eog: Sequence[str] | None = None) -> Any:
     """The model's own format as a ChatTemplate rendered by Ollama's TEMPLATE; refuses (user
     error with the reason) when that cannot be trained faithfully."""
     from ftpack.ollama.gotemplate import GoTemplateError, UnsupportedTemplate
-    from ftpack.training.templates import ChatTemplate, remember_template
+    from ftpack.training.templates import ChatTemplate
 
     if ob.renderer:
         return renderer_chat_template(ob)
@@ -369,13 +375,22 @@ def ollama_chat_template(ob: Any, *, eog: Sequence[str] | None = None) -> Any:
     except _NoSpan as exc:
         raise _refuse(ob, str(exc)) from None
     import dataclasses
-    import hashlib
 
     end_of_turn = generated[end:].strip() or generated[end:]
     tpl = dataclasses.replace(draft, end_of_turn=end_of_turn)
-    content = json.dumps([tpl.ollama_template, tpl.default_system, list(tpl.stop), tpl.end_of_turn])
-    name = f"{ob.reference}@{hashlib.sha256(content.encode()).hexdigest()[:8]}"  # one name, one format
-    return remember_template(dataclasses.replace(tpl, name=name))
+    return _remember_as(ob, tpl, tpl.ollama_template, tpl.default_system, list(tpl.stop), tpl.end_of_turn)
+
+
+def _remember_as(ob: Any, tpl: Any, *content: Any) -> Any:
+    """``tpl`` named ``<base>@<digest of what defines it>`` (one name, one format) and made
+    loadable by that name in this process."""
+    import dataclasses
+    import hashlib
+
+    from ftpack.training.templates import remember_template
+
+    digest = hashlib.sha256(json.dumps(list(content)).encode()).hexdigest()[:8]
+    return remember_template(dataclasses.replace(tpl, name=f"{ob.reference}@{digest}"))
 
 
 def renderer_chat_template(ob: Any) -> Any:
@@ -383,11 +398,8 @@ def renderer_chat_template(ob: Any) -> Any:
     :class:`~ftpack.ollama.base.OllamaBase`, or anything with ``renderer``, ``parser``,
     ``system``, ``stop``, ``display``, ``reference``, ``model_type``): served with the think
     value its parser gives, trained per turn on exactly that text."""
-    import dataclasses
-    import hashlib
-
     from ftpack.ollama import renderers
-    from ftpack.training.templates import ChatTemplate, remember_template
+    from ftpack.training.templates import ChatTemplate
 
     renderers.check_supported(ob.renderer, ob.reference)
     resolved = renderers.resolve_name(ob.renderer, model_name=ob.display, model_type=getattr(ob, "model_type", ""))
@@ -402,9 +414,7 @@ def renderer_chat_template(ob: Any) -> Any:
             training_sequences(tpl, probe)
     except _NoSpan as exc:
         raise _refuse(ob, f"its {resolved} renderer: {exc}") from None
-    content = json.dumps([resolved, parser, tpl.think, tpl.default_system, list(tpl.stop)])
-    digest = hashlib.sha256(content.encode()).hexdigest()[:8]  # one name, one format
-    return remember_template(dataclasses.replace(tpl, name=f"{ob.reference}@{digest}"))
+    return _remember_as(ob, tpl, resolved, parser, tpl.think, tpl.default_system, list(tpl.stop))
 
 
 def gguf_jinja_chat_template(ob: Any) -> Any:
@@ -413,12 +423,9 @@ def gguf_jinja_chat_template(ob: Any) -> Any:
     no TEMPLATE, no renderer → the native path). Training renders that template as llama-server
     does, per turn; the data stage checks llama.cpp's own engine gives the same text. Thinking
     is on when the template shows it (Ollama then sends enable_thinking=true)."""
-    import dataclasses
-    import hashlib
-
     from ftpack.gguf.header import read_gguf_header
     from ftpack.ollama.prompt_path import jinja_capabilities
-    from ftpack.training.templates import ChatTemplate, remember_template
+    from ftpack.training.templates import ChatTemplate
 
     header = read_gguf_header(ob.model_blob, arrays=("tokenizer.ggml.tokens",))
     template = header.get("tokenizer.chat_template") or ""
@@ -448,9 +455,7 @@ def gguf_jinja_chat_template(ob: Any) -> Any:
         raise _refuse(ob, f"its GGUF's chat template: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a template transformers' Jinja cannot render
         raise _refuse(ob, f"its GGUF's chat template does not render a plain chat ({exc})") from None
-    content = json.dumps([template, tpl.default_system, list(tpl.stop), think])
-    digest = hashlib.sha256(content.encode()).hexdigest()[:8]
-    return remember_template(dataclasses.replace(tpl, name=f"{ob.reference}@{digest}"))
+    return _remember_as(ob, tpl, template, tpl.default_system, list(tpl.stop), think)
 
 
 def check_llama_cpp_renders_alike(tpl: Any, conversations: Sequence[Sequence[Message]], *, sample: int = 32) -> int:
