@@ -20,9 +20,10 @@ corrects each from the GGUF's metadata. Measured with it: llama-spm, llama-bpe, 
 phi-3, gpt-2, starcoder 46/46 each, BOS/EOS as llama.cpp adds them, as many tokens as the
 GGUF has.
 
-gemma-4 (not a family ftpack trains): transformers cannot read its GGUF
-(StrictDataclassFieldValidationError on num_key_value_heads, a per-layer list); ftpack
-says so as an FtpackError with a hint instead of a traceback.
+gemma-4: transformers cannot read its GGUF at all (StrictDataclassFieldValidationError on
+num_key_value_heads, a per-layer list), so ftpack writes its tokenizer.json itself from the
+GGUF's tokens and merges (46/46). The weights of such a GGUF still cannot be dequantized by
+transformers: ftpack says so as an FtpackError with a hint instead of a traceback.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from ftpack.training.gguf_tokenizer import read_gguf_vocab
 from llama_vocab import vocab_test
 from tiny_archs import rebuild_gguf_tokenizer
 
-FAMILIES = ["llama-spm", "llama-bpe", "qwen2", "phi-3", "gpt-2", "starcoder"]
+FAMILIES = ["llama-spm", "llama-bpe", "qwen2", "phi-3", "gpt-2", "starcoder", "gemma-4"]
 #: texts whose ids with special tokens (BOS/EOS) are compared with llama.cpp's
 SPECIAL_TEXTS = ["Hi", " Hello world", "3 apples\n"]
 
@@ -78,12 +79,14 @@ def test_gguf_base_tokenizer_gives_llama_cpp_ids(family, tmp_path):
 
 @pytest.mark.slow
 def test_gguf_transformers_cannot_read_is_an_ftpack_error(tmp_path):
-    """gemma-4's GGUF: transformers' reader fails validating its config; the user gets a
-    reason and what to do, not a traceback (the full materialisation reads it the same way)."""
+    """gemma-4's GGUF: its tokenizer is ftpack's own, but transformers' reader fails validating
+    the model's config; the user gets a reason and what to do, not a traceback."""
     from ftpack.training.bases import materialise_gguf
 
     vocab, _, _ = vocab_test("gemma-4")
+    folder = materialise_gguf(vocab, cache_dir=tmp_path, tokenizer_only=True)
+    assert (folder / "tokenizer.json").is_file()
     with pytest.raises(FtpackError) as err:
-        materialise_gguf(vocab, cache_dir=tmp_path, tokenizer_only=True)
-    assert "transformers cannot read" in str(err.value) and "StrictDataclass" in str(err.value)
+        materialise_gguf(vocab, cache_dir=tmp_path)
+    assert "transformers cannot load" in str(err.value) and "StrictDataclass" in str(err.value)
     assert "--base ORG/NAME" in (err.value.hint or "")

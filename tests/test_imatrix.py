@@ -89,6 +89,31 @@ def test_in_sum2_and_counts_equal_a_direct_computation(tiny_llama, tiny_f16, cha
         for w in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"))
 
 
+def test_calibration_of_an_ollama_rendered_format_is_its_training_ids(tmp_path):
+    """A build served by an Ollama renderer trains on the renderer's text (gemma4: a thinking
+    system turn first), not on the base tokenizer's own Jinja template: the importance matrix
+    is computed on exactly the ids training used."""
+    from types import SimpleNamespace
+
+    from ftpack.gguf.imatrix import calibration_set
+    from ftpack.training.bases import load_tokenizer
+    from ftpack.training.ollama_format import encoded_sequences
+    from ftpack.training.templates import choose_base_template
+    from tiny_archs import gguf_tokenizer_folder
+
+    folder = tmp_path / "gemma4-base"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gemma4", "architectures": ["Gemma4ForCausalLM"]}))
+    tpl = choose_base_template(None, SimpleNamespace(path=folder, model_id="google/gemma-4-e2b-it", ollama=None,
+                                                     names=("x",)))
+    tokenizer = load_tokenizer(gguf_tokenizer_folder("gemma-4"))  # Gemma 4's real vocabulary and Jinja template
+    assert tokenizer.chat_template and tpl.renders_ollama
+    cal = calibration_set(CONVERSATIONS[:4], tpl, tokenizer, dataset="qa.jsonl", min_tokens=0)
+    trained = [encoded_sequences(tpl, tokenizer, conv, masks=False)[-1][2]["input_ids"] for conv in CONVERSATIONS[:4]]
+    assert cal.sequences == trained and cal.records == 4
+    assert tokenizer.decode(cal.sequences[0]).startswith("<bos><|turn>system\n<|think|>")
+
+
 def test_bf16_autocast_sums_stay_close_to_fp32(tiny_llama, tiny_f16, chatml, tmp_path):
     """On a CPU with native bf16, ``auto`` runs the forward under bf16 autocast: each
     column's Σx² within 5% of the fp32 computation and within 0.5% on average per weight

@@ -271,6 +271,56 @@ def test_a_gemma4_hugging_face_base_trains_on_the_gemma4_renderer(tmp_path):
     assert choose_base_template("chatml", resolved).name == "chatml"
 
 
+@pytest.mark.slow
+def test_a_gemma4_hugging_face_base_builds_and_is_served_by_the_gemma4_renderer(tmp_path, run_cli, ollama_double):
+    """A real Gemma4ForCausalLM folder (tiny, random, Gemma 4's real 262k vocabulary and chat
+    template from llama.cpp's ggml-vocab-gemma-4.gguf) goes the whole way: the build trains on
+    the gemma4 renderer's text (every turn's served prompt checked against llama.cpp), llama.cpp's
+    converter writes a gemma4 GGUF, verify answers and stops, the model registers through today's
+    server (which gives a gemma4 GGUF its renderer at create) with RENDERER/PARSER and no
+    TEMPLATE, and /api/chat — rendering through the renderer path — gives verify's answer,
+    ended by a stop."""
+    from test_build_e2e import write_hello_data
+    from tiny_archs import CASES, build_tiny_model
+
+    base = build_tiny_model(CASES["gemma4"], tmp_path / "base")
+    data = write_hello_data(tmp_path / "hello.jsonl")
+    out = tmp_path / "build"
+    res = run_cli("--json", "build", "g4-qa", "--base", base, "--data", data, "--out", out, "--method", "lora",
+                  "--max-steps", "30", "--learning-rate", "5e-3", "--max-seq-length", "64",
+                  "--per-device-train-batch-size", "4", "--register", "server")
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "build.json").read_text())
+    stages = manifest["stages"]
+    assert all(st["status"] == "done" for st in stages.values()), {k: v["status"] for k, v in stages.items()}
+    assert stages["data"]["metrics"]["tokenization_equal"] and stages["data"]["metrics"]["tokenization_turns"] == 24
+    assert stages["convert"]["metrics"]["architecture"] == "gemma4"
+    assert stages["modelfile"]["metrics"]["prompt_path"] == "renderer"
+    modelfile = (out / "ollama" / "Modelfile").read_text().splitlines()
+    assert "RENDERER gemma4-small" in modelfile and "PARSER gemma4" in modelfile
+    assert "PARAMETER stop <turn|>" in modelfile
+    assert not any(line.startswith(("TEMPLATE", "ADAPTER")) for line in modelfile)
+    stored = find_store_model(ollama_double.store.root, parse_model_name("g4-qa"))
+    assert (stored.config["renderer"], stored.config["parser"]) == ("gemma4-small", "gemma4")
+    assert not any(x["mediaType"].endswith(".template") for x in stored.manifest["layers"])
+    trip, said = stages["roundtrip"]["metrics"], stages["verify"]["metrics"]
+    assert said["stopped"] and trip["done_reason"] == "stop"
+    assert trip["ollama_answer"].strip() == said["answer"].strip() != ""
+
+    import urllib.request
+
+    body = {"model": "g4-qa", "messages": [{"role": "user", "content": "Say hello to Bo."}], "stream": False,
+            "options": {"num_predict": 24}}
+    request = urllib.request.Request(f"{ollama_double.url}/api/chat", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request) as resp:
+        reply = json.loads(resp.read())
+    assert reply["done_reason"] == "stop" and reply["message"]["content"].strip()
+    # the double reports the path and prompt it served: gemma4's renderer, thinking on (its parser thinks)
+    assert reply["prompt_path"] == "renderer"
+    assert reply["prompt"] == "<|turn>system\n<|think|>\n<turn|>\n<|turn>user\nSay hello to Bo.<turn|>\n<|turn>model\n"
+
+
 def test_double_serves_each_model_by_the_path_todays_server_takes(tmp_path):
     """/api/chat builds the prompt as today's server would pick it (routes.go@fb30760
     chatModeForModel, images.go@fb30760 shouldPreferChatTemplate), so a test sees a model

@@ -2,7 +2,7 @@
 
 One :class:`ArchCase` per architecture (llama with Llama-2's SentencePiece vocabulary,
 llama with Llama-3's BPE vocabulary and Llama-3.1 rope scaling, mistral, qwen2, qwen3,
-gemma2, gemma3, phi3). :func:`build_tiny_model` writes a Hugging Face folder: a model
+gemma2, gemma3, phi3, gemma4). :func:`build_tiny_model` writes a Hugging Face folder: a model
 built from transformers' own config class (2 layers, hidden 64, GQA), random weights
 drawn wider than the default init so logits are not all alike, and a tokenizer:
 
@@ -53,7 +53,7 @@ class ArchCase:
     hf_architecture: str  # config.json architectures[0]
     gguf_architecture: str  # general.architecture llama.cpp writes
     route: str  # "own" (ftpack's streaming converter) | "vendored" (llama.cpp's convert_hf_to_gguf.py)
-    template: str  # ftpack chat template (templates/*.toml)
+    template: str  # ftpack chat template (templates/*.toml); "" when the build chooses (gemma4: Ollama's renderer)
     tokenizer: str  # key of TOKENIZERS
     config: Callable[[dict[str, Any]], Any]  # tokenizer facts -> transformers config
 
@@ -240,6 +240,7 @@ TOKENIZERS: dict[str, Callable[[Path], Path]] = {
     "qwen2": _copy_gguf_tokenizer("qwen2"),
     "gemma-spm": gemma_spm_folder,
     "phi-3": phi3_folder,
+    "gemma-4": _copy_gguf_tokenizer("gemma-4"),
 }
 
 
@@ -309,6 +310,18 @@ def gemma3_config(t: dict[str, Any]):
     return Gemma3TextConfig(**_common(t), head_dim=HEAD_DIM, query_pre_attn_scalar=HEAD_DIM, sliding_window=128)
 
 
+def gemma4_config(t: dict[str, Any]):
+    """Gemma 4's text model as the E2B/E4B checkpoints have it, shrunk: sliding layers then a
+    full one whose head is twice as wide, proportional rope (a quarter of the dims rotate),
+    per-layer embeddings, final logit softcapping."""
+    from transformers import Gemma4TextConfig
+
+    return Gemma4TextConfig(**_common(t), head_dim=HEAD_DIM, layer_types=["sliding_attention", "full_attention"],
+                            per_layer_config={"01": {"head_dim": 2 * HEAD_DIM}}, sliding_window=128,
+                            hidden_size_per_layer_input=16, vocab_size_per_layer_input=t["vocab_size"],
+                            final_logit_softcapping=30.0, tie_word_embeddings=True)
+
+
 def phi3_config(t: dict[str, Any]):
     from transformers import Phi3Config
 
@@ -326,6 +339,7 @@ CASES: dict[str, ArchCase] = {c.name: c for c in (
     ArchCase("gemma2", "Gemma2ForCausalLM", "gemma2", "vendored", "gemma", "gemma-spm", gemma2_config),
     ArchCase("gemma3", "Gemma3ForCausalLM", "gemma3", "vendored", "gemma", "gemma-spm", gemma3_config),
     ArchCase("phi3", "Phi3ForCausalLM", "phi3", "vendored", "phi3", "phi-3", phi3_config),
+    ArchCase("gemma4", "Gemma4ForCausalLM", "gemma4", "vendored", "", "gemma-4", gemma4_config),
 )}
 
 

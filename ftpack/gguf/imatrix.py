@@ -108,7 +108,8 @@ def calibration_set(conversations: Sequence[Sequence[Mapping[str, str]]], templa
                     dataset: str, chunk_size: int = DEFAULT_CHUNK_SIZE, max_chunks: int = DEFAULT_CHUNKS,
                     min_tokens: int = MIN_TOKENS) -> CalibrationSet:
     """Token ids of up to ``max_chunks`` conversations rendered as training renders them
-    (the training chat template with its BOS rule, ``add_special_tokens=False``), each cut
+    (the training chat template with its BOS rule, ``add_special_tokens=False``; for an
+    Ollama model's own format, the ids of the sequence that ends with its last answer), each cut
     to ``chunk_size`` tokens; topped up with ftpack's generic text below ``min_tokens``."""
     from ftpack.core.quiet import quiet_libraries
     from ftpack.gguf.calibration_text import GENERIC_TEXT, GENERIC_TEXT_NAME
@@ -118,11 +119,18 @@ def calibration_set(conversations: Sequence[Sequence[Mapping[str, str]]], templa
         raise bad_input(f"Chunk size {chunk_size} is too small for an importance matrix (at least 16 tokens).")
     if max_chunks < 1:
         raise bad_input("--chunks must be at least 1.")
-    jinja = training_chat_template(template, tokenizer)
-    specials = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
-    texts = [render_chat(jinja, conv, **specials) for conv in list(conversations)[:max_chunks]]
+    chosen = list(conversations)[:max_chunks]
     with quiet_libraries():  # "sequence longer than the maximum" notes: the ids are cut here
-        ids_list = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        if getattr(template, "renders_ollama", False):  # an Ollama model's own format: the ids it trains on
+            from ftpack.training.ollama_format import encoded_sequences
+
+            ids_list = [seq[2]["input_ids"] for conv in chosen
+                        for seq in encoded_sequences(template, tokenizer, conv, masks=False)[-1:]]
+        else:
+            jinja = training_chat_template(template, tokenizer)
+            specials = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
+            texts = [render_chat(jinja, conv, **specials) for conv in chosen]
+            ids_list = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
         generic = tokenizer(GENERIC_TEXT, add_special_tokens=True)["input_ids"]
     sequences = [ids[:chunk_size] for ids in ids_list if len(ids) > 1]
     data_tokens = sum(map(len, sequences))
@@ -138,7 +146,7 @@ def calibration_set(conversations: Sequence[Sequence[Mapping[str, str]]], templa
                 topup += len(piece)
         datasets.append(GENERIC_TEXT_NAME)
     digest = hashlib.sha256(json.dumps(sequences).encode()).hexdigest()
-    return CalibrationSet(sequences, len(texts), data_tokens, topup, datasets, digest)
+    return CalibrationSet(sequences, len(chosen), data_tokens, topup, datasets, digest)
 
 
 # -- names --------------------------------------------------------------------------------

@@ -17,6 +17,12 @@ differs per family, each in one component:
   (StarCoder, SmolLM), BOS added or not regardless of llama.cpp, and tokens appended
   beyond the GGUF's vocabulary. :func:`adjust_bpe_tokenizer` fixes those in the saved
   tokenizer.json / tokenizer_config.json.
+- Gemma 4 (``"gemma4"``): SentencePiece-style BPE — spaces become ``▁``, merges run on raw
+  UTF-8 with byte fallback (llama.cpp's LLAMA_VOCAB_PRE_TYPE_GEMMA4). transformers cannot
+  read this GGUF at all (its config reader rejects the per-layer head counts), so
+  :func:`gemma4_tokenizer_json` writes the tokenizer.json from the GGUF's tokens and
+  merges directly; measured against llama.cpp's suite (ggml-vocab-gemma-4) it gives the
+  same ids for every string.
 
 Every decision reads the GGUF's metadata (``tokenizer.ggml.model``, ``tokenizer.ggml.pre``,
 ``add_bos_token`` …), never its file name; the rules are llama.cpp's (src/llama-vocab.cpp,
@@ -31,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 #: Bump when the tokenizer written for a GGUF changes: cached materialisations refresh it
-#: (1, unrecorded: transformers' rebuild as it came; 2: these rules).
-GGUF_TOKENIZER_VERSION = 2
+#: (1, unrecorded: transformers' rebuild as it came; 2: these rules; 3: Gemma 4 written directly).
+GGUF_TOKENIZER_VERSION = 3
 
 #: ``tokenizer.ggml.pre`` values for which llama.cpp sets ``ignore_merges`` (a pre-token that
 #: is itself a vocabulary entry is one token, whatever the merges say).
@@ -70,24 +76,27 @@ class GgufVocab:
         return self.tokens[i] if i is not None and 0 <= i < len(self.tokens) else None
 
 
+_VOCAB_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type")
+
+
 def read_gguf_vocab(gguf_path: Path) -> GgufVocab:
     """The tokenizer metadata of a GGUF file (reads the header only, not the tensors)."""
-    import gguf
+    from ftpack.gguf.header import read_gguf_header
 
-    from ftpack.gguf.inspect import field_value
-
-    reader = gguf.GGUFReader(str(gguf_path))
+    header = read_gguf_header(gguf_path, arrays=_VOCAB_ARRAYS)
 
     def get(key: str) -> Any:
-        return field_value(reader, f"tokenizer.{key}")
+        return header.value(f"tokenizer.{key}")
 
     special = {kind: int(v) for kind in ("bos", "eos", "unknown", "padding")
                if (v := get(f"ggml.{kind}_token_id")) is not None}
     special = {{"unknown": "unk", "padding": "pad"}.get(k, k): v for k, v in special.items()}
     add = {k: (None if (v := get(f"ggml.{k}")) is None else bool(v))
            for k in ("add_bos_token", "add_eos_token", "add_space_prefix")}
+    scores, types = get("ggml.scores"), get("ggml.token_type")
     return GgufVocab(model=get("ggml.model") or "", pre=get("ggml.pre"), tokens=get("ggml.tokens") or [],
-                     scores=get("ggml.scores"), types=get("ggml.token_type"), special_ids=special,
+                     scores=None if scores is None else [float(x) for x in scores],
+                     types=None if types is None else [int(x) for x in types], special_ids=special,
                      add_bos=add["add_bos_token"], add_eos=add["add_eos_token"],
                      add_space_prefix=add["add_space_prefix"], chat_template=get("chat_template"))
 
@@ -229,14 +238,78 @@ def _template_processing(vocab: GgufVocab, add_bos: bool, add_eos: bool) -> dict
             "special_tokens": special}
 
 
+# -- Gemma 4 ("gemma4") vocabularies ---------------------------------------------------------
+
+def read_gguf_merges(gguf_path: Path) -> list[tuple[str, str]]:
+    """``tokenizer.ggml.merges`` as pairs, split as llama.cpp splits them (at the first space
+    after the first character, llama_vocab::impl::load)."""
+    from ftpack.gguf.header import read_gguf_header
+
+    key = "tokenizer.ggml.merges"
+    pairs = []
+    for merge in read_gguf_header(gguf_path, arrays=(key,)).value(key) or []:
+        pos = merge.find(" ", 1)
+        pairs.append((merge[:pos], merge[pos + 1:]) if pos > 0 else (merge, ""))
+    return pairs
+
+
+def gemma4_tokenizer_json(vocab: GgufVocab, merges: list[tuple[str, str]]) -> dict[str, Any]:
+    """Gemma 4's tokenizer.json from its GGUF: BPE with byte fallback over the whole text,
+    ``" "`` → ``"▁"`` before, the reverse after; control tokens (type 3) are special added
+    tokens and user-defined ones (type 4: ``<|channel>``, ``<|tool_call>``…) plain added
+    tokens, both matched whole as llama.cpp matches them; BOS added as llama.cpp adds it."""
+    types = vocab.types or [1] * len(vocab.tokens)
+    added = [{"id": i, "content": vocab.tokens[i], "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": t == 3} for i, t in enumerate(types) if t in (3, 4)]
+    space, piece = " ", "\u2581"
+    return {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "normalizer": {"type": "Replace", "pattern": {"String": space}, "content": piece},
+        "pre_tokenizer": None,
+        "post_processor": _template_processing(vocab, llama_cpp_adds_bos(vocab), llama_cpp_adds_eos(vocab)),
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": piece}, "content": space},
+            {"type": "ByteFallback"}, {"type": "Fuse"}]},
+        "model": {"type": "BPE", "dropout": None, "unk_token": vocab.special("unk"), "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
+                  "vocab": {t: i for i, t in enumerate(vocab.tokens)}, "merges": [list(m) for m in merges]}}
+
+
+def gemma4_tokenizer_config(vocab: GgufVocab) -> dict[str, Any]:
+    """tokenizer_config.json for :func:`gemma4_tokenizer_json`: the special tokens, the other
+    control tokens as extra specials (llama.cpp's converter marks the model's special tokens
+    CONTROL from these), BOS/EOS as llama.cpp adds them, the chat template."""
+    types = vocab.types or []
+    named = {vocab.special(k) for k in ("bos", "eos", "unk", "pad")}
+    config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+        "add_bos_token": llama_cpp_adds_bos(vocab), "add_eos_token": llama_cpp_adds_eos(vocab),
+        **{f"{k}_token": vocab.special(k) for k in ("bos", "eos", "unk", "pad")},
+        "extra_special_tokens": [vocab.tokens[i] for i, t in enumerate(types) if t == 3 and vocab.tokens[i] not in named]}
+    if vocab.chat_template:
+        config["chat_template"] = vocab.chat_template
+    return config
+
+
+def write_gemma4_folder(vocab: GgufVocab, merges: list[tuple[str, str]], out_dir: Path) -> Path:
+    """A tokenizer folder (tokenizer.json + tokenizer_config.json) for a Gemma 4 GGUF."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "tokenizer.json").write_text(json.dumps(gemma4_tokenizer_json(vocab, merges), ensure_ascii=False),
+                                            encoding="utf-8")
+    (out_dir / "tokenizer_config.json").write_text(
+        json.dumps(gemma4_tokenizer_config(vocab), indent=2, ensure_ascii=False), encoding="utf-8")
+    return out_dir
+
+
 # -- the folder ----------------------------------------------------------------------------
 
 def write_gguf_tokenizer(gguf_path: Path, out_dir: Path) -> GgufVocab:
     """Save the training tokenizer of a GGUF (and its chat template) into ``out_dir``;
     return the GGUF's tokenizer metadata.
 
-    SentencePiece vocabularies are written as a ``tokenizer.model`` folder; others are
-    rebuilt by transformers and, for byte-level BPE, adjusted to llama.cpp's behaviour.
+    SentencePiece vocabularies are written as a ``tokenizer.model`` folder, Gemma 4's as a
+    tokenizer.json made here; others are rebuilt by transformers and, for byte-level BPE, adjusted to llama.cpp's behaviour.
     Raises ``ValueError`` (and what transformers raises) when the GGUF cannot be read.
     """
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
@@ -245,6 +318,9 @@ def write_gguf_tokenizer(gguf_path: Path, out_dir: Path) -> GgufVocab:
         raise ValueError("the GGUF has no tokenizer.ggml.tokens")
     if is_spm_vocab(vocab):
         write_spm_folder(vocab, out_dir)
+        return vocab
+    if vocab.model == "gemma4":
+        write_gemma4_folder(vocab, read_gguf_merges(gguf_path), out_dir)
         return vocab
     from transformers import AutoTokenizer
 
