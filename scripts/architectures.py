@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The README's list of supported architectures, generated from the code (never hand-kept).
+"""The list of supported architectures in docs/architectures.md, generated from the code (never hand-kept).
 
 What ftpack can fine-tune and turn into a GGUF that the installed llama.cpp runs:
 transformers has a causal-LM class for the architecture (training), and either ftpack's
@@ -10,12 +10,15 @@ architecture that llama.cpp runs (``vendored.supported_architectures``).
 
 Usage (from the repository root, with ftpack's environment):
 
-    .venv/bin/python scripts/architectures.py                 # the Markdown block, to paste into README.md
-    .venv/bin/python scripts/architectures.py --json          # the same facts as JSON
-    .venv/bin/python scripts/architectures.py --check README.md   # exit 1 if README's block is stale
+    .venv/bin/python scripts/architectures.py            # the Markdown block, on stdout
+    .venv/bin/python scripts/architectures.py --json     # the same facts as JSON
+    .venv/bin/python scripts/architectures.py --check    # exit 1 if docs/architectures.md's block is stale
+    .venv/bin/python scripts/architectures.py --write    # replace that block in place
 
-The block sits between ``<!-- architectures:start -->`` and ``<!-- architectures:end -->``;
-``--write README.md`` replaces it in place.
+The block sits between ``<!-- architectures:start -->`` and ``<!-- architectures:end -->``.
+``--check FILE`` / ``--write FILE`` work on another Markdown file; without one they use
+docs/architectures.md (the README links to it; tests/test_architectures.py checks that it
+is current).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from typing import Any
 
 START = "<!-- architectures:start -->"
 END = "<!-- architectures:end -->"
+#: the page that carries the generated list (the README links to it)
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "architectures.md"
 
 
 def architecture_facts() -> dict[str, Any]:
@@ -80,7 +85,7 @@ def markdown(facts: dict[str, Any]) -> str:
 
 
 def readme_block(text: str) -> str | None:
-    """The generated block of a README (markers included), or None."""
+    """The generated block of a Markdown page (markers included), or None."""
     start, end = text.find(START), text.find(END)
     if start < 0 or end < start:
         return None
@@ -90,8 +95,10 @@ def readme_block(text: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the facts as JSON")
-    parser.add_argument("--check", type=Path, metavar="README", help="exit 1 when README's block differs")
-    parser.add_argument("--write", type=Path, metavar="README", help="replace README's block in place")
+    parser.add_argument("--check", type=Path, nargs="?", const=PAGE, metavar="FILE",
+                        help="exit 1 when FILE's block differs (default: docs/architectures.md)")
+    parser.add_argument("--write", type=Path, nargs="?", const=PAGE, metavar="FILE",
+                        help="replace FILE's block in place (default: docs/architectures.md)")
     args = parser.parse_args(argv)
     facts = architecture_facts()
     if args.json:

@@ -4,7 +4,7 @@ Eager PyTorch runs a LoRA block on a CPU as a few hundred small kernels per step
 projections' matmuls, and between them casts, norms, rotary embeddings, SiLU, LoRA
 scaling and their backward, each a pass over memory with its own dispatch. Inductor fuses
 that elementwise work into a few C++ loops. Measured on the project's 2-core machine
-(SmolLM2-135M, LoRA r16, bf16 autocast, the demo's batches; README "Training speed"):
+(SmolLM2-135M, LoRA r16, bf16 autocast, the demo's batches; docs/benchmarks.md "Training speed on CPU"):
 about 1.5x the eager tokens/s.
 
 - **One graph for every block.** Each block class's ``forward`` is compiled once, with

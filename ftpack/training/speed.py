@@ -1,7 +1,7 @@
 """Training near the CPU's limit: precision, threads, attention and a lean LM head.
 
 Measured on the project's 2-core machines (SmolLM2-135M, LoRA r16, batches of 8 chat
-examples; benchmarks/train_throughput.py and README "Training speed" have the figures):
+examples; benchmarks/train_throughput.py and docs/benchmarks.md "Training speed on CPU" have the figures):
 
 - **bf16 autocast** where the CPU multiplies bf16 natively (AVX512-BF16 / AMX): there its
   bf16 matmuls ran 4-7x faster than fp32. LoRA weights, their gradients and the AdamW
