@@ -38,11 +38,12 @@ DEFAULT_TYPES = ("Q3_K_M", "Q4_K_S", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
 
 def fine_tuned(workdir: Path, base: str, epochs: float) -> tuple[Path, Path, list[str], str]:
     """(F16 GGUF, imatrix, eval texts, what was measured) of a build of the README demo config."""
-    from ftpack.core.config import build_config, load_config_file
+    from ftpack.core.config import load_config_file
     from ftpack.core.layout import BuildLayout
     from ftpack.core.report import Reporter
     from ftpack.inference.fidelity import heldout_texts
     from ftpack.pipeline import run_build
+    from ftpack.settings import build_config
 
     values = load_config_file(ROOT / "examples" / "smollm2-cpu-lora.toml")
     values.update(base=base, out=str(workdir / "build"), register="none", verify=False, eval_ratio=0.2,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ftpack.core.atomic import atomic_path, write_text
 from ftpack.core.runner import Stage, StageResult, run_stages
-from ftpack.core.config import build_config
+from ftpack.settings import build_config
 
 STALL = {"on": False}
 

@@ -20,7 +20,8 @@ DEMO = REPO / "examples" / "smollm2-cpu-lora.toml"
 @pytest.mark.slow
 def test_demo_config_builds_a_model_that_answers_heldout_questions(tmp_path, run_cli, ollama_double):
     from ftpack.core.atomic import sha256_file
-    from ftpack.core.config import build_config, config_to_dict, load_config_file
+    from ftpack.core.config import config_to_dict, load_config_file
+    from ftpack.settings import build_config
 
     out = tmp_path / "build"
     result = run_cli("--json", "build", "demo-qa", "--config", str(DEMO), "--out", str(out))

@@ -152,7 +152,7 @@ def test_json_after_the_subcommand(run_cli, tmp_path):
 
 
 def test_doctor_json_after_the_subcommand(run_cli, monkeypatch):
-    from ftpack.core import doctor
+    from ftpack.commands import doctor
 
     # The flag is what is tested here; the real checks (a minute of child processes) are test_doctor's.
     monkeypatch.setattr(doctor, "run_checks", lambda builds_dir, host: [doctor.Check("Python", doctor.OK, "3")])

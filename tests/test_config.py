@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ftpack.core.config import (OPTIONS, build_config, config_to_toml, load_config_file, stage_slice)
+from ftpack.core.config import (OPTIONS, config_to_toml, load_config_file, stage_slice)
 from ftpack.core.errors import FtpackError
+from ftpack.settings import build_config
 
 
 def test_defaults_and_precedence(tmp_path):
@@ -132,7 +133,8 @@ def test_toml_config_without_tomllib_uses_tomli(tmp_path):
     f.write_text('learning_rate = 2e-4\n[train]\nlora_r = 4\n')
     code = ("import sys\n"
             "sys.modules['tomllib'] = None  # import tomllib now raises ImportError, as on 3.10\n"
-            "from ftpack.core.config import build_config, load_config_file\n"
+            "from ftpack.core.config import load_config_file\n"
+            "from ftpack.settings import build_config\n"
             f"cfg = build_config('m', load_config_file({str(f)!r}))\n"
             "from ftpack.training.templates import template_names  # templates/*.toml: the same reader\n"
             "assert 'chatml' in template_names()\n"

@@ -225,9 +225,9 @@ def test_other_architectures_go_to_llama_cpp_script(tiny_llama, tmp_path, run_cl
 def test_stage_functions_convert_and_quantize(tiny_llama, tmp_path):
     """run_convert_stage fuses train/adapter on the fly; run_quantize_stage makes Q4_K_M."""
     from ftpack.core.runner import Stage, StageResult, run_stages
-    from ftpack.core.config import build_config
     from ftpack.gguf.convert import run_convert_stage
     from ftpack.gguf.quantize import run_quantize_stage
+    from ftpack.settings import build_config
 
     def fake_train(ctx):
         adapter = make_random_adapter(tiny_llama, ctx.stage_dir / "adapter", seed=5)

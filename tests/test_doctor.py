@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 
-from ftpack.core import doctor
+from ftpack.commands import doctor
 from ftpack.ollama.api import resolve_host
 
 

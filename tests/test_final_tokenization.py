@@ -146,10 +146,10 @@ def test_convert_stage_checks_the_trained_tokenizer_against_the_final_gguf(tiny_
     tokenizes differently (here: it lower-cases, which the GGUF cannot express) is caught
     by the convert stage, which removes the GGUF. Unchanged, all conversations agree and
     build.json says so."""
-    from ftpack.core.config import build_config
     from ftpack.core.errors import FtpackError
     from ftpack.core.manifest import Manifest
     from ftpack.core.runner import run_stages
+    from ftpack.settings import build_config
 
     data = write_hello_data(tmp_path / "hello.jsonl")
     cfg = build_config("tiny-check", {"base": str(tiny_llama), "data": str(data), "imatrix": "none"})

@@ -355,9 +355,9 @@ def test_ftpack_train_on_an_ollama_base(run_cli, store, tiny_blob, tmp_path):
 def test_build_data_and_train_stages_on_an_ollama_base(store, tiny_blob, tmp_path):
     """The build's data stage chooses the Ollama model's format (saved in data/, read back by
     template_of_build), records the base and its quantization; the train stage trains it."""
-    from ftpack.core.config import build_config
     from ftpack.core.layout import BuildLayout
     from ftpack.core.report import get_reporter
+    from ftpack.settings import build_config
     from ftpack.training.data import prepare_build_data, read_messages_jsonl
     from ftpack.training.settings import TrainSettings
     from ftpack.training.templates import template_of_build

@@ -6,9 +6,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from ftpack.core.config import command_settings
 from ftpack.core.errors import FtpackError
 from ftpack.core.options import config_options, given_flags
+from ftpack.settings import command_settings
 
 
 def _command(**kw):

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ftpack.core import doctor, pins
+from ftpack.commands import doctor
+from ftpack.core import pins
 
 ROOT = Path(__file__).resolve().parents[1]
 PINNED = ROOT / pins.PINNED_FILE

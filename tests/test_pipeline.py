@@ -36,9 +36,9 @@ def _flags(base: Path, data: Path, out: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def built(tiny_llama, tmp_path_factory):
     """(data file, build dir, manifest) of a finished build made with ``run_build``, not registered."""
-    from ftpack.core.config import build_config
     from ftpack.core.report import Reporter
     from ftpack.pipeline import run_build
+    from ftpack.settings import build_config
 
     data = write_hello_data(tmp_path_factory.mktemp("data") / "hello.jsonl")
     out = tmp_path_factory.mktemp("built") / "build"
@@ -109,8 +109,8 @@ def test_run_build_returns_the_manifest_with_the_report_as_its_last_stage(built)
 
 
 def test_run_build_resolves_auto_choices_without_changing_the_callers_config(tiny_llama, tmp_path, monkeypatch):
-    from ftpack.core.config import build_config
     from ftpack.pipeline import resolve_config
+    from ftpack.settings import build_config
 
     monkeypatch.setenv("OLLAMA_HOST", _dead_host())
     data = write_hello_data(tmp_path / "hello.jsonl")

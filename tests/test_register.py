@@ -393,9 +393,9 @@ def _stage_ctx(build_dir: Path, stage: str, cfg, manifest, reporter: Reporter | 
 
 def test_modelfile_and_register_stages(tmp_path, tiny_gguf, ftpack_home):
     from ftpack.core.manifest import Manifest, StageRecord
-    from ftpack.core.config import build_config
     from ftpack.ollama.modelfile import Command, parse_modelfile, run_modelfile_stage
     from ftpack.ollama.registration import run_register_stage
+    from ftpack.settings import build_config
 
     build_dir = tmp_path / "builds" / "demo"
     gguf = build_dir / "gguf" / "demo.Q4_K_M.gguf"
@@ -444,9 +444,9 @@ def test_modelfile_stage_serves_the_template_saved_with_the_weights(tmp_path, ti
     them), not a fresh look-up of the name in templates/, which may have changed since."""
     import dataclasses
 
-    from ftpack.core.config import build_config
     from ftpack.core.manifest import Manifest, StageRecord
     from ftpack.ollama.modelfile import read_modelfile, run_modelfile_stage
+    from ftpack.settings import build_config
     from ftpack.training.templates import load_template, save_template
 
     build_dir = tmp_path / "builds" / "demo"
@@ -471,9 +471,9 @@ def test_modelfile_stage_serves_the_template_saved_with_the_weights(tmp_path, ti
 
 def _demo_build(tmp_path: Path, tiny_gguf: Path):
     """A build dir `demo` whose quantize and modelfile stages are done (the tiny GGUF, chatml)."""
-    from ftpack.core.config import build_config
     from ftpack.core.manifest import Manifest, StageRecord
     from ftpack.ollama.modelfile import run_modelfile_stage
+    from ftpack.settings import build_config
 
     build_dir = tmp_path / "builds" / "demo"
     gguf = build_dir / "gguf" / "demo.Q4_K_M.gguf"
@@ -491,8 +491,8 @@ def _demo_build(tmp_path: Path, tiny_gguf: Path):
 
 def _register_demo(build_dir: Path, manifest, mode: str, reporter: Reporter | None = None, **settings) -> dict:
     """The register stage of the demo build, as a rebuild runs it (register = server | offline)."""
-    from ftpack.core.config import build_config
     from ftpack.ollama.registration import run_register_stage
+    from ftpack.settings import build_config
 
     cfg = build_config("demo", {"register": mode, **settings})
     return run_register_stage(_stage_ctx(build_dir, "register", cfg, manifest, reporter)).metrics

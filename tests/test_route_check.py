@@ -81,7 +81,7 @@ def test_a_gguf_base_is_checked_both_ways(tmp_path):
     """transformers must load it, and what it loads as must convert back: a llama GGUF passes via
     ftpack's own converter; a gemma2 GGUF passes only while llama.cpp's converter registers
     Gemma2ForCausalLM; an adapter GGUF is no base."""
-    from ftpack.core.config import build_config
+    from ftpack.settings import build_config
 
     llama = write_tiny_gguf(tmp_path / "llama.gguf", arch="llama")
     assert build_config("m", {"base": str(llama)}).base == str(llama)
@@ -115,7 +115,7 @@ def test_an_ollama_base_of_an_unsupported_architecture_exits_2_at_config_load(tm
 
 def test_an_ollama_base_not_pulled_yet_is_deferred(tmp_path, monkeypatch, events):
     """In the store: checked (a llama blob passes); not there: the check waits for the data stage."""
-    from ftpack.core.config import build_config
+    from ftpack.settings import build_config
 
     store = tmp_path / "ollama-store"
     put_model(store, "tiny:latest", write_tiny_gguf(tmp_path / "llama.gguf", arch="llama"))
@@ -130,7 +130,7 @@ def test_an_ollama_base_not_pulled_yet_is_deferred(tmp_path, monkeypatch, events
 # -- hub ids ------------------------------------------------------------------------------------
 
 def test_a_hub_id_with_the_hub_unreachable_passes_config_load_with_a_deferred_note(tmp_path, monkeypatch, events):
-    from ftpack.core.config import build_config
+    from ftpack.settings import build_config
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -145,7 +145,7 @@ def test_a_hub_ids_config_json_alone_is_fetched_and_checked(tmp_path, monkeypatc
     import huggingface_hub.constants
 
     from fake_hub import FakeHub
-    from ftpack.core.config import build_config
+    from ftpack.settings import build_config
 
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -181,3 +181,91 @@ def test_the_converter_is_not_started_on_an_architecture_it_does_not_register(tm
     assert err.value.code == 2 and "NoSuchModelForCausalLM" in err.value.message
     assert "failed (exit" not in err.value.message and "--llama-cpp" in (err.value.hint or "")
     assert not (tmp_path / "vocab.gguf").exists()
+
+
+# -- a config.json with a model_type but no architectures (issue 19, point 9) -------------------
+
+def _without_architectures(src: Path, dest: Path, model_type: str | None = None) -> Path:
+    """A copy of the model folder ``src`` whose config.json names no architectures (transformers'
+    Auto classes load such a folder by its model_type)."""
+    import shutil
+
+    shutil.copytree(src, dest)
+    config = json.loads((dest / "config.json").read_text(encoding="utf-8"))
+    del config["architectures"]
+    if model_type is not None:
+        config["model_type"] = model_type
+    (dest / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return dest
+
+
+def test_a_config_without_architectures_is_the_class_transformers_builds_for_its_model_type():
+    from ftpack.gguf.vendored import config_architecture, conversion_route
+
+    assert config_architecture({"model_type": "llama"}) == "LlamaForCausalLM"
+    assert config_architecture({"model_type": "phi3"}) == "Phi3ForCausalLM"
+    assert config_architecture({"architectures": ["MistralForCausalLM"], "model_type": "llama"}) == "MistralForCausalLM"
+    assert config_architecture({"model_type": "no_such_model"}) is None and config_architecture({}) is None
+    support = ConverterSupport({"Phi3ForCausalLM": "phi3"}, frozenset({"llama", "phi3"}), "test llama.cpp")
+    route, reason = conversion_route({"model_type": "llama"}, support)
+    assert route == "own" and "LlamaForCausalLM" in reason and "'llama'" in reason
+    route, reason = conversion_route({"model_type": "phi3"}, support)
+    assert route == "vendored" and "Phi3ForCausalLM" in reason
+    route, reason = conversion_route({"model_type": "no_such_model"}, support)
+    assert route is None and "no architectures" in reason and "'no_such_model'" in reason
+
+
+def test_a_base_without_architectures_passes_config_load_as_its_model_types_class(tiny_llama, tmp_path):
+    """Loaded as transformers loads it: a llama model_type is LlamaForCausalLM (ftpack's own
+    converter); a model_type transformers does not know stays a user error (exit 2), without torch."""
+    import sys
+
+    from ftpack.settings import build_config
+
+    base = _without_architectures(tiny_llama, tmp_path / "llama-noarch")
+    assert build_config("m", {"base": str(base)}).base == str(base)
+
+    odd = _without_architectures(tiny_llama, tmp_path / "odd-noarch", model_type="no_such_model")
+    with pytest.raises(FtpackError) as err:
+        build_config("m", {"base": str(odd)})
+    assert err.value.code == 2 and "'no_such_model'" in err.value.message and "architectures" in err.value.message
+    assert "llama.cpp supports" in (err.value.hint or "")
+
+    code = ("import sys\nfrom ftpack.settings import build_config\n"
+            f"build_config('m', {{'base': {str(base)!r}}})\n"
+            "print('HEAVY', 'torch' in sys.modules or 'transformers' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["HEAVY", "False"], proc.stdout + proc.stderr
+
+
+def test_a_base_without_architectures_builds(tiny_llama, tmp_path, hello_data, run_cli):
+    """`ftpack build` on it gets past the architecture check and through the data stage's
+    vocab-only GGUF, training and ftpack's own converter: a llama GGUF."""
+    base = _without_architectures(tiny_llama, tmp_path / "llama-noarch")
+    out = tmp_path / "build"
+    res = run_cli("--json", "build", "noarch", "--base", base, "--data", hello_data, "--out", out,
+                  "--method", "lora", "--max-steps", "1", "--max-seq-length", "64", "--imatrix", "none",
+                  "--no-register", "--no-verify")
+    assert res.exit_code == 0, res.output
+    stages = json.loads((out / "build.json").read_text(encoding="utf-8"))["stages"]
+    for stage in ("data", "train", "convert", "quantize"):
+        assert stages[stage]["status"] == "done", (stage, stages[stage])
+    assert stages["convert"]["metrics"]["architecture"] == "llama"
+
+
+def test_llama_cpps_converter_gets_the_architecture_of_a_config_that_names_none(tmp_path):
+    """llama.cpp's convert_hf_to_gguf.py reads config.json's architectures alone: it runs on a
+    folder of links whose config.json names the class, and the folder is gone afterwards."""
+    from gguf import GGUFReader
+
+    from ftpack.gguf.vendored import run_converter, vendored_source
+    from tiny_archs import CASES, build_tiny_model
+
+    base = _without_architectures(build_tiny_model(CASES["phi3"], tmp_path / "phi3"), tmp_path / "phi3-noarch")
+    out = tmp_path / "gguf" / "vocab.gguf"
+    out.parent.mkdir()
+    run_converter(vendored_source(), base, out, "f16", ["--vocab-only"], what="vocabulary", model_name="noarch")
+    field = GGUFReader(str(out)).fields["general.architecture"]
+    assert bytes(field.parts[field.data[0]]).decode() == "phi3"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["vocab.gguf"]  # the linked folder is removed
+    assert "architectures" not in json.loads((base / "config.json").read_text(encoding="utf-8"))

@@ -57,9 +57,9 @@ def test_show_tokens_needs_a_base(tmp_path, run_cli):
 
 def test_build_system_prompt_is_trained_on(tiny_llama, tmp_path):
     """--system becomes the Modelfile SYSTEM, so conversations without one train with it too."""
-    from ftpack.core.config import build_config
     from ftpack.core.layout import BuildLayout
     from ftpack.core.report import get_reporter
+    from ftpack.settings import build_config
     from ftpack.training.data import prepare_build_data, read_messages_jsonl
 
     data = _records(tmp_path / "d.jsonl", ROWS * 3)

@@ -51,8 +51,8 @@ def _build(tmp_path: Path, quantized: Path, reference: Path | None, answers: lis
 
 
 def _ctx(build_dir, manifest, stage: str, reporter: Reporter, **settings):
-    from ftpack.core.config import build_config
     from ftpack.core.runner import StageContext
+    from ftpack.settings import build_config
 
     return StageContext(config=build_config("smol", settings), build_dir=build_dir, stage=stage,
                         manifest=manifest, reporter=reporter)

@@ -34,10 +34,11 @@ def build(ctx: click.Context, name: str, config_file: Path | None, force: str | 
     A rerun skips finished stages; an interrupted build resumes where it stopped.
     Example: ftpack build my-qa --data qa.jsonl --max-steps 60
     """
-    from ftpack.core.config import build_config, config_to_dict, config_to_toml, load_config_file
+    from ftpack.core.config import config_to_dict, config_to_toml, load_config_file
     from ftpack.core.errors import bad_input
     from ftpack.core.runner import report_summary
     from ftpack.pipeline import BuildFailed, build_dir_of, build_outcome, resolve_config, run_build
+    from ftpack.settings import build_config
 
     reporter = get_reporter()
     flags = given_flags(params)

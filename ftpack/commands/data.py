@@ -63,7 +63,7 @@ def data(file: Path, base: str | None, out: Path | None, show_tokens: int | None
     Every problem is listed as FILE:LINE: what is wrong; then nothing is written (exit 2).
     Example: ftpack data qa.json --base smollm2-135m -o qa.messages.jsonl
     """
-    from ftpack.core.config import command_settings
+    from ftpack.settings import command_settings
     from ftpack.training.bases import resolve_tokenizer
     from ftpack.training.data import eval_path_beside, prepare_data, report_summary, write_split
     from ftpack.training.templates import choose_base_template, load_template

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import click
 
-from ftpack.core.config import command_settings
 from ftpack.core.options import config_options, given_flags
 from ftpack.core.report import get_reporter
+from ftpack.settings import command_settings
 
 _PATH = click.Path(path_type=Path)
 #: The settings `ftpack quantize` shares with `ftpack build` (same flags, checks and defaults).

@@ -29,9 +29,9 @@ MODELFILE_KEYS = ("template", "system", "parameters", "messages", "license")
               help="Where to write the Modelfile (FROM is written relative to it).")
 def modelfile(gguf: Path, adapter: Path | None, num_ctx: int | None, output: Path, **flags) -> None:
     """Write an Ollama Modelfile for GGUF with a chat format's TEMPLATE and stops."""
-    from ftpack.core.config import command_settings
     from ftpack.core.errors import bad_input
     from ftpack.ollama.modelfile import build_spec, parse_message_args, parse_parameter_args, spec_to_dict, write_modelfile
+    from ftpack.settings import command_settings
 
     r = get_reporter()
     settings = command_settings(MODELFILE_KEYS, given_flags(flags))
@@ -169,7 +169,7 @@ def chat(target: Path, max_tokens: int, temperature: float | None, n_ctx: int | 
     from ftpack.core.errors import FtpackError
     from ftpack.inference.chat import ChatSession, resolve_target
 
-    from ftpack.core.config import command_settings
+    from ftpack.settings import command_settings
 
     r = get_reporter()
     settings = command_settings(["template", "system"], given_flags(flags))  # checked like build's

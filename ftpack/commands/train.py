@@ -14,8 +14,8 @@ from ftpack.core.options import config_options, given_flags
 from ftpack.core.report import Reporter, get_reporter, set_reporter
 
 #: The flags of this command: every data- and train-stage setting (same names as the
-#: config-file keys, generated from OPTIONS so they never drift), plus --out.
-TRAIN_KEYS = [o.key for o in OPTIONS if o.stage in ("data", "train")] + ["out"]
+#: config-file keys, generated from OPTIONS so they never drift), plus --out and --report-to.
+TRAIN_KEYS = [o.key for o in OPTIONS if o.stage in ("data", "train")] + ["out", "report_to"]
 
 
 @click.command(context_settings={"max_content_width": 110})
@@ -37,9 +37,10 @@ def train(config_file: Path | None, resume: bool | None, **params) -> None:
     Example: ftpack train --data qa.jsonl --method lora --max-steps 60 --out runs/qa
     Multi-GPU: torchrun --nproc_per_node 4 -m ftpack train ...
     """
-    from ftpack.core.config import build_config, load_config_file
+    from ftpack.core.config import load_config_file
     from ftpack.core.errors import bad_input
     from ftpack.core.layout import BuildLayout
+    from ftpack.settings import build_config
     from ftpack.training.data import prepare_build_data
     from ftpack.training.settings import TrainSettings
     from ftpack.training.train import train as run_training

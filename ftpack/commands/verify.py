@@ -35,9 +35,9 @@ def verify(target: Path, reference: Path | None, no_fidelity: bool, **flags) -> 
     an F16 reference it also measures quantization fidelity (perplexity, top-1 agreement).
     Example: ftpack verify builds/my-qa
     """
-    from ftpack.core.config import command_settings
     from ftpack.core.errors import bad_input
     from ftpack.inference.verify import verify_target
+    from ftpack.settings import command_settings
 
     r = get_reporter()
     settings = command_settings(VERIFY_KEYS, given_flags(flags))

@@ -5,8 +5,9 @@ config-file key (snake_case), the CLI flag (the same name in kebab-case, plus sh
 aliases), the type, the default, the allowed values, and which stage's input hash
 the value belongs to. Names follow Hugging Face's TrainingArguments / PEFT and
 Ollama's words. What a type cannot say (quant names, Ollama parameters, template
-names, files, the output folder, the base's architecture) :mod:`ftpack.core.checks`
-checks when the config is loaded.
+names, files, the output folder, the base's architecture) each domain checks, and
+:mod:`ftpack.settings` composes those checks with :func:`merge_settings` here into
+``build_config`` / ``command_settings``, the one way a config is loaded.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ftpack.core.checks import check_settings
 from ftpack.core.errors import bad_input
 
 #: Training methods; "auto" picks one per machine (ftpack.pipeline.resolve_method).
 TRAINING_METHODS = ("qlora", "lora", "sft", "full")
+#: Methods that train LoRA adapters (output: adapter/) rather than the weights (model/).
+ADAPTER_METHODS = ("qlora", "lora")
 METHODS = ("auto", *TRAINING_METHODS)
 REGISTER_MODES = ("auto", "server", "offline", "none")
 #: What a build registers: a LoRA adapter GGUF on the base's own GGUF, or one merged GGUF;
@@ -122,6 +124,11 @@ OPTIONS: tuple[Option, ...] = (
     _o("torch_compile", bool, None, "Compile the decoder blocks with torch.compile (default: on for LoRA with bf16 "
        "on a CPU, in runs of 100+ steps, when a C++ compiler is installed).", "train"),
     _o("logging_steps", int, 1, "Log loss every N steps.", "train", min=1),
+    _o("report_to", str, None, "Also log training to these integrations (Hugging Face's report_to: none, all, "
+       "tensorboard, wandb, trackio, mlflow...; comma-separated or repeated). Local logs go into the training folder "
+       "(tensorboard: train/runs/) unless the library's own variable says where (TENSORBOARD_LOGGING_DIR, WANDB_DIR, "
+       "TRACKIO_DIR). A finished train stage is not rerun for it (--force train).  [default: none]", "",
+       multiple=True),
     _o("save_steps", int, 200, "Save a checkpoint every N steps.", "train", min=1),
     _o("trust_remote_code", bool, False, "Allow the base model's own Python code.", "train"),
     _o("allow_pickle", bool, False, "Allow non-safetensors (pickle) weights.", "train"),
@@ -308,11 +315,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return flat
 
 
-def build_config(name: str, file_values: Mapping[str, Any] | None = None,
-                 flag_values: Mapping[str, Any] | None = None, *, source: str = "config file") -> "BuildConfig":
-    """Merge defaults < config file < CLI flags, validating every value.
+def merge_settings(name: str, file_values: Mapping[str, Any] | None = None,
+                   flag_values: Mapping[str, Any] | None = None, *,
+                   source: str = "config file") -> tuple[dict[str, Any], dict[str, str]]:
+    """Merge defaults < config file < CLI flags, each value coerced to its option's type
+    and range: ``(values, where)``, ``where`` naming each given value's source.
 
-    ``flag_values`` holds only the flags the user actually gave (None = not given).
+    ``flag_values`` holds only the flags the user actually gave (None = not given). What a
+    type cannot say is checked by :func:`ftpack.settings.build_config`, which calls this.
     """
     if not NAME_RE.match(name or ""):
         raise bad_input(f"Invalid model name {name!r}.",
@@ -336,15 +346,15 @@ def build_config(name: str, file_values: Mapping[str, Any] | None = None,
         where[key] = opt.cli_flag
     if values["out"] is None:  # the default build folder must be usable too
         where["out"] = "default"
-    check_settings(values, where, default_out=default_build_dir(name))
-    return BuildConfig(name=name, **values)
+    return values, where
 
 
-def command_settings(keys: Iterable[str], flag_values: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The settings of a single-step command (`ftpack data`, `quantize`, `modelfile`...).
+def merge_command_settings(keys: Iterable[str],
+                           flag_values: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The settings of a single-step command (`ftpack data`, `quantize`, `modelfile`...):
+    its flags over the OPTIONS defaults, each coerced as `ftpack build` does; ``(values, where)``.
 
-    Its flags over the OPTIONS defaults, each coerced and checked exactly as `ftpack
-    build` does, so a subcommand and the build it is a step of can never disagree.
+    :func:`ftpack.settings.command_settings` calls this and checks them as a build does.
     """
     keys = list(keys)
     values: dict[str, Any] = {k: OPTION_BY_KEY[k].default for k in keys}
@@ -355,7 +365,7 @@ def command_settings(keys: Iterable[str], flag_values: Mapping[str, Any] | None 
             continue
         values[key] = _coerce(opt, value, opt.cli_flag)
         where[key] = opt.cli_flag
-    return check_settings(values, where, keys=keys)
+    return values, where
 
 
 def _closest(key: str) -> str | None:

@@ -11,7 +11,8 @@ builds/<name>/
   register/registration.json
   report.md                  the model card
 ```
-Stages and commands ask this object for a path instead of joining strings.
+Stages and commands ask this object for a path instead of joining strings; a training run's
+folder (``train/`` of a build, or `ftpack train --out`) is named by :class:`TrainOutputs`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ftpack.core.config import ADAPTER_METHODS
+
 MANIFEST_NAME = "build.json"
+ADAPTER_DIR = "adapter"
+MODEL_DIR = "model"
+CHECKPOINTS_DIR = "checkpoints"
 
 
 def gguf_file_stem(name: str) -> str:
@@ -67,11 +73,9 @@ class BuildLayout:
     def train_dir(self) -> Path:
         return self.root / "train"
 
-    def training(self, method: str = "lora"):
-        """The train stage's outputs, named by :class:`ftpack.training.train.TrainOutputs`
-        (the one naming `ftpack train --out` uses too)."""
-        from ftpack.training.train import TrainOutputs
-
+    def training(self, method: str = "lora") -> "TrainOutputs":
+        """The train stage's outputs, named by :class:`TrainOutputs` (the one naming
+        `ftpack train --out` uses too)."""
         return TrainOutputs(self.train_dir, method)
 
     @property
@@ -116,3 +120,40 @@ class BuildLayout:
     def registration(self) -> Path:
         """What the register stage did (mode, name, where, store, digests)."""
         return self.stage_dir("register") / "registration.json"
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    """Where a training run writes inside its folder: the one naming of its outputs, used
+    by `ftpack train`, the build's train stage and :func:`ftpack.training.train.train` alike."""
+
+    root: Path
+    method: str
+
+    @property
+    def weights(self) -> Path:
+        """``adapter/`` for LoRA methods, ``model/`` for sft / full."""
+        return self.root / (ADAPTER_DIR if self.method in ADAPTER_METHODS else MODEL_DIR)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS_DIR
+
+    @property
+    def loss_csv(self) -> Path:
+        return self.root / "loss.csv"
+
+    @property
+    def loss_png(self) -> Path:
+        return self.root / "loss.png"
+
+    @property
+    def trainer_state(self) -> Path:
+        return self.root / "trainer_state.json"
+
+    @property
+    def train_info(self) -> Path:
+        return self.root / "train_info.json"
+
+    def all(self) -> list[Path]:
+        return [self.weights, self.loss_csv, self.loss_png, self.trainer_state, self.train_info]

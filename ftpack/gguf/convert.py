@@ -131,6 +131,8 @@ def convert_to_gguf(model_dir: Path | str, out: Path | str, *, outtype: str = "f
     (:func:`ftpack.training.token_check.gguf_model_name`): llama.cpp decides that from the
     name alone. Both converters write the same name.
     """
+    from ftpack.gguf.vendored import config_architecture
+
     outtype = outtype.lower()
     if outtype not in OUTTYPES:
         raise bad_input(f"--outtype {outtype!r} is not one of: {', '.join(OUTTYPES)}.")
@@ -144,7 +146,7 @@ def convert_to_gguf(model_dir: Path | str, out: Path | str, *, outtype: str = "f
         adapter = load_adapter(Path(adapter_dir))
     config = load_hf_config(model_dir)
     model_dir = ensure_safetensors(model_dir, allow_pickle=allow_pickle)
-    arch_name = (config.get("architectures") or [None])[0]
+    arch_name = config_architecture(config)  # architectures[0], else transformers' class for its model_type
     adapter_path = Path(adapter_dir) if adapter_dir else None
     name = gguf_name(name or _default_name(model_dir, adapter_path), tokenizer_dir(model_dir, adapter_path))
     spec = ARCHITECTURES.get(arch_name or "")

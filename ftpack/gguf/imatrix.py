@@ -162,8 +162,9 @@ def gguf_arch_of(config: Mapping[str, Any], gguf_path: Path | None = None) -> st
         if arch:
             return str(arch)
     from ftpack.gguf.convert import ARCHITECTURES
+    from ftpack.gguf.vendored import config_architecture
 
-    spec = ARCHITECTURES.get((config.get("architectures") or [""])[0])
+    spec = ARCHITECTURES.get(config_architecture(config) or "")
     if spec is not None:
         return spec.gguf_arch
     model_type = str(config.get("model_type") or "")

@@ -97,6 +97,7 @@ def write_lora_gguf(adapter_dir: str | Path, out: str | Path, *, base_dir: str |
     from ftpack.gguf.convert import ARCHITECTURES, permute_rope_rows
     from ftpack.gguf.hf_folder import load_hf_config
     from ftpack.gguf.lora import load_adapter, resolve_adapter_base
+    from ftpack.gguf.vendored import config_architecture
 
     reporter = reporter or get_reporter()
     outtype = outtype.lower()
@@ -114,7 +115,7 @@ def write_lora_gguf(adapter_dir: str | Path, out: str | Path, *, base_dir: str |
                         SHIP_HINT)
     base_dir = Path(base_dir) if base_dir is not None else resolve_adapter_base(adapter, None)
     config = load_hf_config(base_dir)
-    arch_name = (config.get("architectures") or [""])[0]
+    arch_name = config_architecture(config) or ""
     spec = ARCHITECTURES.get(arch_name)
     if spec is None:
         raise bad_input(f"Shipping a LoRA adapter for a {arch_name or 'unknown'} base is not supported: ftpack "

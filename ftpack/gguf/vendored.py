@@ -36,6 +36,7 @@ library); the C++ ``LLM_ARCH`` table is not readable from Python.
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import json
 import os
@@ -48,7 +49,7 @@ import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from ftpack.core.atomic import partial_name, sha256_file
 from ftpack.core.errors import FtpackError, bad_input
@@ -544,6 +545,29 @@ def hf_architecture(config_json: Mapping[str, Any]) -> str | None:
     return archs[0] if archs and isinstance(archs[0], str) else None
 
 
+def config_architecture(config_json: Mapping[str, Any]) -> str | None:
+    """The Hugging Face class a model with this config.json is: ``architectures[0]``, or, for
+    a config.json that names none (transformers' Auto classes load it all the same), the
+    class ``AutoModelForCausalLM`` builds for its ``model_type`` (transformers'
+    ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``: ``llama`` -> ``LlamaForCausalLM``). None when
+    neither says; transformers is looked at only when ``architectures`` is missing.
+    """
+    arch = hf_architecture(config_json)
+    if arch is not None:
+        return arch
+    model_type = config_json.get("model_type")
+    return causal_lm_class(model_type) if isinstance(model_type, str) and model_type else None
+
+
+def _unnamed_architecture(config_json: Mapping[str, Any]) -> str:
+    """Why a config.json has no architecture, fit for an error message."""
+    model_type = config_json.get("model_type")
+    if not model_type:
+        return "its config.json names no architectures and no model_type"
+    return (f"its config.json names no architectures, and transformers knows no causal language model "
+            f"for its model_type {model_type!r}")
+
+
 def conversion_route(config_json: Mapping[str, Any],
                      support: ConverterSupport | None = None) -> tuple[str | None, str]:
     """How a model with this config.json becomes a GGUF: ``("own" | "vendored" | None, reason)``.
@@ -556,10 +580,16 @@ def conversion_route(config_json: Mapping[str, Any],
     """
     from ftpack.gguf.convert import ARCHITECTURES
 
-    arch = hf_architecture(config_json)
+    arch = config_architecture(config_json)
     own = ", ".join(sorted(ARCHITECTURES))
+    text_config = config_json.get("text_config")
+    inner = hf_architecture(text_config) if isinstance(text_config, Mapping) else None
+    if arch is None and inner is None:
+        return None, f"{_unnamed_architecture(config_json)}, so no converter can tell what it is."
+    shown = arch if hf_architecture(config_json) is not None or arch is None else \
+        f"{arch} (transformers' class for model_type {config_json.get('model_type')!r})"
     if arch in ARCHITECTURES:
-        return "own", f"{arch} converts with ftpack's streaming converter (llama.cpp architecture " \
+        return "own", f"{shown} converts with ftpack's streaming converter (llama.cpp architecture " \
                       f"{ARCHITECTURES[arch].gguf_arch})."
     if support is None:
         try:
@@ -570,11 +600,9 @@ def conversion_route(config_json: Mapping[str, Any],
     if not support.checked:
         return "vendored", (f"{arch} goes to llama.cpp's convert_hf_to_gguf.py ({support.origin}; its architecture "
                             "list could not be read, so the script itself decides).")
-    text_config = config_json.get("text_config")
-    inner = hf_architecture(text_config) if isinstance(text_config, Mapping) else None
     name = next((a for a in (inner, arch) if a and a in support.text_architectures), None)
     if name is None:
-        label = arch or f"(none named; model_type {config_json.get('model_type')!r})"
+        label = shown or f"(none named; model_type {config_json.get('model_type')!r})"
         return None, (f"architecture {label} cannot be converted to GGUF: ftpack's converter handles {own}, and "
                       f"llama.cpp's convert_hf_to_gguf.py ({support.origin}) registers no such text model "
                       f"({len(support.text_architectures)} others).")
@@ -669,18 +697,20 @@ def causal_lm_class(model_type: str) -> str | None:
 @lru_cache(maxsize=1)
 def _causal_lm_classes() -> dict[str, str]:
     """transformers' ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``, read from its source with ``ast``:
-    importing the module imports torch (seconds), the literal takes milliseconds. A layout
-    this cannot read falls back to the import."""
+    importing the module imports torch (seconds), the literal takes milliseconds, and finding
+    the file imports nothing (not even transformers). A layout this cannot read falls back
+    to the import."""
     import importlib.util
 
-    spec = importlib.util.find_spec("transformers.models.auto.modeling_auto")
     try:
-        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))  # type: ignore[union-attr, arg-type]
+        spec = importlib.util.find_spec("transformers")
+        package = Path(next(iter(spec.submodule_search_locations)))  # type: ignore[union-attr, arg-type]
+        tree = ast.parse((package / "models" / "auto" / "modeling_auto.py").read_text(encoding="utf-8"))
         for node in tree.body:
             if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and node.value.args
                     and any(getattr(t, "id", None) == "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES" for t in node.targets)):
                 return {str(k): str(v) for k, v in ast.literal_eval(node.value.args[0])}
-    except (OSError, SyntaxError, ValueError, TypeError, AttributeError):
+    except (OSError, SyntaxError, ValueError, TypeError, AttributeError, StopIteration):
         pass
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -715,7 +745,7 @@ def require_conversion_route(model_dir: Path, source: LlamaCppSource, what: str 
     route, reason = conversion_route(config, converter_support(source))
     if route is None:
         raise bad_input(f"Cannot convert {what or Path(model_dir).name} ({model_dir}): {reason}",
-                        "Pick a base of an architecture llama.cpp supports (the README lists them), or pass "
+                        "Pick a base of an architecture llama.cpp supports (docs/architectures.md lists them), or pass "
                         "--llama-cpp DIR (a newer llama.cpp checkout) if it supports this model.")
 
 
@@ -744,24 +774,58 @@ def run_converter(source: LlamaCppSource, model_dir: Path, outfile: Path, outtyp
     it the script takes one from the model card or the folder's name.
     """
     require_conversion_route(model_dir, source, what)
-    cmd = [sys.executable, str(source.convert_script), str(model_dir), "--outfile", str(outfile),
-           "--outtype", outtype, *(["--model-name", model_name] if model_name is not None else []), *extra_args]
     reporter = get_reporter()
     lines: list[str] = []
-    with reporter.progress(f"converting {what or Path(model_dir).name} with llama.cpp's convert_hf_to_gguf.py "
-                           f"({source.origin})", total=None, unit="lines") as bar:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=source.subprocess_env())
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            if line:
-                lines.append(line)
-                del lines[:-200]
-                bar.advance(1)
-        code = proc.wait()
+    with _architecture_named(Path(model_dir), Path(outfile).parent) as folder:
+        cmd = [sys.executable, str(source.convert_script), str(folder), "--outfile", str(outfile),
+               "--outtype", outtype, *(["--model-name", model_name] if model_name is not None else []), *extra_args]
+        with reporter.progress(f"converting {what or Path(model_dir).name} with llama.cpp's convert_hf_to_gguf.py "
+                               f"({source.origin})", total=None, unit="lines") as bar:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    env=source.subprocess_env())
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip()
+                if line:
+                    lines.append(line)
+                    del lines[:-200]
+                    bar.advance(1)
+            code = proc.wait()
     if code != 0:
         raise converter_error(code, lines, source)
+
+
+@contextlib.contextmanager
+def _architecture_named(model_dir: Path, scratch: Path) -> Iterator[Path]:
+    """The folder to give llama.cpp's converter, which reads the architecture from config.json's
+    ``architectures`` alone: ``model_dir`` itself when that names one (or cannot be read: the
+    script says what is wrong); else a folder of the same name in ``scratch`` with links to
+    ``model_dir``'s files and a config.json naming the class transformers builds for its
+    ``model_type`` (:func:`config_architecture`), removed afterwards."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = None
+    arch = config_architecture(config) if isinstance(config, dict) and hf_architecture(config) is None else None
+    if arch is None:
+        yield model_dir
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="ftpack-named-", dir=scratch))
+    try:
+        folder = tmp / model_dir.name
+        folder.mkdir()
+        for entry in model_dir.iterdir():
+            if entry.name == "config.json":
+                continue
+            try:
+                (folder / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
+            except OSError:  # no symlinks here (some Windows setups): a copy
+                (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, folder / entry.name)
+        (folder / "config.json").write_text(json.dumps({**config, "architectures": [arch]}, indent=2) + "\n",
+                                            encoding="utf-8")
+        yield folder
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def converter_error(code: int, lines: list[str], source: LlamaCppSource) -> FtpackError:

@@ -253,21 +253,25 @@ def download_hub_model(model_id: str, *, allow_pickle: bool = False, trust_remot
     ``tokenizer_only`` fetches the tokenizer files and config.json, not the weights (what
     `ftpack data --base` needs); a later full call adds the weights to the same snapshot.
 
-    Uses the cached copy when the hub is offline (``HF_HUB_OFFLINE=1``); otherwise
-    short connect/read timeouts make an unreachable hub fail fast with an error that
-    names the id, instead of hanging.
+    Uses the cached copy when the hub is offline (``HF_HUB_OFFLINE=1``) or does not answer
+    one quick request (:func:`ftpack.core.hub.probe_hub`: no library retries, no waiting);
+    a model that is not cached then fails at once with an error that names the id and the fix.
     """
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(timeout_s)))
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(timeout_s * 3)))
     from huggingface_hub import snapshot_download
     from huggingface_hub import errors as hf_errors
 
+    from ftpack.core.hub import probe_hub, unreachable_error
+
     offline = _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
+    unreachable = None if offline else probe_hub()
+    local_only = offline or unreachable is not None
     try:
-        has_safetensors = None if offline or tokenizer_only else _hub_has_safetensors(model_id, timeout_s)
+        has_safetensors = None if local_only or tokenizer_only else _hub_has_safetensors(model_id, timeout_s)
         patterns = hub_file_patterns(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
                                      tokenizer_only=tokenizer_only, has_safetensors=has_safetensors)
-        folder = snapshot_download(model_id, allow_patterns=patterns, local_files_only=offline,
+        folder = snapshot_download(model_id, allow_patterns=patterns, local_files_only=local_only,
                                    etag_timeout=timeout_s, endpoint=os.environ.get("HF_ENDPOINT") or None)
     except (hf_errors.GatedRepoError,) as exc:
         raise FtpackError(f"{model_id} is gated on the Hugging Face hub: accept its license first.",
@@ -277,6 +281,8 @@ def download_hub_model(model_id: str, *, allow_pickle: bool = False, trust_remot
         raise bad_input(f"Base model {model_id!r} does not exist on the Hugging Face hub "
                         "(or is private).", f"Aliases: {aliases_text()}.") from None
     except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled) as exc:
+        if unreachable is not None:  # not cached, and the hub did not answer
+            raise unreachable_error(model_id, unreachable, offline_base=EMBEDDED_NAME) from unreachable
         if offline:
             raise FtpackError(f"Base model {model_id!r} is not in the Hugging Face cache and the hub is "
                               "offline (HF_HUB_OFFLINE=1).",

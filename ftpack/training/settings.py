@@ -5,6 +5,9 @@ defaults they take, so a flag, a config-file key, :func:`ftpack.training.train.t
 keyword, the resume fingerprint and the model card's hyper-parameter table all say the
 same thing. Settings that only steer bookkeeping (how often to log or save, what code
 may run) are left out of :meth:`TrainSettings.hyper_parameters`.
+
+:data:`CHECKS` holds training's checks at config load (``--report-to``, ``--template``), which
+:mod:`ftpack.settings` runs with every other domain's.
 """
 
 from __future__ import annotations
@@ -14,16 +17,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ftpack.core.config import OPTION_BY_KEY, TRAINING_METHODS
+from ftpack.core.checks import Check
+from ftpack.core.config import ADAPTER_METHODS, OPTION_BY_KEY, TRAINING_METHODS
 from ftpack.core.errors import bad_input
 
-#: Methods that train LoRA adapters (output: adapter/) rather than the weights (model/).
-ADAPTER_METHODS = ("qlora", "lora")
 #: Default peak learning rate per method (the usual recipes: QLoRA paper / TRL docs).
 DEFAULT_LEARNING_RATE = {"qlora": 2e-4, "lora": 2e-4, "sft": 5e-5, "full": 2e-5}
 #: Settings that do not change what is learned (not part of the fingerprint or model card).
 BOOKKEEPING = ("logging_steps", "save_steps", "trust_remote_code", "allow_pickle", "gradient_checkpointing",
-               "torch_compile")
+               "torch_compile", "report_to")
 
 
 def _option_default(key: str) -> Any:
@@ -57,6 +59,7 @@ class TrainSettings:
     precision: str = _option_default("precision")  # auto | bf16 | fp16 | fp32
     torch_compile: bool | None = _option_default("torch_compile")  # None: by method/device/steps
     logging_steps: int = _option_default("logging_steps")
+    report_to: tuple[str, ...] | None = None  # None: none (ftpack.training.tracking)
     save_steps: int = _option_default("save_steps")
     seed: int = _option_default("seed")
     trust_remote_code: bool = _option_default("trust_remote_code")
@@ -65,6 +68,9 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.target_modules is not None:
             object.__setattr__(self, "target_modules", tuple(self.target_modules) or None)
+        if self.report_to is not None:  # build.json holds a list; a bare name works too
+            names = (self.report_to,) if isinstance(self.report_to, str) else tuple(self.report_to)
+            object.__setattr__(self, "report_to", names or None)
 
     @classmethod
     def from_config(cls, cfg: Any) -> "TrainSettings":
@@ -134,3 +140,23 @@ def warmup_steps(warmup_ratio: float, total_steps: int) -> int:
     if warmup_ratio <= 0 or total_steps <= 0:
         return 0
     return min(total_steps, math.ceil(warmup_ratio * total_steps))
+
+
+# -- checks at config load (run by ftpack.settings) ----------------------------------------
+
+def _check_template(value: str, values: Mapping[str, Any], label: str) -> str:
+    """A chat format in templates/ (any case, '-' for '_'); its canonical name."""
+    from ftpack.training.templates import load_template
+
+    return load_template(value).name
+
+
+def _check_report_to(value: tuple[str, ...], values: Mapping[str, Any], label: str) -> tuple[str, ...] | None:
+    """Integration names transformers knows, their packages installed (:mod:`ftpack.training.tracking`)."""
+    from ftpack.training.tracking import check_report_to
+
+    return check_report_to(value, label) or None
+
+
+#: key -> check of the settings training owns (:func:`ftpack.core.checks.run_checks`).
+CHECKS: dict[str, Check] = {"report_to": _check_report_to, "template": _check_template}
