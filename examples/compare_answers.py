@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ftpack.inference.heldout import HeldoutResult, ask_all, build_outputs, read_heldout
+from ftpack.inference.heldout import HeldoutResult, ask_all, build_outputs, read_heldout, result_of
 
 HERE = Path(__file__).resolve().parent
 
@@ -34,10 +34,10 @@ def answers_from_report(build_dir: Path, questions: Path) -> tuple[list[HeldoutR
     if not held or [r["question"] for r in held["answers"]] != [r["question"] for r in records]:
         return None
     rows = held["answers"]
-    tuned = [HeldoutResult(q["question"], q["keywords"], r["tuned"]) for q, r in zip(records, rows)]
+    tuned = [result_of(q, r["tuned"]) for q, r in zip(records, rows)]
     if not all("base" in r for r in rows):
         return tuned, None
-    return tuned, [HeldoutResult(q["question"], q["keywords"], r["base"]) for q, r in zip(records, rows)]
+    return tuned, [result_of(q, r["base"]) for q, r in zip(records, rows)]
 
 
 def main() -> int:

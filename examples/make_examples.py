@@ -17,7 +17,7 @@ Running this script rewrites, deterministically:
     qa.alpaca.json              {"instruction", "input", "output", optional "system"}
     qa.io.jsonl                 {"input", "output"} per line
     qa.prompt-completion.jsonl  {"prompt", "completion"} per line
-    heldout.jsonl               {"question", "answer", "keywords", "fact"} per line
+    heldout.jsonl               {"question", "answer", "keywords", "wrong", "fact"} per line
 
 The last three formats are single-turn: a multi-turn record contributes only
 its first exchange there, so every file has the same number of records, in
@@ -616,6 +616,25 @@ HELDOUT: list[tuple[str, str, list[str]]] = [
 ]
 
 
+#: Kinds of fact whose other values in the data are wrong answers to a question about one of
+#: them: an answer stating "E1, E6 or E7" for E6, or "$39 or $59" for $39, is wrong.
+WRONG_KINDS = [r"E\d+", r"\$\d+", r"\d+ lumens", r"\d+(?:\.\d+)? hours", r"\d+ years", r"\d+\.\d+\.\d+",
+               r"\d+ grams", r"\d+ mAh"]
+
+
+def wrong_alternatives(keywords: list[str], own_answer: str, all_answers) -> list[str]:
+    """The values of the same kind as a key fact that the data states elsewhere, except those
+    its own training answer states too (that answer stays right)."""
+    text = " ".join(all_answers)
+    wrong: list[str] = []
+    for kw in keywords:
+        for kind in WRONG_KINDS:
+            if re.fullmatch(kind, kw):
+                wrong += [v for v in sorted(set(re.findall(rf"(?<![\w.$]){kind}(?!\w)(?!\.\d)", text)))
+                          if v != kw and v not in own_answer and v not in wrong]
+    return wrong
+
+
 # ---------------------------------------------------------------------------
 def _norm(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
@@ -698,7 +717,8 @@ def render(records: list[dict]) -> dict[str, str]:
         pc.append({"prompt": q, "completion": a})
 
     answers = {fid: answer for fid, _, answer in FACTS}
-    heldout = [{"question": q, "answer": answers[fid], "keywords": kws, "fact": fid}
+    heldout = [{"question": q, "answer": answers[fid], "keywords": kws,
+                "wrong": wrong_alternatives(kws, answers[fid], answers.values()), "fact": fid}
                for fid, q, kws in HELDOUT]
 
     def js(obj) -> str:

@@ -104,7 +104,8 @@ def ask_heldout(ctx) -> dict[str, Any]:
                                                          else "answered them"))
     answers = []
     for i, t in enumerate(tuned):
-        row = {"question": t.question, "keywords": t.keywords, "tuned": t.answer, "tuned_correct": t.correct}
+        row = {"question": t.question, "keywords": t.keywords, "wrong": t.wrong, "tuned": t.answer,
+               "tuned_correct": t.correct, "tuned_hedged": t.hedged}
         if base is not None:
             row.update(base=base[i].answer, base_correct=base[i].correct)
         answers.append(row)

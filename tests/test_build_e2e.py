@@ -88,6 +88,13 @@ def test_build_each_method_then_rerun_skips(method, tiny_llama, qa_data, tmp_pat
 
     manifest = json.loads((out / "build.json").read_text())
     assert manifest["config"]["method"] == method
+    # the collated batches of every method: llama.cpp's ids, the loss on exactly the trained tokens
+    train = manifest["stages"]["train"]["metrics"]
+    assert train["batch_check_against"] == "llama.cpp (vocab.gguf)"
+    assert train["batch_check_rows"] == manifest["stages"]["data"]["metrics"]["train_records"]
+    assert 0 < train["batch_check_trained_tokens"] < train["batch_check_tokens"]
+    # qlora's base was really held in 4 bits while training (every linear of the tiny Llama's 2 blocks)
+    assert manifest["stages"]["train"]["metrics"]["base_4bit_layers"] == (14 if method == "qlora" else 0)
     assert all(manifest["stages"][s]["status"] == "done" for s in ALL_STAGES)
     # served as trained: the TEMPLATE path, and Ollama's answer (greedy) is verify's, ended by a stop
     assert manifest["stages"]["modelfile"]["metrics"]["prompt_path"] == "template"

@@ -66,6 +66,7 @@ def _llama_cpp_ids_with_specials(vocab: Path, texts: list[str]) -> list[list[int
 @pytest.mark.parametrize("family", FAMILIES)
 def test_gguf_base_tokenizer_gives_llama_cpp_ids(family, tmp_path):
     vocab, texts, expected = vocab_test(family)
+    assert len(texts) == 46  # llama.cpp's suite for each of these families (tests/llama_vocab.py SUITE_CASES)
     tok = training_tokenizer_from_gguf(vocab, tmp_path / "tokenizer")
     wrong = [(text, tok.convert_ids_to_tokens(ours), tok.convert_ids_to_tokens(ids))
              for text, ids in zip(texts, expected)

@@ -114,15 +114,20 @@ def test_calibration_of_an_ollama_rendered_format_is_its_training_ids(tmp_path):
     assert tokenizer.decode(cal.sequences[0]).startswith("<bos><|turn>system\n<|think|>")
 
 
-def test_bf16_autocast_sums_stay_close_to_fp32(tiny_llama, tiny_f16, chatml, tmp_path):
+def test_bf16_autocast_sums_stay_close_to_fp32(tiny_llama, tiny_f16, chatml, tmp_path, monkeypatch):
     """On a CPU with native bf16, ``auto`` runs the forward under bf16 autocast: each
     column's Σx² within 5% of the fp32 computation and within 0.5% on average per weight
-    (measured on the tiny random Llama: at most 2%), counts equal."""
+    (measured on the tiny random Llama: at most 2%), counts equal. On a CPU without it, auto
+    stays fp32, and the bf16 path is still checked (torch emulates bf16 there)."""
+    from ftpack.gguf import imatrix
     from ftpack.gguf.imatrix import compute_imatrix
     from ftpack.training.speed import cpu_has_native_bf16
 
     if not cpu_has_native_bf16():
-        pytest.skip("this CPU has no native bf16: auto computes in fp32")
+        plain = compute_imatrix(tiny_llama, None, CONVERSATIONS, chatml, tmp_path / "plain.gguf", dataset="qa.jsonl",
+                                reference_gguf=tiny_f16, precision="auto")
+        assert "autocast" not in plain.dtype
+        monkeypatch.setattr(imatrix, "_native_bf16", lambda: True)
     files = {}
     for precision in ("fp32", "auto"):
         files[precision] = tmp_path / f"{precision}.gguf"
@@ -235,8 +240,9 @@ def test_padding_is_excluded(tiny_llama):
 
 
 def test_imatrix_setting_is_auto_none_or_a_file(tmp_path):
-    from ftpack.core.config import build_config, load_config_file
+    from ftpack.core.config import load_config_file
     from ftpack.core.errors import FtpackError
+    from ftpack.settings import build_config
 
     assert build_config("m", {}).imatrix == "auto"
     assert build_config("m", {"imatrix": "NONE"}).imatrix == "none"
@@ -260,9 +266,9 @@ def auto_build(tiny_llama, tmp_path_factory):
     """A tiny build with --quant auto (imatrix auto): its manifest."""
     import io
 
-    from ftpack.core.config import build_config
     from ftpack.core.report import Reporter
     from ftpack.pipeline import run_build
+    from ftpack.settings import build_config
 
     data = write_hello_data(tmp_path_factory.mktemp("data") / "hello.jsonl")
     out = tmp_path_factory.mktemp("auto") / "build"
@@ -312,7 +318,10 @@ def test_quant_auto_keeps_the_smallest_type_within_budget(auto_build):
 
 def test_card_and_verify_show_the_kld_figures(auto_build):
     v = auto_build.stages["verify"].metrics
-    assert v["mean_kld"] >= 0 and v["p99_kld"] >= v["median_kld"]
+    # quantizing changed the model (a zero divergence would mean verify compared a file with itself),
+    # and the figures are ordered as a distribution's are
+    assert v["mean_kld"] > 0 and v["highest_kld"] >= v["p99_kld"] >= v["median_kld"] >= 0
+    assert v["mean_kld"] <= v["highest_kld"]
     assert v["fidelity_texts"].startswith("the eval split")
     card = (auto_build.build_dir / "report.md").read_text(encoding="utf-8")
     assert "mean KL divergence" in card and "Chosen by `--quant auto`" in card

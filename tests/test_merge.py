@@ -142,6 +142,7 @@ def test_qlora_trained_adapter_folds_into_the_16bit_base(tiny_llama, tmp_path, r
     result = train(tiny_llama, data, tmp_path / "run", method="qlora", max_steps=3, per_device_train_batch_size=4,
                    learning_rate=1e-2, lora_dropout=0.0, save_steps=100)
     assert result.method == "qlora" and result.steps == 3
+    assert result.metrics["base_4bit_layers"] == 14  # the base was really loaded in 4 bits (2 blocks x 7 linears)
     adapter = result.output
     # fp32 reference: PEFT merge_and_unload into an fp32 load of the base
     reference = peft_merged_logits(tiny_llama, adapter)

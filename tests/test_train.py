@@ -92,6 +92,8 @@ def test_lora_methods_learn_and_change_logits(tiny_llama, chat_file, tmp_path, m
     assert rows[0].startswith("step,") and len(rows) == 1 + 6
     assert result.metrics["method"] == method and result.template == "chatml"
     assert template_of_weights(adapter) == load_template("chatml")  # the whole format, beside the weights
+    # qlora trained on a base really held in 4 bits: every linear layer of the 2 blocks (7 each) packed
+    assert result.metrics["base_4bit_layers"] == (14 if method == "qlora" else 0)
 
 
 def test_sft_trains_only_top_blocks(tiny_llama, chat_file, tmp_path):
@@ -198,6 +200,49 @@ def test_packing_keeps_assistant_only_labels(tiny_llama, chat_file, tmp_path):
     assert text.count("<|im_start|>user") > 4  # several conversations share one packed sequence
     runs = [r for row_ids, row_labels in zip(ids, labels) for r in _trained_runs(row_ids, row_labels, tok)]
     assert runs and all(r in replies for r in runs), runs
+
+
+def test_collated_batches_are_checked_against_the_checked_ids(tiny_llama, chat_file, tmp_path):
+    """The train stage collates rows with the trainer's own collator and compares them with the
+    ids the tokenization check proved (a wrong id, or a label moved off the trained tokens, stops
+    it); packed rows are matched piece by piece."""
+    from types import SimpleNamespace
+
+    from ftpack.training.settings import TrainSettings
+    from ftpack.training.token_check import check_collated_batches
+    from ftpack.training.train import setup
+
+    run = setup(tiny_llama, chat_file, tmp_path / "run", TrainSettings.of(None, method="lora", max_steps=1,
+                                                                          per_device_train_batch_size=4),
+                template="chatml")
+    rows = [{"messages": c["messages"]} for c in _conversations()]
+    assert run.batch_check["batch_check_rows"] == 24 and run.batch_check["batch_check_trained_tokens"] > 0
+    trainer = run.trainer
+
+    def tampered(change):
+        def collate(features):
+            batch = trainer.data_collator(features)
+            change(batch)
+            return batch
+        return SimpleNamespace(train_dataset=trainer.train_dataset, data_collator=collate)
+
+    ok = check_collated_batches(trainer, run.tokenizer, run.template, rows)
+    assert (ok.rows, ok.against) == (24, "the checked training ids")
+
+    def drop_a_label(batch):
+        row = batch["labels"][3]
+        row[(row != -100).nonzero()[0, 0]] = -100
+
+    def swap_an_id(batch):
+        batch["input_ids"][5, 2] += 1
+
+    with pytest.raises(FtpackError, match="row 3: the loss is on"):
+        check_collated_batches(tampered(drop_a_label), run.tokenizer, run.template, rows)
+    with pytest.raises(FtpackError, match="row 5: input ids differ .* token 2"):
+        check_collated_batches(tampered(swap_an_id), run.tokenizer, run.template, rows)
+    packed = setup(tiny_llama, chat_file, tmp_path / "packed", TrainSettings.of(
+        None, method="lora", max_steps=1, packing=True, max_seq_length=256), template="chatml")
+    assert packed.batch_check["batch_check_rows"] == 24  # every conversation found in the packed row
 
 
 def _conversation_for(rendered: str) -> dict:
@@ -353,8 +398,8 @@ def test_train_stage_trains_with_the_data_stages_template(tiny_llama, chat_file,
     """The template is chosen once, by the data stage: training uses that choice (here
     vicuna_v1.1, although the base's tokenizer carries ChatML), saves it beside the
     weights, and template_of_build reads it back."""
-    from ftpack.core.config import build_config
     from ftpack.core.runner import Stage, StageResult, run_stages
+    from ftpack.settings import build_config
     from ftpack.training.templates import template_of_build
     from ftpack.training.train import run_train_stage
 
@@ -472,12 +517,14 @@ def test_train_settings_are_the_config_keys():
     built from a BuildConfig or build.json's config alike, and train() takes each field."""
     import dataclasses
 
-    from ftpack.core.config import OPTION_BY_KEY, OPTIONS, build_config, config_to_dict
+    from ftpack.core.config import OPTION_BY_KEY, OPTIONS, config_to_dict
+    from ftpack.settings import build_config
     from ftpack.training.checkpoints import run_fingerprint
     from ftpack.training.settings import BOOKKEEPING, TrainSettings
 
     names = {f.name for f in dataclasses.fields(TrainSettings)}
-    assert names == {o.key for o in OPTIONS if o.stage == "train"} | {"max_seq_length", "seed"}
+    # report_to: bookkeeping outside every stage's inputs (a logging choice retrains nothing)
+    assert names == {o.key for o in OPTIONS if o.stage == "train"} | {"max_seq_length", "seed", "report_to"}
     defaults = TrainSettings()
     assert all(getattr(defaults, k) == OPTION_BY_KEY[k].default for k in names)
     cfg = build_config("x", flag_values={"lora_r": 8, "target_modules": ["q_proj", "v_proj"], "dora": True,

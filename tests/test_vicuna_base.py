@@ -127,6 +127,12 @@ def test_build_from_bin_weights_and_final_gguf_tokenizes_like_training(vicuna_li
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "build.json").read_text())
     assert manifest["stages"]["data"]["metrics"]["tokenization_equal"] is True
+    # the trainer's own collated batches: every row is llama.cpp's ids for its conversation, and
+    # the loss sits on exactly the trained tokens (token_check.check_collated_batches)
+    train = manifest["stages"]["train"]["metrics"]
+    assert train["batch_check_against"] == "llama.cpp (vocab.gguf)"
+    assert train["batch_check_rows"] == manifest["stages"]["data"]["metrics"]["train_records"]
+    assert 0 < train["batch_check_trained_tokens"] < train["batch_check_tokens"]
     quantized = out / "gguf" / "vicuna-tiny.Q4_K_M.gguf"
     ft = GGUFReader(str(quantized)).fields["general.file_type"]
     assert int(ft.parts[ft.data[0]][0]) == 15

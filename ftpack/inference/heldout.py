@@ -2,7 +2,9 @@
 
 Used by the README demo (the fine-tuned model next to its base) and by the end-to-end
 test on SmolLM2. A held-out file is JSONL with ``question`` and ``keywords``: the key
-facts a correct answer must all state; ``answer`` is optional.
+facts a correct answer must all state; ``wrong`` (optional): the values an answer must not
+state — the same kind of fact the data gives elsewhere ("E1", "E7" for a question whose
+answer is "E6"), so that a hedged "E1, E6 or E7" is wrong; ``answer`` is optional.
 
 Scoring is strict (:func:`states`): each key fact must appear as whole words or a whole
 number, case-insensitively, with any run of spaces or dashes between its words — "12"
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -26,11 +28,24 @@ class HeldoutResult:
     question: str
     keywords: list[str]
     answer: str
+    wrong: list[str] = field(default_factory=list)  # values a correct answer must not state
 
     @property
     def correct(self) -> bool:
-        """Every key fact is stated (:func:`states`)."""
-        return bool(self.keywords) and all(states(self.answer, k) for k in self.keywords)
+        """Every key fact is stated and no wrong alternative is (:func:`states`)."""
+        return (bool(self.keywords) and all(states(self.answer, k) for k in self.keywords)
+                and not any(states(self.answer, w) for w in self.wrong))
+
+    @property
+    def hedged(self) -> list[str]:
+        """The wrong alternatives the answer states."""
+        return [w for w in self.wrong if states(self.answer, w)]
+
+
+def result_of(record: dict, answer: str) -> HeldoutResult:
+    """One held-out record's answer, scored with the record's key facts and wrong alternatives."""
+    return HeldoutResult(record["question"], [str(k) for k in record["keywords"]], answer,
+                         [str(w) for w in record.get("wrong") or []])
 
 
 _SPACES_AND_DASHES = str.maketrans({**{c: "-" for c in "\u2010\u2011\u2012\u2013\u2014\u2212"},
@@ -66,6 +81,8 @@ def read_heldout(path: Path) -> list[dict]:
             raise bad_input(f"{path}:{n}: invalid JSON ({exc.msg}).") from None
         if not isinstance(rec.get("question"), str) or not isinstance(rec.get("keywords"), list):
             raise bad_input(f"{path}:{n}: needs a 'question' string and a 'keywords' list.")
+        if not isinstance(rec.get("wrong", []), list):
+            raise bad_input(f"{path}:{n}: 'wrong' must be a list of the values an answer must not state.")
         out.append(rec)
     return out
 
@@ -84,7 +101,7 @@ def ask_all(gguf: Path, records: Sequence[dict], *, template_name: str, system: 
             messages = ([{"role": "system", "content": system}] if system else []) + \
                        [{"role": "user", "content": rec["question"]}]
             r = smoke_test(llm, messages, template_name=template_name, limit=limit)
-            results.append(HeldoutResult(rec["question"], [str(k) for k in rec["keywords"]], r.answer.strip()))
+            results.append(result_of(rec, r.answer.strip()))
     return results
 
 
@@ -120,8 +137,7 @@ def ask_all_cached(gguf: Path, records: Sequence[dict], *, template_name: str, s
     try:
         answers = json.loads(path.read_text(encoding="utf-8"))["answers"]
         if isinstance(answers, list) and len(answers) == len(records) and all(isinstance(a, str) for a in answers):
-            return [HeldoutResult(r["question"], [str(k) for k in r["keywords"]], a)
-                    for r, a in zip(records, answers)], True
+            return [result_of(r, a) for r, a in zip(records, answers)], True
     except (OSError, ValueError, KeyError, TypeError):
         pass
     results = ask_all(gguf, records, template_name=template_name, system=system, max_tokens=max_tokens, n_ctx=n_ctx)

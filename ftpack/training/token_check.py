@@ -167,13 +167,14 @@ def write_vocab_gguf(model_dir: Path, out: Path, name: str | None = None) -> Pat
     from ftpack.core.report import silenced
     from ftpack.gguf.convert import ARCHITECTURES, write_hyperparameters, write_tokenizer
     from ftpack.gguf.hf_folder import load_hf_config
+    from ftpack.gguf.vendored import config_architecture
 
     model_dir, out = Path(model_dir), Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if name is None:
         name = gguf_model_name(model_dir.name, folder_rstrips(model_dir))
     config = load_hf_config(model_dir)
-    spec = ARCHITECTURES.get((config.get("architectures") or [""])[0])
+    spec = ARCHITECTURES.get(config_architecture(config) or "")
     if spec is None:
         from ftpack.gguf.vendored import llama_cpp_source, run_converter
 
@@ -344,3 +345,123 @@ def _describe(record: int, pos: int, ours: Sequence[int], theirs: Sequence[int],
             "training": tokenizer.convert_ids_to_tokens(list(ours[window])),
             "llama_cpp": tokenizer.convert_ids_to_tokens(list(theirs[window])),
             "text": tokenizer.decode(list(ours[lo:pos + 4]))}
+
+
+# -- the collated batches the trainer receives ----------------------------------------------------
+
+#: how many training rows the train stage collates and checks (all when there are fewer)
+BATCH_SAMPLE = 64
+
+
+@dataclass
+class BatchCheck:
+    """Rows of the trainer's own collated batches compared with the checked ids."""
+
+    rows: int
+    tokens: int  # unpadded tokens compared
+    trained: int  # tokens whose label is set
+    against: str  # what the ids were compared with
+
+    def as_metrics(self) -> dict[str, Any]:
+        return {"batch_check_rows": self.rows, "batch_check_tokens": self.tokens,
+                "batch_check_trained_tokens": self.trained, "batch_check_against": self.against}
+
+
+def check_collated_batches(trainer: Any, tokenizer: Any, template: Any, rows: Sequence[Any], *,
+                           vocab_gguf: Path | None = None, max_length: int | None = None,
+                           train_on_prompts: bool = False, sample: int = BATCH_SAMPLE) -> BatchCheck:
+    """Collate the first ``sample`` rows of ``trainer.train_dataset`` with the trainer's own
+    data collator — exactly the tensors a training step receives — and prove, row by row,
+    that the unpadded ``input_ids`` are the ids the tokenization check compared (the template
+    rendered and tokenized as :func:`trained_tokens` does; with ``vocab_gguf``, llama.cpp's
+    ids of the text Ollama serves for the same conversation), and that the labels are set on
+    exactly the trained positions, each equal to its input id. ``rows``: what the trainer's
+    dataset was made from, in order (``{"messages": …}``, or an Ollama format's pre-tokenized
+    rows). With packing (a row holds several conversations, ``position_ids`` restarting at
+    each) every packed piece must be one of the rows. Raises :class:`FtpackError` naming the
+    first differing row and position."""
+    from contextlib import nullcontext
+
+    import torch
+
+    from ftpack.core.quiet import quiet_libraries
+    from ftpack.inference.runtime import open_llama
+
+    n = min(sample, len(trainer.train_dataset))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(n)])
+    ids_t, labels_t = batch["input_ids"], batch["labels"]
+    keep_t = batch.get("attention_mask")
+    if keep_t is None:
+        keep_t = torch.ones_like(ids_t)
+    positions = batch.get("position_ids")
+    packed = len(trainer.train_dataset) != len(rows) or (positions is not None and bool((positions[:, 1:] == 0).any()))
+    pretokenized = bool(getattr(template, "renders_ollama", False))
+    use_llama = vocab_gguf is not None and Path(vocab_gguf).is_file() and not pretokenized
+    check = BatchCheck(rows=0, tokens=0, trained=0,
+                       against=f"llama.cpp ({Path(vocab_gguf).name})" if use_llama else
+                       ("the pre-tokenized rows" if pretokenized else "the checked training ids"))
+
+    def fail(i: int, what: str, pos: int, ours: Sequence[int], want: Sequence[int]) -> None:
+        detail = _describe(i, pos, ours, want, tokenizer)
+        raise FtpackError(f"Training batch row {i}: {what} differ from the checked ones at token {pos}:\n"
+                          f"  batch   : {detail['training']}\n  expected: {detail['llama_cpp']}\n"
+                          f"  text near: {detail['text']!r}",
+                          "The trainer would see other tokens than the ones checked against llama.cpp. Report this "
+                          "with the base's name and the versions `ftpack doctor` shows.")
+
+    with quiet_libraries(stderr=True), \
+            (open_llama(Path(vocab_gguf), vocab_only=True) if use_llama else nullcontext()) as llm:
+
+        def expected(i: int) -> tuple[list[int], list[int]]:
+            if pretokenized:
+                want_ids = list(rows[i]["input_ids"])
+                want_mask = [1] * len(want_ids) if train_on_prompts else list(rows[i]["assistant_masks"])
+            else:
+                tt = trained_tokens(tokenizer, template, rows[i]["messages"], train_on_prompts=train_on_prompts)
+                want_ids, want_mask = tt.input_ids, tt.train
+            if llm is not None:
+                theirs = llm.tokenize(inference_text(tokenizer, template, rows[i]["messages"]).encode("utf-8"),
+                                      add_bos=True, special=True)
+                if (pos := first_difference(want_ids, theirs)) is not None:
+                    fail(i, "llama.cpp's ids", pos, want_ids, theirs)
+            return (want_ids[:max_length], want_mask[:max_length]) if max_length else (want_ids, want_mask)
+
+        pieces: list[tuple[int, list[int], list[int]]] = []  # (row, ids, labels) of each conversation seen
+        for r in range(ids_t.shape[0]):  # padding-free packing collates everything into one row
+            keep = keep_t[r].bool()
+            ids, labels = ids_t[r][keep].tolist(), labels_t[r][keep].tolist()
+            starts = [0]
+            if packed and positions is not None:
+                starts = [k for k, p in enumerate(positions[r][keep].tolist()) if p == 0] or [0]
+            for a, b in zip(starts, [*starts[1:], len(ids)]):
+                pieces.append((r, ids[a:b], labels[a:b]))
+        if packed:  # a packed piece is some row: find it by its ids
+            by_ids = {}
+            for i in range(len(rows)):
+                want_ids, want_mask = expected(i)
+                by_ids.setdefault(tuple(want_ids), (i, want_ids, want_mask))
+        for r, ids, labels in pieces:
+            if packed:
+                found = by_ids.get(tuple(ids))
+                if found is None:
+                    raise FtpackError(f"Training batch row {r}: a packed sequence of {len(ids)} tokens is none of "
+                                      f"the checked conversations (starts {tokenizer.convert_ids_to_tokens(ids[:6])}).",
+                                      "The trainer would see other tokens than the ones checked against llama.cpp. "
+                                      "Report this with the base's name; --packing off avoids it.")
+                _, want_ids, want_mask = found
+            else:
+                want_ids, want_mask = expected(r)
+                if (pos := first_difference(ids, want_ids)) is not None:
+                    fail(r, "input ids", pos, ids, want_ids)
+            trained = [k for k, label in enumerate(labels) if label != -100]
+            wanted = [k for k, m in enumerate(want_mask) if m]
+            if trained != wanted or any(labels[k] != ids[k] for k in trained):
+                pos = next((a for a, b in zip(trained, wanted) if a != b), min(len(trained), len(wanted)))
+                raise FtpackError(f"Training batch row {r}: the loss is on {len(trained)} tokens, the trained "
+                                  f"positions are {len(wanted)} (first difference near token {pos}).",
+                                  "The model would learn from other tokens than its answers. Report this with "
+                                  "the base's name and the versions `ftpack doctor` shows.")
+            check.rows += 1
+            check.tokens += len(ids)
+            check.trained += len(trained)
+    return check

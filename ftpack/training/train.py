@@ -45,50 +45,10 @@ from typing import Any, Iterable, Sequence
 
 from ftpack.core.atomic import atomic_dir, atomic_path, write_json
 from ftpack.core.errors import FtpackError
+from ftpack.core.layout import TrainOutputs
 from ftpack.core.quiet import quiet_libraries
 from ftpack.core.report import Reporter, get_reporter
-from ftpack.training.settings import ADAPTER_METHODS, TrainSettings
-
-ADAPTER_DIR = "adapter"
-MODEL_DIR = "model"
-CHECKPOINTS_DIR = "checkpoints"
-
-
-@dataclass(frozen=True)
-class TrainOutputs:
-    """Where a training run writes inside its folder: the one naming of its outputs, used
-    by `ftpack train`, the build's train stage and :func:`train` alike."""
-
-    root: Path
-    method: str
-
-    @property
-    def weights(self) -> Path:
-        """``adapter/`` for LoRA methods, ``model/`` for sft / full."""
-        return self.root / (ADAPTER_DIR if self.method in ADAPTER_METHODS else MODEL_DIR)
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / CHECKPOINTS_DIR
-
-    @property
-    def loss_csv(self) -> Path:
-        return self.root / "loss.csv"
-
-    @property
-    def loss_png(self) -> Path:
-        return self.root / "loss.png"
-
-    @property
-    def trainer_state(self) -> Path:
-        return self.root / "trainer_state.json"
-
-    @property
-    def train_info(self) -> Path:
-        return self.root / "train_info.json"
-
-    def all(self) -> list[Path]:
-        return [self.weights, self.loss_csv, self.loss_png, self.trainer_state, self.train_info]
+from ftpack.training.settings import TrainSettings
 
 
 @dataclass
@@ -157,6 +117,9 @@ class TrainingRun:
     compiled: bool = False  # decoder blocks run through torch.compile (block_compile)
     compile_reason: str = ""
     threads: int | None = None  # torch threads on CPU
+    log_env: dict[str, str] = field(default_factory=dict)  # --report-to: where local logs go (tracking.logging_env)
+    base_4bit_layers: int = 0  # linear layers of the base held packed in 4 bits (qlora)
+    batch_check: dict[str, Any] = field(default_factory=dict)  # token_check.BatchCheck.as_metrics()
 
 
 def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSettings, *, template: Any = None,
@@ -172,6 +135,8 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
     from ftpack.training.speed import install_cpu_lm_head, resolve_precision, use_physical_cores
     from ftpack.training.templates import (ChatTemplate, check_generation_markers, choose_template,
                                            install_chat_template, trainer_rows)
+    from ftpack.training.token_check import check_collated_batches
+    from ftpack.training.tracking import local_log_dirs, logging_env, reporting_to
     from ftpack.training.trainable import count_parameters, device_kind, make_trainable, precision_flags
 
     r = reporter or get_reporter()
@@ -213,6 +178,7 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
     with quiet_libraries():
         model = make_trainable(resolved.path, settings, device=device, bf16=bf16, reporter=r)
     n_train, n_total = count_parameters(model)
+    four_bit = packed_4bit_layers(model)
     r.info(f"Method {settings.method}: training {n_train:,} of {n_total:,} parameters "
            f"({100 * n_train / max(n_total, 1):.2f}%), template {template.name}, "
            f"lr {settings.learning_rate:g}, device {device}.")
@@ -228,13 +194,26 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
-    with quiet_libraries():
+    log_env = local_log_dirs(settings.report_to, outputs.root)
+    if reporting_to(settings.report_to):
+        where = "; ".join(f"{k}={v}" for k, v in log_env.items())
+        r.info(f"Reporting to {', '.join(reporting_to(settings.report_to))}" + (f" ({where})." if where else "."))
+    with quiet_libraries(), logging_env(log_env):  # an integration reads where to write when it is created
         trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
                              train_dataset=Dataset.from_list(train_rows),
                              eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
                              callbacks=list(callbacks))
         batches = len(trainer.get_train_dataloader())
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the reporter shows progress
+    # the very tensors a step receives: ids as checked against llama.cpp (the data stage's
+    # vocab.gguf beside train.jsonl, in a build), labels on exactly the trained tokens
+    batch_check = check_collated_batches(trainer, tokenizer, template, train_rows,
+                                         vocab_gguf=train_file.parent / "vocab.gguf",
+                                         max_length=settings.max_seq_length,
+                                         train_on_prompts=settings.train_on_prompts)
+    r.info(f"Batch check: {batch_check.rows} rows of the collated training batches ({batch_check.tokens:,} "
+           f"tokens) equal {batch_check.against}; the loss is on exactly their {batch_check.trained:,} "
+           "trained tokens.")
     inner = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     if device == "cpu":  # only the labelled positions go through the LM head (speed.install_cpu_lm_head)
         install_cpu_lm_head(inner)
@@ -255,9 +234,21 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
     return TrainingRun(settings=settings, template=template, base=resolved, outputs=outputs, trainer=trainer,
                        tokenizer=tokenizer, progress=progress, fingerprint=fingerprint, resume_from=resume_from,
                        has_eval=bool(eval_rows), world=world, total_steps=total, warmup_steps=warmup,
-                       parameters=(n_train, n_total), reporter=r, started=started,
+                       parameters=(n_train, n_total), reporter=r, started=started, log_env=log_env,
                        precision_reason=precision_why, threads=threads, compiled=compiled,
-                       compile_reason=compile_why)
+                       compile_reason=compile_why, base_4bit_layers=four_bit, batch_check=batch_check.as_metrics())
+
+
+def packed_4bit_layers(model) -> int:
+    """How many of the model's linear layers hold their weight packed in 4 bits (bitsandbytes
+    ``Linear4bit`` with a quantization state): what QLoRA's base really is in memory."""
+    import sys
+
+    bnb = sys.modules.get("bitsandbytes")  # never imported here for the other methods
+    if bnb is None:
+        return 0
+    return sum(1 for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)
+               and getattr(m.weight, "quant_state", None) is not None and m.weight.element_size() == 1)
 
 
 def fit(run: TrainingRun) -> None:
@@ -265,12 +256,13 @@ def fit(run: TrainingRun) -> None:
     import torch
 
     from ftpack.training.checkpoints import mark_run
+    from ftpack.training.tracking import logging_env
 
     trainer = run.trainer
     if trainer.is_world_process_zero():
         mark_run(run.outputs.checkpoints, run.fingerprint)
     try:
-        with quiet_libraries():
+        with quiet_libraries(), logging_env(run.log_env):  # most integrations start their run here
             trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
     except torch.cuda.OutOfMemoryError:
         raise FtpackError("Out of GPU memory while training.",
@@ -283,7 +275,7 @@ def fit(run: TrainingRun) -> None:
         if last is not None and last.get("step") == trainer.state.global_step:  # just evaluated: not again
             run.eval_loss = last["eval_loss"]
         else:
-            with quiet_libraries():
+            with quiet_libraries(), logging_env(run.log_env):
                 run.eval_loss = trainer.evaluate().get("eval_loss")
 
 
@@ -317,6 +309,7 @@ def save(run: TrainingRun, *, keep_checkpoints: bool = False) -> TrainResult:
         "world_size": run.world, "settings": settings.hyper_parameters(),  # the model card shows these
         "precision": settings.precision, "precision_reason": run.precision_reason, "threads": run.threads,
         "torch_compile": run.compiled, "torch_compile_reason": run.compile_reason,
+        "base_4bit_layers": run.base_4bit_layers, **run.batch_check,
         **throughput(trainer.state.log_history),
     }
     return result
@@ -364,6 +357,8 @@ def _sft_config(output_dir: Path, settings: TrainSettings, *, device: str, world
     steps, once the real step count is known (:func:`setup`)."""
     from trl import SFTConfig
 
+    from ftpack.training.tracking import trainer_report_to
+
     extra: dict[str, Any] = {}
     if eval_steps:
         extra.update(eval_strategy="steps", eval_steps=eval_steps,
@@ -402,7 +397,7 @@ def _sft_config(output_dir: Path, settings: TrainSettings, *, device: str, world
         logging_steps=settings.logging_steps, save_steps=settings.save_steps, seed=settings.seed,
         bf16=bf16, fp16=fp16,
         save_strategy="steps", save_total_limit=2,
-        report_to="none", disable_tqdm=True, logging_first_step=True,
+        report_to=trainer_report_to(settings.report_to), disable_tqdm=True, logging_first_step=True,
         dataloader_num_workers=0, dataset_num_proc=None,
         **extra,
     )
