@@ -41,7 +41,7 @@ ADAPTER_EFFECT = 0.5
 #: positions (29-59 of them). Random tiny models are a hard case for 4 bits (their logits are
 #: nearly flat, so small errors swap the top token; 64-wide rows are a quarter of a Q4_K
 #: super-block). Measured (llama-cpp-python 0.3.36, this CPU): llama 0.941, llama3 0.939,
-#: mistral 0.941, qwen2 0.879, qwen3 0.970, gemma2 0.966, gemma3 0.949, phi3 0.862, gemma4
+#: mistral 0.939, qwen2 0.879, qwen3 0.970, gemma2 0.966, gemma3 0.949, phi3 0.862, gemma4
 #: 0.610 (its 262k-token vocabulary on a 64-wide model: the flattest logits of all). Floors:
 #: about 0.1 below the lowest measured value of the kind, for seed/CPU differences in training.
 Q4_TOP1_FLOOR = {"gemma4": 0.5}

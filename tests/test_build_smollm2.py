@@ -17,6 +17,22 @@ REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "examples" / "smollm2-cpu-lora.toml"
 
 
+#: seed/CPU noise allowed below the README's demo figure: seeded runs on this machine land on it
+#: exactly; other seeds and nearby settings measured 14-16 (docs/benchmarks.md), and fp32
+#: training on a CPU without bf16 takes other rounding paths
+DEMO_MARGIN = 3
+
+
+def readme_demo_score() -> int:
+    """The held-out score the README states for the demo ("… key facts of N of 20 held-out questions")."""
+    import re
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"key facts of (\d+) of 20 held-out questions", text.replace("\n", " "))
+    assert found, "the README no longer states the demo's held-out score"
+    return int(found.group(1))
+
+
 @pytest.mark.slow
 def test_demo_config_builds_a_model_that_answers_heldout_questions(tmp_path, run_cli, ollama_double):
     from ftpack.core.atomic import sha256_file
@@ -46,9 +62,11 @@ def test_demo_config_builds_a_model_that_answers_heldout_questions(tmp_path, run
           f"base: {heldout['base_correct']}/{heldout['questions']}")
     assert heldout["questions"] == 20
     assert heldout["base_correct"] <= 2  # the base cannot know these invented facts (README: 0 of 20)
-    # README: 15 of 20 (training is seeded: the same machine gives the same score every run;
-    # a CPU without native bf16 trains in fp32 and may land a little differently)
-    assert heldout["tuned_correct"] >= 12
+    # the README's figure, less DEMO_MARGIN: training is seeded (the same machine gives the same
+    # score every run), but a CPU without native bf16 trains in fp32 and may land a little lower
+    assert heldout["tuned_correct"] >= readme_demo_score() - DEMO_MARGIN
+    # an answer that also states a wrong alternative (another error code, another price) is wrong
+    assert not any(a["tuned_correct"] and a["tuned_hedged"] for a in heldout["answers"])
     card = (out / "report.md").read_text(encoding="utf-8")
     assert f"Fine-tuned: **{heldout['tuned_correct']}/20** right" in card
     assert all(a["question"] in card for a in heldout["answers"])
