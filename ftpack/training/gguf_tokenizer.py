@@ -79,11 +79,21 @@ class GgufVocab:
 _VOCAB_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type")
 
 
-def read_gguf_vocab(gguf_path: Path) -> GgufVocab:
-    """The tokenizer metadata of a GGUF file (reads the header only, not the tensors)."""
+def _header(gguf_path: Path, arrays: tuple[str, ...]) -> Any:
+    """The GGUF's header with ``arrays`` read (ftpack's fast reader); ``ValueError`` for a file
+    that is not a readable GGUF, as gguf-py raises (the callers turn it into the user's error)."""
+    from ftpack.core.errors import FtpackError
     from ftpack.gguf.header import read_gguf_header
 
-    header = read_gguf_header(gguf_path, arrays=_VOCAB_ARRAYS)
+    try:
+        return read_gguf_header(gguf_path, arrays=arrays)
+    except FtpackError as exc:
+        raise ValueError(exc.message) from None
+
+
+def read_gguf_vocab(gguf_path: Path) -> GgufVocab:
+    """The tokenizer metadata of a GGUF file (reads the header only, not the tensors)."""
+    header = _header(gguf_path, _VOCAB_ARRAYS)
 
     def get(key: str) -> Any:
         return header.value(f"tokenizer.{key}")
@@ -243,11 +253,9 @@ def _template_processing(vocab: GgufVocab, add_bos: bool, add_eos: bool) -> dict
 def read_gguf_merges(gguf_path: Path) -> list[tuple[str, str]]:
     """``tokenizer.ggml.merges`` as pairs, split as llama.cpp splits them (at the first space
     after the first character, llama_vocab::impl::load)."""
-    from ftpack.gguf.header import read_gguf_header
-
     key = "tokenizer.ggml.merges"
     pairs = []
-    for merge in read_gguf_header(gguf_path, arrays=(key,)).value(key) or []:
+    for merge in _header(gguf_path, (key,)).value(key) or []:
         pos = merge.find(" ", 1)
         pairs.append((merge[:pos], merge[pos + 1:]) if pos > 0 else (merge, ""))
     return pairs
