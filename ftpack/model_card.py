@@ -55,8 +55,11 @@ def run_report_stage(ctx) -> Any:
     from ftpack.core.runner import StageResult
 
     heldout = ask_heldout(ctx) if ctx.config.heldout is not None else None
+    data = ctx.manifest.stages.get("data")
     data_file = Path(ctx.config.data) if ctx.config.data else None
-    data_sha = sha256_file(data_file) if data_file is not None and data_file.is_file() else None
+    data_sha = None  # a data stage that recorded no dataset identity (an older build): hash the file here
+    if (data is None or not data.metrics.get("dataset")) and data_file is not None and data_file.is_file():
+        data_sha = sha256_file(data_file)
     path = ctx.layout.report
     write_text(path, render_model_card(ctx.manifest, heldout=heldout, data_sha256=data_sha))
     return StageResult(outputs=[path], main_output=path, metrics={"heldout": heldout} if heldout else {})
@@ -188,6 +191,18 @@ def _enabled(manifest: Manifest) -> list[str]:
     return enabled_stages(manifest.config)
 
 
+def dataset_rows(identity: dict[str, Any] | None, given: Any, sha256: str | None) -> list[tuple[str, Any]]:
+    """The dataset as given: a file and its sha256, a folder and its data files' digest, or a
+    hub dataset as ``id@commit`` with its config and split (the data stage's record); a build
+    whose data stage recorded none: the configured file and ``sha256``."""
+    from ftpack.training.data_sources import identity_rows
+
+    if not identity:
+        return [("file", given), ("sha256", f"`{sha256}`" if sha256 else None)]
+    digests = ("sha256", "data files sha256", "dataset")
+    return [(k, f"`{v}`" if k in digests else v) for k, v in identity_rows(identity)]
+
+
 def render_model_card(manifest: Manifest, *, heldout: dict[str, Any] | None = None,
                       data_sha256: str | None = None) -> str:
     """The Markdown model card of a build (see the module docstring for what it holds)."""
@@ -218,7 +233,7 @@ def render_model_card(manifest: Manifest, *, heldout: dict[str, Any] | None = No
     out += ["## Data", ""]
     dm = data.metrics if data else {}
     split = f"{dm.get('train_records')} train / {dm.get('eval_records')} eval" if data else None
-    out += _kv([("file", cfg.get("data")), ("sha256", f"`{data_sha256}`" if data_sha256 else None),
+    out += _kv([*dataset_rows(dm.get("dataset"), cfg.get("data"), data_sha256),
                 ("format", dm.get("format") or cfg.get("format")), ("chat template", dm.get("template")),
                 ("records", dm.get("records")), ("split", split), ("tokens", dm.get("tokens")),
                 ("longest record (tokens)", dm.get("max_tokens")),

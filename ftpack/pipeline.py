@@ -59,7 +59,7 @@ def build_stages() -> list[Stage]:
     """The stages of `ftpack build`, in order."""
     stages = [
         Stage("data", "validate and normalise the dataset", _lazy("ftpack.training.data:run_data_stage"),
-              input_files=lambda cfg: [cfg.data]),
+              input_files=_data_files, config_keys=_data_keys),
         Stage("train", "fine-tune", _lazy("ftpack.training.train:run_train_stage")),
         Stage("convert", "Hugging Face to GGUF (adapter fused on the fly)",
               _lazy("ftpack.gguf.convert:run_convert_stage"), enabled=_ships_merged),
@@ -94,6 +94,22 @@ def build_stages() -> list[Stage]:
                         depends=tuple(s.name for s in stages), input_files=lambda cfg: [cfg.heldout],
                         config_keys=_whole_config))
     return stages
+
+
+def _data_files(cfg: Any) -> list[Path]:
+    """The dataset's file (its sha256) or folder (a digest of its files) is an input of the data
+    stage; a hub dataset's input is its commit, which :func:`resolve_config` puts in data_revision."""
+    from ftpack.core.config import hub_dataset_id
+
+    return [] if cfg.data is None or hub_dataset_id(cfg.data) else [Path(cfg.data)]
+
+
+def _data_keys(cfg: Any) -> dict[str, Any]:
+    """The data stage's config slice; the dataset-source settings only when set, so a build made
+    before they existed keeps its finished stages."""
+    from ftpack.core.config import DATA_SOURCE_KEYS, stage_slice
+
+    return {k: v for k, v in stage_slice(cfg, "data").items() if v is not None or k not in DATA_SOURCE_KEYS}
 
 
 def _imatrix_file(cfg: Any) -> list[Path]:
@@ -169,19 +185,39 @@ def require_adapter_server(config: Any) -> None:
                           "(--no-register) and use its LoRA GGUF with `llama-server --lora`.", code=2)
 
 
+def resolve_data_revision(config: Any) -> tuple[str | None, str | None]:
+    """(data_revision, why): a hub dataset's revision (default main) as the commit it names now,
+    from the hub or, offline or when the hub does not answer, from the local cache; the data
+    stage hashes it, so a new upstream commit reruns the data stage. Other datasets: as given."""
+    from ftpack.core.config import hub_dataset_id
+
+    repo = hub_dataset_id(config.data) if config.data is not None else None
+    if not repo:
+        return getattr(config, "data_revision", None), None
+    from ftpack.training.data_sources import resolve_hub_revision
+
+    hub = resolve_hub_revision(repo, getattr(config, "data_revision", None))
+    return hub.sha, f"{repo}'s {hub.asked} in {hub.source}"
+
+
 def resolve_config(config: Any) -> tuple[Any, dict[str, str]]:
-    """A copy of ``config`` with ``method``, ``register`` and ``ship`` resolved, and why each was chosen.
+    """A copy of ``config`` with ``method``, ``register``, ``ship`` and a hub dataset's
+    ``data_revision`` resolved, and why each was chosen.
 
     Used by :func:`run_build` and by ``--print-config``, so both show the same values.
     """
+    data_revision, why_data = resolve_data_revision(config)
     method, why_method = resolve_method(config.method)
     register, why_register = resolve_register(config.register, config.host)
     ship, why_ship = resolve_ship(config, method)
     if ship == "adapter" and register == "offline":
         why_ship += ("; written offline, such a model loads only on older servers or on today's deprecated "
                      "adapter path, and `ollama create` cannot make it again")
-    return dataclasses.replace(config, method=method, register=register, ship=ship), {
-        "method": why_method, "register": why_register, "ship": why_ship}
+    why = {"method": why_method, "register": why_register, "ship": why_ship}
+    if why_data:
+        why["data_revision"] = why_data
+    resolved = dataclasses.replace(config, method=method, register=register, ship=ship, data_revision=data_revision)
+    return resolved, why
 
 
 def build_dir_of(config: Any) -> Path:
@@ -194,7 +230,8 @@ def build_dir_of(config: Any) -> Path:
 def check_build_inputs(config: Any, force: str | None = None) -> None:
     """Mistakes that would otherwise surface after training: fail before the first stage."""
     if config.data is None:  # other commands take a config without data; a build needs it
-        raise bad_input("No dataset given.", "Pass --data FILE (JSON or JSONL), or `data = ...` in --config.")
+        raise bad_input("No dataset given.", "Pass --data FILE (JSON, JSONL, Parquet, CSV, TSV, Arrow), a "
+                        "datasets.save_to_disk folder or a hub dataset id, or `data = ...` in --config.")
     if config.heldout is not None:  # build_config checked that it exists; its lines are checked here
         from ftpack.inference.heldout import read_heldout
 

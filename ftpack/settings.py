@@ -7,9 +7,9 @@ setting (:data:`ftpack.core.checks.CHECKS`: input files and the output folder;
 :data:`ftpack.gguf.settings.CHECKS`: ``--quant``, ``--imatrix``, the base's architecture,
 ``--ship``; :data:`ftpack.ollama.settings.CHECKS`: ``--param``, ``--message``, ``--system``,
 the model store, ``--ollama-base``; :data:`ftpack.training.settings.CHECKS`:
-``--report-to``, ``--template``). Here they are composed and run at config load, so a typo or an
-unconvertible base fails in a second with exit 2, before torch is imported and long
-before training.
+``--report-to``, ``--data``, ``--data-columns``, ``--template``). Here they are composed and run
+at config load, so a typo or an unconvertible base fails in a second with exit 2, before torch
+is imported and long before training.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from ftpack.training import settings as training_settings
 
 #: The order the checks run in: the first problem found is the one reported, and a check
 #: may read a value an earlier one normalised (--quant reads --imatrix).
-CHECK_ORDER = ("report_to", "data", "license", "imatrix", "heldout", "quant", "parameters", "messages", "system",
-               "template", "out", "models_dir", "base", "ship", "ollama_base")
+CHECK_ORDER = ("report_to", "data", "data_columns", "license", "imatrix", "heldout", "quant", "parameters",
+               "messages", "system", "template", "out", "models_dir", "base", "ship", "ollama_base")
 
 
 def compose_checks(*tables: Mapping[str, Check], order: Iterable[str] = CHECK_ORDER) -> dict[str, Check]:

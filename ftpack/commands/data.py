@@ -42,11 +42,12 @@ def templates(name: str | None) -> None:
 
 
 @click.command()
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("file", type=click.Path(path_type=Path), metavar="DATA")
 @click.option("--base", default=None, metavar="BASE",
               help="Base model whose tokenizer counts tokens (alias, hub id, folder or .gguf); only its "
                    "tokenizer files are downloaded, never the weights.")
-@config_options(["format", "template", "max_seq_length", "drop_long", "eval_ratio", "seed", "trust_remote_code"],
+@config_options(["format", "data_columns", "data_config", "data_split", "data_revision", "template", "max_seq_length",
+                 "drop_long", "eval_ratio", "seed", "trust_remote_code"],
                 help={"template": "Chat template (see `ftpack templates`); default: detected from --base."})
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None, metavar="OUT.jsonl",
               help="Write the normalised training records here (the eval split goes to OUT.eval.jsonl).")
@@ -57,19 +58,27 @@ def data(file: Path, base: str | None, out: Path | None, show_tokens: int | None
     """Validate a dataset, normalise it to `messages` JSONL and show its statistics.
 
     \b
-    Formats (JSON array or JSONL, detected per file): sharegpt ({"conversations": [{"from",
-    "value"}]}), messages ({"messages": [{"role", "content"}]}), alpaca (instruction, input,
-    output), io (input, output), prompt-completion (prompt, completion).
-    Every problem is listed as FILE:LINE: what is wrong; then nothing is written (exit 2).
+    DATA: a JSON array or JSONL file, a .parquet, .csv/.tsv or .arrow file, a
+    datasets.save_to_disk folder, or a Hugging Face hub dataset id (org/name; --data-config,
+    --data-split, --data-revision; offline: read from the local cache).
+    Formats (detected per dataset): sharegpt ({"conversations": [{"from", "value"}]}),
+    messages ({"messages": [{"role", "content"}]}), alpaca (instruction, input, output),
+    io (input, output), prompt-completion (prompt, completion); --data-columns
+    conversations=dialog reads a field from another column.
+    Every problem is listed as FILE:LINE: what is wrong (FILE:ROW: for the rows of a
+    table); then nothing is written (exit 2).
     Example: ftpack data qa.json --base smollm2-135m -o qa.messages.jsonl
     """
     from ftpack.settings import command_settings
     from ftpack.training.bases import resolve_tokenizer
     from ftpack.training.data import eval_path_beside, prepare_data, report_summary, write_split
+    from ftpack.training.data_sources import source_of, source_options
     from ftpack.training.templates import choose_base_template, load_template
 
     reporter = get_reporter()
     settings = command_settings(list(params), given_flags(params))
+    where = source_options(settings)
+    source_of(file, **where)  # not there, or a setting that does not apply: before a tokenizer loads
     if show_tokens and not base:
         from ftpack.core.errors import bad_input
 
@@ -84,7 +93,7 @@ def data(file: Path, base: str | None, out: Path | None, show_tokens: int | None
         note = "no tokenizer: pass --base to count tokens"
     prepared = prepare_data(file, fmt=settings["format"], template=tpl, tokenizer=tokenizer,
                             max_seq_length=settings["max_seq_length"], drop_long=bool(settings["drop_long"]),
-                            eval_ratio=settings["eval_ratio"], seed=settings["seed"], tokens_note=note)
+                            eval_ratio=settings["eval_ratio"], seed=settings["seed"], tokens_note=note, **where)
     summary = prepared.summary
     if out is not None:
         written = write_split(prepared, out, eval_path_beside(out))
@@ -94,7 +103,7 @@ def data(file: Path, base: str | None, out: Path | None, show_tokens: int | None
         from ftpack.training.data import load_dataset
         from ftpack.training.token_check import trained_sequences
 
-        for i, messages in enumerate(load_dataset(file, settings["format"]).conversations[:show_tokens]):
+        for i, messages in enumerate(load_dataset(file, settings["format"], **where).conversations[:show_tokens]):
             for view in trained_sequences(tokenizer, tpl, messages):  # one per answer where prompts change
                 reporter.tokens(i, view.text, view.pieces, view.input_ids, view.train)
     reporter.result(summary.as_dict())

@@ -5,9 +5,10 @@ new, empty or ftpack's own) and :func:`run_checks`, which every domain's checks 
 Each domain checks its own settings beside the code that owns them
 (:mod:`ftpack.gguf.settings`: ``--quant``, ``--imatrix``, the base's architecture,
 ``--ship``; :mod:`ftpack.ollama.settings`: ``--param``, ``--message``, ``--system``, the
-model store, ``--ollama-base``; :mod:`ftpack.training.settings`: ``--template``), and
-:mod:`ftpack.settings` composes them: `ftpack build` runs them all when it loads its config,
-a step command only those of its own flags, so a typo fails in a second, never after training.
+model store, ``--ollama-base``; :mod:`ftpack.training.settings`: the dataset and where in it
+the records are, ``--template``), and :mod:`ftpack.settings` composes them: `ftpack build` runs
+them all when it loads its config, a step command only those of its own flags, so a typo fails
+in a second, never after training.
 """
 
 from __future__ import annotations
@@ -47,12 +48,6 @@ def run_checks(checks: Mapping[str, Check], values: dict[str, Any], where: Mappi
     return values
 
 
-def _check_dataset(value: Path, values: Mapping[str, Any], label: str) -> Path:
-    if not Path(value).is_file():
-        raise bad_input(f"Dataset not found: {value} ({label}).", "Pass --data FILE (JSON or JSONL).")
-    return value
-
-
 def _check_input_file(value: Path, values: Mapping[str, Any], label: str) -> Path:
     if not Path(value).is_file():
         raise bad_input(f"{label}: file not found: {value}")
@@ -75,9 +70,7 @@ def _check_out(value: Path, values: Mapping[str, Any], label: str) -> Path:
 
 
 #: key -> check of the settings no domain owns: input files, the output folder.
-CHECKS: dict[str, Check] = {
-    "data": _check_dataset, "license": _check_input_file, "heldout": _check_input_file, "out": _check_out,
-}
+CHECKS: dict[str, Check] = {"license": _check_input_file, "heldout": _check_input_file, "out": _check_out}
 
 #: Files that mark a folder as ftpack's own output: a build's manifest, a `ftpack train` run.
 OUTPUT_MARKS = ("build.json", "train_info.json", "checkpoints/ftpack-run.json")

@@ -79,13 +79,21 @@ def _o(key, type_, default, help, stage, **kw) -> Option:
 OPTIONS: tuple[Option, ...] = (
     # -- what to build -----------------------------------------------------------------
     _o("base", str, DEFAULT_BASE, "Base model: alias, HF hub id, local HF folder or GGUF file.", "data"),
-    _o("data", Path, None, "Conversation dataset (JSON or JSONL).", "data"),
+    _o("data", Path, None, "Conversation dataset: a .json/.jsonl, .parquet, .csv/.tsv or .arrow file, a "
+       "datasets.save_to_disk folder, or a Hugging Face hub dataset id (org/name).", "data"),
     _o("out", Path, None, "Build directory (default: builds/<name>).", ""),
     _o("template", str, None, "Chat template name (see `ftpack templates`); default: from the base.", "data"),
     _o("system", str, None, "System prompt: the Ollama model's SYSTEM, and trained on in every conversation "
        "that has none (default: the template's).", "data"),
     # -- data ----------------------------------------------------------------------------
     _o("format", str, "auto", "Dataset format.", "data", choices=DATA_FORMATS),
+    _o("data_config", str, None, "Hub dataset (or dataset folder): the configuration (subset) to load.", "data"),
+    _o("data_split", str, None, "Hub dataset or save_to_disk folder: the split to load.  [default: train]", "data"),
+    _o("data_revision", str, None, "Hub dataset: branch, tag or commit (default: main); a build records the "
+       "commit it loaded.", "data"),
+    _o("data_columns", str, None, "Read a field from a differently named column, as FIELD=COLUMN (e.g. "
+       "conversations=dialog; comma-separated or repeated; in a config file also a table).", "data",
+       multiple=True),
     _o("eval_ratio", float, None, "Fraction held out for evaluation (default 0.05 with >= 20 records).",
        "data", min=0.0, max=0.5),
     _o("drop_long", bool, False, "Drop records longer than --max-seq-length instead of truncating.", "data"),
@@ -170,6 +178,27 @@ OPTION_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
 
 #: Path settings that a config file names relative to its own folder.
 RELATIVE_TO_CONFIG = ("data", "license", "imatrix", "heldout")
+#: Settings that say where in a dataset the records are; a build's data stage hashes them only when
+#: set (ftpack.pipeline), so builds made before they existed keep their finished stages.
+DATA_SOURCE_KEYS = ("data_config", "data_split", "data_revision", "data_columns")
+#: Suffixes of the dataset files `--data` reads (any other file is read as JSON / JSONL).
+DATA_FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".tsv", ".arrow")
+_HUB_DATASET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+def hub_dataset_id(value: Any, base: Path | None = None) -> str | None:
+    """``org/name`` when ``value`` names a Hugging Face hub dataset rather than a local path: it
+    has that shape, no dataset-file suffix, and nothing exists at that path (relative to
+    ``base``, default the working directory). A local file or folder always wins."""
+    if not isinstance(value, (str, Path)):
+        return None
+    text = str(value)
+    if not _HUB_DATASET_ID.match(text) or ".." in text or text.lower().endswith(DATA_FILE_SUFFIXES):
+        return None
+    local = Path(text).expanduser()
+    if (base / local if base is not None else local).exists():
+        return None
+    return text
 
 # Order of the stages; each stage's hash includes its own options and all upstream outputs.
 STAGES = ("data", "train", "convert", "quantize", "base", "adapter", "verify", "modelfile", "register", "roundtrip",
@@ -205,11 +234,11 @@ def _coerce(opt: Option, value: Any, source: str) -> Any:
         return None
     if opt.multiple:
         items = list(value) if isinstance(value, (list, tuple)) else [value]
-        if opt.key == "target_modules":  # "q_proj,v_proj" as well as repeated flags
-            items = [part.strip() for item in items for part in str(item).split(",") if part.strip()]
-        if isinstance(value, Mapping) and opt.key == "parameters":
+        if isinstance(value, Mapping) and opt.key in ("parameters", "data_columns"):
             items = [f"{k}={v}" for k, vals in value.items()
                      for v in (vals if isinstance(vals, list) else [vals])]
+        if opt.key in ("target_modules", "data_columns"):  # "q_proj,v_proj" as well as repeated flags
+            items = [part.strip() for item in items for part in str(item).split(",") if part.strip()]
         single = dataclasses.replace(opt, multiple=False)
         out = [_coerce(single, v, source) for v in items]
         return tuple(out) if out else None
@@ -239,6 +268,8 @@ def _coerce(opt: Option, value: Any, source: str) -> Any:
     elif t is Path:
         if not isinstance(value, (str, Path)) or str(value) == "":
             raise bad_input(f"{where}: expected a path, got {value!r}.")
+        if opt.key == "data" and hub_dataset_id(value):  # a hub dataset id stays as given
+            return str(value)
         out = Path(value).expanduser()
         if opt.key in RELATIVE_TO_CONFIG:  # inputs: absolute, so build.json is unambiguous
             out = out.absolute()
@@ -300,7 +331,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise bad_input(f"{path}: the config file must hold a table of settings.")
     flat: dict[str, Any] = {}
     for key, value in raw.items():
-        if isinstance(value, dict) and key not in OPTION_BY_KEY and key != "parameters":
+        if isinstance(value, dict) and key not in OPTION_BY_KEY:
             for k, v in value.items():
                 flat[k] = v
         else:
@@ -309,6 +340,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     for key in RELATIVE_TO_CONFIG:
         value = flat.get(key)
         if key == "imatrix" and isinstance(value, str) and value.lower() in IMATRIX_MODES:
+            continue
+        if key == "data" and hub_dataset_id(value, path.parent):
             continue
         if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
             flat[key] = str(path.parent / value)

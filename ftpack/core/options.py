@@ -53,6 +53,8 @@ def _metavar(opt: Option) -> str | None:
         return "KEY=VALUE"
     if opt.key == "messages":
         return "ROLE:TEXT"
+    if opt.key == "data_columns":
+        return "FIELD=COLUMN"
     return "TEXT"
 
 

@@ -1,7 +1,9 @@
 """Datasets: five input formats → validated ``messages`` conversations, stats and an eval split.
 
-Input: a JSON array or JSONL file (UTF-8, a BOM is tolerated) in one of these formats,
-detected per file (``--format`` forces one):
+Input: a JSON array or JSONL file (UTF-8, a BOM is tolerated), or the rows of a Parquet,
+CSV/TSV or Arrow file, a ``datasets.save_to_disk`` folder or a Hugging Face hub dataset
+(:mod:`ftpack.training.data_sources`), in one of these formats, detected per dataset
+(``--format`` forces one):
 
 * ``sharegpt``  – ``{"conversations": [{"from": "human"|"gpt"|"system", "value": …}]}``
   (FastChat's Vicuna format; an optional top-level ``system`` string is honoured);
@@ -14,8 +16,9 @@ detected per file (``--format`` forces one):
 
 Every record is checked and *all* problems are reported at once (up to a cap) as
 ``FILE:LINE: what is wrong`` — the JSONL line, or for a JSON array the line where the
-item starts plus its index — then a :class:`FtpackError` with exit code 2 is raised
-and nothing is written. A valid conversation is an optional system message, then
+item starts plus its index; for rows read through ``datasets`` ``FILE:ROW:`` (rows counted
+from 1; a hub dataset is ``org/name[split]:ROW:``) — then a :class:`FtpackError` with exit
+code 2 is raised and nothing is written. A valid conversation is an optional system message, then
 user/assistant turns alternating, ending with an assistant message; contents are
 non-empty strings.
 """
@@ -32,6 +35,7 @@ from typing import Any, Iterator, Sequence
 from ftpack.core.atomic import atomic_path, write_json
 from ftpack.core.config import RECORD_FORMATS as FORMATS  # the one list, also behind --format
 from ftpack.core.errors import FtpackError, bad_input
+from ftpack.training.data_sources import DataSource, identity_of, identity_rows, rename_fields, source_of
 
 ROLES = ("system", "user", "assistant")
 #: ShareGPT speaker names → roles (FastChat uses human/gpt; some exports use user/assistant).
@@ -66,9 +70,11 @@ class Record:
 class Dataset:
     """A loaded, validated dataset."""
 
-    path: Path
+    path: Path | str  # as given (a hub dataset: its id)
     format: str
     records: list[Record]
+    source: DataSource | None = None
+    identity: dict[str, Any] | None = None  # with ``identify``: what build.json records (data_sources.identity_of)
 
     @property
     def conversations(self) -> list[Conversation]:
@@ -77,11 +83,15 @@ class Dataset:
 
 class Problems:
     """Collects ``FILE:LINE: message`` problems; reports them in line order, the first
-    :data:`MAX_PROBLEMS` in full."""
+    :data:`MAX_PROBLEMS` in full. ``path``: the file, or a hub dataset's ``org/name[split]``;
+    ``rows``: the numbers are rows read through ``datasets``, not lines."""
 
-    def __init__(self, path: Path, cap: int = MAX_PROBLEMS):
+    def __init__(self, path: Path | str, cap: int = MAX_PROBLEMS, *, rows: bool = False,
+                 columns: tuple[tuple[str, str], ...] = ()):
         self.path = path
         self.cap = cap
+        self.rows = rows
+        self.columns = columns
         self.items: list[tuple[int, int, str]] = []
 
     def add(self, line: int, message: str, index: int | None = None) -> None:
@@ -103,8 +113,12 @@ class Problems:
         shown = self.lines
         more = f"\n... and {self.count - len(shown)} more" if self.count > len(shown) else ""
         noun = "problem" if self.count == 1 else "problems"
-        return bad_input(f"{self.path}: {self.count} {noun}; nothing was written.\n" + "\n".join(shown) + more,
-                         "Fix these records (or pick the format with --format) and run again.")
+        hint = "Fix these records (or pick the format with --format) and run again."
+        if self.rows:
+            hint += " Rows are counted from 1 (a CSV file's header row is not counted)."
+        if self.columns:
+            hint += " Fields read from other columns: " + ", ".join(f"{f}={c}" for f, c in self.columns) + "."
+        return bad_input(f"{self.path}: {self.count} {noun}; nothing was written.\n" + "\n".join(shown) + more, hint)
 
 
 # -- reading JSON / JSONL -----------------------------------------------------------------
@@ -370,21 +384,61 @@ def _conversational_prompt_completion(obj: dict) -> tuple[Conversation, list[str
 
 # -- loading -----------------------------------------------------------------------------
 
-def load_dataset(path: str | Path, fmt: str = "auto", *, max_problems: int = MAX_PROBLEMS) -> Dataset:
-    """Read, detect, convert and validate a dataset; every problem → one FtpackError (code 2)."""
-    path = Path(path)
+def load_dataset(path: str | Path, fmt: str = "auto", *, max_problems: int = MAX_PROBLEMS,
+                 columns: Any = None, config: str | None = None, split: str | None = None,
+                 revision: str | None = None, identify: bool = False) -> Dataset:
+    """Read, detect, convert and validate a dataset; every problem → one FtpackError (code 2).
+
+    ``path``: what ``--data`` names (:func:`ftpack.training.data_sources.source_of`);
+    ``columns`` (``FIELD=COLUMN`` items), ``config``, ``split``, ``revision``: where in it the
+    records are. ``identify``: also record the dataset's identity (a file's sha256, a hub
+    dataset's commit...) in :attr:`Dataset.identity`."""
     if fmt not in ("auto", *FORMATS):
         raise bad_input(f"Unknown dataset format {fmt!r}.", f"Use one of: auto, {', '.join(FORMATS)}.")
+    source = source_of(path, config=config, split=split, revision=revision, columns=columns)
+    if source.rows:
+        return _load_rows(source, fmt, max_problems, identify)
+    path = Path(path)
     text = read_text(path)
     if not text.strip():
         raise bad_input(f"{path} is empty: no records.",
                         "Give a JSON array or JSONL file with at least one conversation.")
-    problems = Problems(path, max_problems)
+    problems = Problems(path, max_problems, columns=source.columns)
     items = list(iter_raw_items(path, text, problems))
     if not items and not problems:
         raise bad_input(f"{path} has no records (an empty JSON array).",
                         "Give at least one conversation.")
+    if source.columns:
+        mapping = dict(source.columns)
+        for item in items:
+            item.value = rename_fields(item.value, mapping)
+    records, file_format = _convert_items(items, fmt, problems)
+    return Dataset(path, file_format or "unknown", records, source, identity_of(source) if identify else None)
 
+
+def _load_rows(source: DataSource, fmt: str, max_problems: int, identify: bool) -> Dataset:
+    """A dataset read through ``datasets`` (:mod:`ftpack.training.data_sources`): rows, not lines."""
+    from ftpack.training.data_sources import read_rows, resolve_hub_revision
+
+    hub = resolve_hub_revision(source.repo_id, source.revision) if source.kind == "hub" else None
+    rows = read_rows(source, hub)
+    if not rows:
+        raise bad_input(f"{source.label} has no records.", "Give at least one conversation.")
+    problems = Problems(source.label, max_problems, rows=True, columns=source.columns)
+    items = []
+    for row in rows:
+        for err in row.errors:
+            problems.add(row.number, err)
+        if not row.errors:
+            items.append(RawItem(row.number, row.number - 1, row.value, False))
+    records, file_format = _convert_items(items, fmt, problems)
+    identity = identity_of(source, hub) if identify or hub is not None else None
+    return Dataset(source.given, file_format or "unknown", records, source, identity)
+
+
+def _convert_items(items: list[RawItem], fmt: str, problems: Problems) -> tuple[list[Record], str | None]:
+    """Detect the format (unless ``fmt`` forces one) and convert every item; raises
+    ``problems`` as one error when there are any."""
     detected = [detect_format(item.value) for item in items]
     if fmt == "auto":
         counts = Counter(d for d in detected if d is not None)
@@ -415,7 +469,7 @@ def load_dataset(path: str | Path, fmt: str = "auto", *, max_problems: int = MAX
             records.append(Record(messages, item.line, item.index))
     if problems:
         raise problems.error()
-    return Dataset(path, file_format or "unknown", records)
+    return records, file_format
 
 
 # -- statistics, tokens, split --------------------------------------------------------------
@@ -515,6 +569,7 @@ class DataSummary:
     train_records: int
     eval_records: int
     outputs: dict[str, str] = field(default_factory=dict)
+    source: dict[str, Any] | None = None  # the dataset's identity (data_sources.identity_of)
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -539,14 +594,17 @@ def with_default_system(conversations: Sequence[Conversation], system: str | Non
 
 def prepare_data(path: str | Path, *, fmt: str = "auto", template: Any = None, tokenizer: Any = None,
                  max_seq_length: int = 2048, drop_long: bool = False, eval_ratio: float | None = None,
-                 seed: int = 42, tokens_note: str | None = None, system: str | None = None) -> PreparedData:
+                 seed: int = 42, tokens_note: str | None = None, system: str | None = None,
+                 columns: Any = None, config: str | None = None, split: str | None = None,
+                 revision: str | None = None) -> PreparedData:
     """Load + validate, count tokens (when a tokenizer and template are given), drop or
-    flag long records, and split. Pure apart from reading ``path``.
+    flag long records, and split. Pure apart from reading ``path`` (``columns``, ``config``,
+    ``split``, ``revision``: where in it the records are, as :func:`load_dataset` takes them).
 
     ``system`` (the build's ``--system``, which also becomes the Modelfile's SYSTEM) is put
     in front of every conversation that has no system message, so the model trains on the
     system block Ollama will render for it."""
-    dataset = load_dataset(path, fmt)
+    dataset = load_dataset(path, fmt, columns=columns, config=config, split=split, revision=revision, identify=True)
     conversations = with_default_system(dataset.conversations, system)
     lengths: list[int] | None = None
     if tokenizer is not None and template is not None:
@@ -580,6 +638,7 @@ def prepare_data(path: str | Path, *, fmt: str = "auto", template: Any = None, t
         max_seq_length=max_seq_length, too_long=len(too_long), dropped_long=dropped,
         stop_collisions=count_stop_collisions(dataset.conversations, template),
         eval_ratio=ratio, seed=seed, train_records=len(train_idx), eval_records=len(eval_idx),
+        source=dataset.identity,
     )
     return PreparedData([conversations[i] for i in train_idx], [conversations[i] for i in eval_idx], summary)
 
@@ -622,7 +681,8 @@ def read_messages_jsonl(path: str | Path) -> list[Conversation]:
 
 
 def summary_rows(s: DataSummary) -> list[tuple[str, str]]:
-    rows = [("file", s.path), ("format", s.format), ("template", s.template or "(none chosen)"),
+    rows = identity_rows(s.source) or [("file", s.path)]
+    rows += [("format", s.format), ("template", s.template or "(none chosen)"),
             ("records", str(s.records)), ("messages", str(s.messages)), ("assistant turns", str(s.turns)),
             ("with system prompt", str(s.with_system)), ("duplicates", str(s.duplicates))]
     if s.tokens:
@@ -678,6 +738,8 @@ class BuildData:
         metrics = {"template": self.template.name, "format": s.format, "records": s.records,
                    "train_records": s.train_records, "eval_records": s.eval_records, "too_long": s.too_long,
                    "dropped_long": s.dropped_long, "duplicates": s.duplicates}
+        if s.source is not None:
+            metrics["dataset"] = s.source
         if self.token_check is not None:
             metrics.update(self.token_check.as_metrics())
         if self.ollama_base is not None:
@@ -695,10 +757,13 @@ def prepare_build_data(cfg: Any, layout: Any, reporter: Any) -> BuildData:
     into ``layout`` (a BuildLayout). Used by the build's data stage and `ftpack train`.
     """
     from ftpack.training.bases import resolve_tokenizer
+    from ftpack.training.data_sources import SOURCE_HINT, source_of, source_options
     from ftpack.training.templates import choose_base_template, save_template
 
     if cfg.data is None:
-        raise bad_input("No dataset given.", "Pass --data FILE (JSON or JSONL).")
+        raise bad_input("No dataset given.", SOURCE_HINT)
+    where = source_options(cfg)
+    source_of(cfg.data, **where)  # a missing file or a setting that does not apply: before the tokenizer loads
     tokenizer, resolved = resolve_tokenizer(cfg.base, trust_remote_code=bool(getattr(cfg, "trust_remote_code", False)),
                                             allow_pickle=bool(getattr(cfg, "allow_pickle", False)),
                                             models_dir=getattr(cfg, "models_dir", None))
@@ -707,7 +772,8 @@ def prepare_build_data(cfg: Any, layout: Any, reporter: Any) -> BuildData:
         reporter.warn(resolved.ollama.quantization_note)
     prepared = prepare_data(cfg.data, fmt=cfg.format or "auto", template=template, tokenizer=tokenizer,
                             max_seq_length=cfg.max_seq_length, drop_long=bool(cfg.drop_long),
-                            eval_ratio=cfg.eval_ratio, seed=cfg.seed, system=getattr(cfg, "system", None))
+                            eval_ratio=cfg.eval_ratio, seed=cfg.seed, system=getattr(cfg, "system", None),
+                            **where)
     outputs = write_split(prepared, layout.train_file, layout.eval_file)
     summary = prepared.summary
     summary.outputs = {p.name: str(p) for p in outputs}
@@ -752,11 +818,14 @@ def check_build_tokenization(tokenizer: Any, template: Any, base_dir: Path, prep
 def run_data_stage(ctx: Any):
     """Stage ``data``: :func:`prepare_build_data` into the build's data/ folder.
 
-    Reads: config.data, format, template, base, max_seq_length, drop_long, eval_ratio,
-    seed (and trust_remote_code / allow_pickle to load the base's tokenizer).
+    Reads: config.data (and data_columns, data_config, data_split, data_revision), format,
+    template, base, max_seq_length, drop_long, eval_ratio, seed (and trust_remote_code /
+    allow_pickle to load the base's tokenizer).
     Writes: data/train.jsonl (main output), data/eval.jsonl (when there is an eval
     split), data/stats.json. Metrics: template (the chosen name, which training receives
-    and saves beside its weights), format, records, train/eval records, tokens, too_long.
+    and saves beside its weights), format, records, train/eval records, tokens, too_long,
+    dataset (its identity: a file's sha256, a folder's data-file digest, a hub dataset's id,
+    commit, config and split).
     """
     from ftpack.core.runner import StageResult
 

@@ -6,8 +6,8 @@ keyword, the resume fingerprint and the model card's hyper-parameter table all s
 same thing. Settings that only steer bookkeeping (how often to log or save, what code
 may run) are left out of :meth:`TrainSettings.hyper_parameters`.
 
-:data:`CHECKS` holds training's checks at config load (``--report-to``, ``--template``), which
-:mod:`ftpack.settings` runs with every other domain's.
+:data:`CHECKS` holds training's checks at config load (``--report-to``, ``--data``,
+``--data-columns``, ``--template``), which :mod:`ftpack.settings` runs with every other domain's.
 """
 
 from __future__ import annotations
@@ -158,5 +158,22 @@ def _check_report_to(value: tuple[str, ...], values: Mapping[str, Any], label: s
     return check_report_to(value, label) or None
 
 
+def _check_data(value: Any, values: Mapping[str, Any], label: str) -> Any:
+    """A local dataset file or folder that exists, or a hub dataset id; ``--data-config``,
+    ``--data-split``, ``--data-revision`` only where they apply (:mod:`ftpack.training.data_sources`;
+    the hub is asked when the build starts, not here)."""
+    from ftpack.training.data_sources import check_data
+
+    return check_data(value, values, label)
+
+
+def _check_data_columns(value: tuple[str, ...], values: Mapping[str, Any], label: str) -> tuple[str, ...] | None:
+    """``FIELD=COLUMN`` items naming fields ftpack reads, each field and column once."""
+    from ftpack.training.data_sources import check_columns
+
+    return check_columns(value, values, label)
+
+
 #: key -> check of the settings training owns (:func:`ftpack.core.checks.run_checks`).
-CHECKS: dict[str, Check] = {"report_to": _check_report_to, "template": _check_template}
+CHECKS: dict[str, Check] = {"report_to": _check_report_to, "data": _check_data, "data_columns": _check_data_columns,
+                            "template": _check_template}
