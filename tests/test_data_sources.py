@@ -241,6 +241,19 @@ def test_a_bad_row_is_named_by_its_row_exit_2_nothing_written(kind, tmp_path, hu
     assert not (tmp_path / "out").exists()  # nothing written
 
 
+def test_an_unreadable_file_is_one_clear_error_without_the_librarys_log_line(tmp_path, cli_in_fresh_process):
+    """datasets logs "Failed to read schema …" before raising; ftpack's error carries that
+    message, so the log line is dropped (--debug keeps it)."""
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(bytes(range(256)) * 2)
+    code, heavy, output = cli_in_fresh_process("data", str(bad))
+    assert code == 2, output
+    assert "cannot read it as a Parquet file" in output and "Traceback" not in output
+    assert "Failed to read schema" not in output, output
+    _, _, debug = cli_in_fresh_process("--debug", "data", str(bad))
+    assert "Failed to read schema" in debug
+
+
 def test_every_problem_is_listed_and_unreadable_cells_too(tmp_path):
     rows = [_cells(r) for r in as_records(conversations(5))]
     rows[1]["messages"] = "[{\"role\": \"user\""  # cut short

@@ -45,6 +45,8 @@ def _click_option(opt: Option, help_text: str | None = None, extra_names: Iterab
 def _metavar(opt: Option) -> str | None:
     if opt.choices:
         return None
+    if opt.key == "data":  # a file or folder, or a hub dataset id
+        return "PATH|ORG/NAME"
     if opt.type is Path:
         return "PATH"
     if opt.type in (int, float):

@@ -48,8 +48,12 @@ def debug_enabled() -> bool:
 
 
 @contextlib.contextmanager
-def quiet_libraries(*, stderr: bool = False) -> Iterator[None]:
+def quiet_libraries(*, stderr: bool = False, errors: bool = False) -> Iterator[None]:
     """Silence library warnings, logs at WARNING and below, and progress bars inside the block.
+
+    ``errors=True`` drops library ERROR records too: for calls whose failure ftpack reports
+    itself, with the library's message in it (a library that logs the error it then raises
+    would show it twice).
 
     ``stderr=True`` also parks everything written to stderr inside the block — plain tqdm
     bars, C code writing to file descriptor 2 (llama.cpp, ggml) — in a temporary file,
@@ -62,7 +66,7 @@ def quiet_libraries(*, stderr: bool = False) -> Iterator[None]:
     import warnings
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_logs_up_to(HIDDEN_LOG_LEVEL))
+        stack.enter_context(_logs_up_to(logging.ERROR if errors else HIDDEN_LOG_LEVEL))
         stack.enter_context(_progress_bars_off())
         stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore")  # ftpack itself never warns through `warnings`

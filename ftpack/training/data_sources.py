@@ -382,7 +382,8 @@ def read_rows(source: DataSource, hub: HubRevision | None = None) -> list[Row]:
 
     from ftpack.core.quiet import quiet_libraries
 
-    with tempfile.TemporaryDirectory(prefix="ftpack-data-") as cache, quiet_libraries():
+    # datasets logs the error of a file it cannot read before raising it; ftpack's message carries it
+    with tempfile.TemporaryDirectory(prefix="ftpack-data-") as cache, quiet_libraries(errors=True):
         table = _load_table(source, hub, Path(cache))
         return list(_rows(table, source))
 
