@@ -119,3 +119,14 @@ def smollm2_base() -> Path:
     from ftpack.training.bases import resolve_base
 
     return resolve_base("smollm2-135m").path
+
+
+@pytest.fixture
+def refused_endpoint() -> str:
+    """An http:// address on this machine where nobody listens: connection refused at once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

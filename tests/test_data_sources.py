@@ -17,7 +17,6 @@ import hashlib
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -409,14 +408,6 @@ def test_a_hub_dataset_is_fetched_then_read_offline_from_the_same_cache(tmp_path
     assert offline["revision"] == COMMIT and offline["read_from"] == "the local Hugging Face cache (HF_HUB_OFFLINE=1)"
     assert [json.loads(line)["messages"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == \
         conversations(3)
-
-
-@pytest.fixture
-def refused_endpoint():
-    with socket.socket() as s:  # a port nobody listens on: connection refused
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 

@@ -24,14 +24,6 @@ HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 @pytest.fixture
-def refused_endpoint():
-    with socket.socket() as s:  # a port nobody listens on: connection refused
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
-
-@pytest.fixture
 def silent_endpoint():
     """A server that accepts connections (the kernel's backlog) and never answers a request."""
     with socket.socket() as s:

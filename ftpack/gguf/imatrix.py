@@ -113,7 +113,7 @@ def calibration_set(conversations: Sequence[Sequence[Mapping[str, str]]], templa
     to ``chunk_size`` tokens; topped up with ftpack's generic text below ``min_tokens``."""
     from ftpack.core.quiet import quiet_libraries
     from ftpack.gguf.calibration_text import GENERIC_TEXT, GENERIC_TEXT_NAME
-    from ftpack.training.templates import render_chat, training_chat_template
+    from ftpack.training.token_check import training_ids
 
     if chunk_size < 16:
         raise bad_input(f"Chunk size {chunk_size} is too small for an importance matrix (at least 16 tokens).")
@@ -121,16 +121,7 @@ def calibration_set(conversations: Sequence[Sequence[Mapping[str, str]]], templa
         raise bad_input("--chunks must be at least 1.")
     chosen = list(conversations)[:max_chunks]
     with quiet_libraries():  # "sequence longer than the maximum" notes: the ids are cut here
-        if getattr(template, "renders_ollama", False):  # an Ollama model's own format: the ids it trains on
-            from ftpack.training.ollama_format import encoded_sequences
-
-            ids_list = [seq[2]["input_ids"] for conv in chosen
-                        for seq in encoded_sequences(template, tokenizer, conv, masks=False)[-1:]]
-        else:
-            jinja = training_chat_template(template, tokenizer)
-            specials = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
-            texts = [render_chat(jinja, conv, **specials) for conv in chosen]
-            ids_list = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        ids_list = [training_ids(tokenizer, template, conv) for conv in chosen]
         generic = tokenizer(GENERIC_TEXT, add_special_tokens=True)["input_ids"]
     sequences = [ids[:chunk_size] for ids in ids_list if len(ids) > 1]
     data_tokens = sum(map(len, sequences))
