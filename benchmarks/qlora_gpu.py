@@ -1,26 +1,44 @@
-"""QLoRA on a GPU: the usual TRL + PEFT + bitsandbytes script vs `ftpack train`, side by side.
+"""QLoRA on a GPU: the plain TRL + PEFT + bitsandbytes script, `ftpack train` and Unsloth, side by side.
 
 A synthetic Llama of 7B shape (hidden 4096, 32 layers, 32 heads, MLP 11008, vocabulary
-32000; random weights, bf16, written as safetensors) with the tokenizer of the tests' tiny
-Llama, trained on the README demo's conversations (examples/qa.messages.jsonl, ChatML):
+32000; random weights, bf16 safetensors) with the tokenizer of the tests' tiny Llama,
+trained on the README demo's conversations (examples/qa.messages.jsonl, ChatML), each
+path in its own process (peak VRAM is the process's own; Unsloth patches transformers):
 
-  (a) baseline: 4-bit NF4 base (double quantization, bf16 compute) +
-      ``prepare_model_for_kbit_training`` + LoRA r16 on every linear layer, TRL SFTTrainer,
-      padded batches, gradient checkpointing (TRL's default);
-  (b) ftpack: ``ftpack.training.train.train(method="qlora")`` with the same LoRA settings.
+  baseline  4-bit NF4 base (double quantization, bf16 compute) +
+            ``prepare_model_for_kbit_training`` + LoRA r16 on every linear layer, TRL
+            SFTTrainer, padded batches, gradient checkpointing (TRL's default);
+  ftpack    ``ftpack.training.train`` with ``method="qlora"`` and the same LoRA settings:
+            its GPU fast path (ftpack/training/cuda_speed.py), recorded in the result;
+  unsloth   ``FastLanguageModel`` (4-bit, LoRA r16 on the same projections, its own
+            gradient checkpointing) with the same TRL trainer settings, when unsloth
+            imports (``--unsloth-site`` puts its own package set first on the path).
 
-Both: batch 8, ``--steps`` timed optimizer steps after 2 warm-up steps; tokens/s of real
-(non-padding) tokens and peak VRAM (``torch.cuda.max_memory_allocated``, reset before each
-path). Needs a CUDA GPU; not a test. ``--tiny`` runs the same code on a tiny model (CPU
-works) to check the script itself.
+All: batch 8, max length 512, assistant-only loss, lr 2e-4, ``--warmup`` untimed steps,
+then ``--steps`` timed optimizer steps (CUDA synchronized at each step's ends). Tokens are
+the real ones each step's examples hold (counted before collation, so padding never
+counts); peak VRAM is ``torch.cuda.max_memory_allocated`` over the whole process (model
+loading included). ``--variant NAME:KEY=VALUE,...`` adds ftpack runs with other settings
+(e.g. ``ftpack-padded:padding_free=false``).
 
-    python benchmarks/qlora_gpu.py [--steps 20] [--json] [--tiny]
+Before timing, on a GPU, benchmarks/gpu_checks.py compares each fast-path kernel with the
+plain computation; the result carries its findings. The result is printed and, with
+``--results-dir`` (default benchmarks/results on a GPU), written as one JSON per run.
+
+    python benchmarks/qlora_gpu.py [--steps 50] [--warmup 5] [--tiny] [--results-dir DIR]
+
+``--tiny`` runs the same code on a tiny model (a CPU works: no VRAM, no Unsloth) to check
+the script itself; tests/test_benchmarks.py does.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
+import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,11 +47,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 DATA = ROOT / "examples" / "qa.messages.jsonl"
-WARMUP_STEPS = 2
 SHAPE_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                 num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096)
 SHAPE_TINY = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=32000, max_position_embeddings=2048)
+BATCH, MAX_LENGTH, LR, RANK, ALPHA = 8, 512, 2e-4, 16, 32
+PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def synthetic_base(folder: Path, shape: dict) -> Path:
@@ -64,98 +83,273 @@ def synthetic_base(folder: Path, shape: dict) -> Path:
     return out
 
 
-def run_baseline(base: Path, steps: int) -> dict:
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-    from trl import SFTConfig, SFTTrainer
+# -- measuring ---------------------------------------------------------------------------------
 
-    from ftpack.training.data import read_messages_jsonl
-    from ftpack.training.templates import install_chat_template, load_template
-    from train_throughput import step_timer
+class Meter:
+    """Real tokens per step (counted from the examples a collator receives) and step times
+    (CUDA synchronized at both ends)."""
+
+    def __init__(self) -> None:
+        from collections import deque
+
+        self.collated: deque[int] = deque()  # batches collated, not yet stepped on (loaders fetch ahead)
+        self.tokens: list[int] = []
+        self.seconds: list[float] = []
+        self._t = 0.0
+
+    def wrap(self, collator):
+        def collate(examples):
+            self.collated.append(sum(len(e["input_ids"]) for e in examples))
+            return collator(examples)
+        return collate
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        meter = self
+
+        class StepMeter(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kw):
+                _sync()
+                meter._t = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kw):
+                _sync()
+                meter.seconds.append(time.perf_counter() - meter._t)
+                steps = args.gradient_accumulation_steps
+                meter.tokens.append(sum(meter.collated.popleft() for _ in range(min(steps, len(meter.collated)))))
+
+        return StepMeter()
+
+    def result(self, warmup: int) -> dict:
+        import torch
+
+        seconds, tokens = sum(self.seconds[warmup:]), sum(self.tokens[warmup:])
+        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+        return {"tokens_per_s": round(tokens / seconds, 1), "seconds": round(seconds, 3), "tokens": tokens,
+                "timed_steps": len(self.seconds) - warmup, "peak_vram_gib": None if peak is None else round(peak, 3),
+                "step_seconds": [round(x, 4) for x in self.seconds]}
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _sft_args(steps: int, **extra):
+    import torch
+    from trl import SFTConfig
 
     cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
+    return SFTConfig(output_dir=tempfile.mkdtemp(prefix="ftpack-bench-"), max_steps=steps, bf16=True, use_cpu=not cuda,
+                     per_device_train_batch_size=BATCH, learning_rate=LR, max_length=MAX_LENGTH,
+                     assistant_only_loss=True, logging_steps=1, save_strategy="no", report_to="none",
+                     disable_tqdm=True, seed=42, **extra)
+
+
+def _rows():
+    from datasets import Dataset
+
+    from ftpack.training.data import read_messages_jsonl
+
+    return Dataset.from_list([{"messages": m} for m in read_messages_jsonl(DATA)])
+
+
+# -- the paths (each in its own process) ------------------------------------------------------
+
+def run_baseline(base: Path, steps: int, warmup: int) -> dict:
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from trl import SFTTrainer
+
+    from ftpack.training.templates import install_chat_template, load_template
+
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     install_chat_template(load_template("chatml"), tokenizer)
     bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                              bnb_4bit_compute_dtype=torch.bfloat16)
     model = AutoModelForCausalLM.from_pretrained(str(base), quantization_config=bnb, dtype=torch.bfloat16,
-                                                 device_map={"": 0 if cuda else "cpu"})
+                                                 device_map={"": 0 if torch.cuda.is_available() else "cpu"})
     model = prepare_model_for_kbit_training(model)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
+    model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules="all-linear",
                                              task_type="CAUSAL_LM"))
-    args = SFTConfig(output_dir=tempfile.mkdtemp(prefix="ftpack-bench-"), max_steps=steps, bf16=True, use_cpu=not cuda,
-                     per_device_train_batch_size=8, learning_rate=2e-4, max_length=512, assistant_only_loss=True,
-                     logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, seed=42)
-    timer = step_timer()
-    rows = [{"messages": m} for m in read_messages_jsonl(DATA)]
-    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=Dataset.from_list(rows),
-                         callbacks=[timer])
+    meter = Meter()
+    trainer = SFTTrainer(model=model, args=_sft_args(steps + warmup), processing_class=tokenizer,
+                         train_dataset=_rows(), callbacks=[meter.callback()])
+    trainer.data_collator = meter.wrap(trainer.data_collator)
     trainer.train()
-    out = measured(timer)
-    del trainer, model
-    if cuda:
-        torch.cuda.empty_cache()
+    return meter.result(warmup)
+
+
+def run_ftpack(base: Path, steps: int, warmup: int, overrides: dict | None = None) -> dict:
+    from ftpack.core.report import silenced
+    from ftpack.training.train import fit, setup
+    from ftpack.training.settings import TrainSettings
+
+    meter = Meter()
+    settings = TrainSettings.of(method="qlora", max_steps=steps + warmup, per_device_train_batch_size=BATCH,
+                                learning_rate=LR, lora_r=RANK, lora_alpha=ALPHA, lora_dropout=0.0,
+                                max_seq_length=MAX_LENGTH, save_steps=10**6, **(overrides or {}))
+    with silenced(), tempfile.TemporaryDirectory(prefix="ftpack-bench-") as out:
+        run = setup(base, DATA, Path(out), settings, template="chatml", resume=False, callbacks=[meter.callback()])
+        run.trainer.data_collator = meter.wrap(run.trainer.data_collator)
+        fit(run)
+    return {**meter.result(warmup), "precision": run.settings.precision, "fast_path": run.fast_path,
+            "gradient_checkpointing": run.settings.gradient_checkpointing}
+
+
+def run_unsloth(base: Path, steps: int, warmup: int) -> dict:
+    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+    from unsloth import FastLanguageModel  # first: it patches transformers and TRL
+
+    import torch
+    from trl import SFTTrainer
+
+    from ftpack.training.templates import install_chat_template, load_template
+
+    model, tokenizer = FastLanguageModel.from_pretrained(str(base), max_seq_length=MAX_LENGTH, dtype=torch.bfloat16,
+                                                         load_in_4bit=True, local_files_only=True)
+    install_chat_template(load_template("chatml"), tokenizer)
+    model = FastLanguageModel.get_peft_model(model, r=RANK, lora_alpha=ALPHA, lora_dropout=0.0,
+                                             target_modules=PROJECTIONS, bias="none",
+                                             use_gradient_checkpointing="unsloth", random_state=42)
+    meter = Meter()
+    trainer = SFTTrainer(model=model, args=_sft_args(steps + warmup), processing_class=tokenizer,
+                         train_dataset=_rows(), callbacks=[meter.callback()])
+    trainer.data_collator = meter.wrap(trainer.data_collator)
+    trainer.train()
+    import unsloth
+
+    return {**meter.result(warmup), "unsloth": unsloth.__version__}
+
+
+def child(args) -> int:
+    """One path in this process; its result as JSON on the last line of stdout."""
+    base = Path(args.base)
+    if args.path == "baseline":
+        out = run_baseline(base, args.steps, args.warmup)
+    elif args.path == "unsloth":
+        out = run_unsloth(base, args.steps, args.warmup)
+    else:
+        out = run_ftpack(base, args.steps, args.warmup, json.loads(args.overrides or "{}"))
+    print("RESULT " + json.dumps(out), flush=True)
+    return 0
+
+
+def in_child(path: str, base: Path, steps: int, warmup: int, overrides: dict | None = None,
+             site: str | None = None) -> dict:
+    """Run one path in a fresh interpreter; its result, or {"error": …} with the output's tail."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if site:
+        env["PYTHONPATH"] = os.pathsep.join([site, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    cmd = [sys.executable, __file__, "--child", path, "--base", str(base), "--steps", str(steps),
+           "--warmup", str(warmup), "--overrides", json.dumps(overrides or {})]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        return {"error": f"exit {proc.returncode}", "tail": (proc.stdout + proc.stderr)[-3000:]}
+    return {**json.loads(lines[-1][len("RESULT "):]), "wall_s": round(time.perf_counter() - t, 1)}
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "peft", "trl", "bitsandbytes", "liger-kernel", "flash-attn", "unsloth"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
     return out
 
 
-def run_ftpack(base: Path, steps: int) -> dict:
-    import torch
-
-    from ftpack.core.report import silenced
-    from ftpack.training.train import train
-    from train_throughput import step_timer
-
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    timer = step_timer()
-    with silenced(), tempfile.TemporaryDirectory(prefix="ftpack-bench-") as out:
-        result = train(base, DATA, Path(out), method="qlora", max_steps=steps, per_device_train_batch_size=8,
-                       learning_rate=2e-4, lora_r=16, lora_alpha=32, lora_dropout=0.0, max_seq_length=512,
-                       template="chatml", callbacks=[timer], resume=False)
-    return {**measured(timer), "precision": result.metrics.get("precision")}
-
-
-def measured(timer) -> dict:
-    import torch
-
-    seconds = sum(timer.seconds[WARMUP_STEPS:])
-    tokens = timer.tokens[-1] - timer.tokens[WARMUP_STEPS - 1]
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    return {"tokens_per_s": round(tokens / seconds, 1), "seconds": round(seconds, 2), "tokens": int(tokens),
-            "peak_vram_gib": round(peak, 2) if peak is not None else None,
-            "step_seconds": [round(x, 3) for x in timer.seconds]}
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``NAME:KEY=VALUE,...`` → (NAME, {key: value}) with true/false/none/numbers parsed."""
+    name, _, spec = text.partition(":")
+    overrides = {}
+    for item in filter(None, spec.split(",")):
+        key, _, raw = item.partition("=")
+        value: object = {"true": True, "false": False, "none": None}.get(raw.lower(), raw)
+        if isinstance(value, str) and re.fullmatch(r"-?\d+(\.\d+)?", value):
+            value = float(value) if "." in value else int(value)
+        overrides[key.strip()] = value
+    return name, overrides
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--steps", type=int, default=50, help="timed optimizer steps per path")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     ap.add_argument("--tiny", action="store_true", help="a tiny model instead of the 7B shape (checks the script)")
+    ap.add_argument("--results-dir", type=Path, default=None,
+                    help="write the result JSON here (default on a GPU: benchmarks/results)")
+    ap.add_argument("--unsloth-site", default=None, help="a folder with Unsloth's package set, first on its path")
+    ap.add_argument("--no-unsloth", action="store_true")
+    ap.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE,... an extra ftpack run")
+    ap.add_argument("--child", choices=["baseline", "ftpack", "unsloth"], help=argparse.SUPPRESS)
+    ap.add_argument("--base", help=argparse.SUPPRESS)
+    ap.add_argument("--overrides", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.child:
+        args.path = args.child
+        return child(args)
+
     import torch
 
-    total = args.steps + WARMUP_STEPS
+    from gpu_checks import run_checks
+
+    cuda = torch.cuda.is_available()
+    results_dir = args.results_dir or (ROOT / "benchmarks" / "results" if cuda else None)
+    checks = run_checks()
     with tempfile.TemporaryDirectory(prefix="ftpack-7b-") as tmp:
         t = time.perf_counter()
         base = synthetic_base(Path(tmp), SHAPE_TINY if args.tiny else SHAPE_7B)
         made = round(time.perf_counter() - t, 1)
-        fast = run_ftpack(base, total)
-        plain = run_baseline(base, total) if torch.cuda.is_available() or args.tiny else None
-    result = {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-              "shape": "tiny" if args.tiny else "7B", "base_written_s": made,
-              "tokens_per_s": fast["tokens_per_s"], "peak_vram_gib": fast["peak_vram_gib"],
-              "tokens_per_s_baseline": plain and plain["tokens_per_s"],
-              "peak_vram_gib_baseline": plain and plain["peak_vram_gib"],
-              "speedup": plain and round(fast["tokens_per_s"] / plain["tokens_per_s"], 2),
-              "ftpack": fast, "baseline": plain,
-              "versions": {m: __import__(m).__version__ for m in ("torch", "transformers", "peft", "trl",
-                                                                   "bitsandbytes")}}
-    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
-    return 0
+        runs = {"baseline": in_child("baseline", base, args.steps, args.warmup),
+                "ftpack": in_child("ftpack", base, args.steps, args.warmup)}
+        for name, overrides in map(parse_variant, args.variant):
+            runs[name] = {**in_child("ftpack", base, args.steps, args.warmup, overrides), "overrides": overrides}
+        if args.no_unsloth:
+            runs["unsloth"] = {"error": "not run (--no-unsloth)"}
+        elif not cuda:
+            runs["unsloth"] = {"error": "not run: Unsloth needs a CUDA GPU"}
+        else:
+            runs["unsloth"] = in_child("unsloth", base, args.steps, args.warmup, site=args.unsloth_site)
+
+    def value(name, key):
+        return runs.get(name, {}).get(key)
+
+    fast, plain = value("ftpack", "tokens_per_s"), value("baseline", "tokens_per_s")
+    result = {
+        "benchmark": "qlora_gpu",
+        "date": _dt.date.today().isoformat(),
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "model_shape": "tiny" if args.tiny else "7B",
+        "shape": SHAPE_TINY if args.tiny else SHAPE_7B,
+        "steps": args.steps, "warmup_steps": args.warmup, "batch": BATCH, "max_length": MAX_LENGTH, "lora_r": RANK,
+        "tokens_per_s_baseline": plain, "tokens_per_s": fast, "tokens_per_s_unsloth": value("unsloth", "tokens_per_s"),
+        "speedup": round(fast / plain, 3) if fast and plain else None,
+        "peak_vram_gib_baseline": value("baseline", "peak_vram_gib"), "peak_vram_gib": value("ftpack", "peak_vram_gib"),
+        "peak_vram_gib_unsloth": value("unsloth", "peak_vram_gib"),
+        "base_written_s": made, "checks": checks, "runs": runs, "versions": versions(),
+        "command": "python benchmarks/qlora_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if results_dir is not None:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        slug = re.sub(r"[^a-z0-9]+", "-", result["device"].lower()).strip("-")
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = results_dir / f"qlora_gpu-{result['model_shape']}-{slug}-{stamp}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(text + "\n", encoding="utf-8")
+        tmp.replace(path)
+        print(f"wrote {path}", file=sys.stderr)
+    return 0 if all("error" not in runs[k] for k in ("baseline", "ftpack")) else 1
 
 
 if __name__ == "__main__":

@@ -76,6 +76,9 @@ def _o(key, type_, default, help, stage, **kw) -> Option:
     return Option(key, type_, default, help, stage, **kw)
 
 
+#: ``--attn-implementation`` values (transformers' names).
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
 OPTIONS: tuple[Option, ...] = (
     # -- what to build -----------------------------------------------------------------
     _o("base", str, DEFAULT_BASE, "Base model: alias, HF hub id, local HF folder or GGUF file.", "data"),
@@ -131,6 +134,13 @@ OPTIONS: tuple[Option, ...] = (
        "train", choices=PRECISIONS),
     _o("torch_compile", bool, None, "Compile the decoder blocks with torch.compile (default: on for LoRA with bf16 "
        "on a CPU, in runs of 100+ steps, when a C++ compiler is installed).", "train"),
+    _o("use_liger_kernel", bool, None, "Liger Kernel's fused RMSNorm, RoPE and SwiGLU (default: on a CUDA GPU for the "
+       "model types Liger supports).", "train"),
+    _o("padding_free", bool, None, "Each batch as one row without padding, examples kept apart by their position "
+       "ids (default: on a CUDA GPU when the attention allows it).", "train"),
+    _o("attn_implementation", str, None, "Attention: sdpa, flash_attention_2, flash_attention_3, flex_attention or "
+       "eager (default: flash_attention_2 on a GPU with flash-attn installed, else sdpa; on a CPU ftpack's own).",
+       "train", choices=ATTENTION_IMPLEMENTATIONS),
     _o("logging_steps", int, 1, "Log loss every N steps.", "train", min=1),
     _o("report_to", str, None, "Also log training to these integrations (Hugging Face's report_to: none, all, "
        "tensorboard, wandb, trackio, mlflow...; comma-separated or repeated). Local logs go into the training folder "

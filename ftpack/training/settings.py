@@ -25,7 +25,7 @@ from ftpack.core.errors import bad_input
 DEFAULT_LEARNING_RATE = {"qlora": 2e-4, "lora": 2e-4, "sft": 5e-5, "full": 2e-5}
 #: Settings that do not change what is learned (not part of the fingerprint or model card).
 BOOKKEEPING = ("logging_steps", "save_steps", "trust_remote_code", "allow_pickle", "gradient_checkpointing",
-               "torch_compile", "report_to")
+               "torch_compile", "report_to", "use_liger_kernel", "padding_free", "attn_implementation")
 
 
 def _option_default(key: str) -> Any:
@@ -58,6 +58,9 @@ class TrainSettings:
     packing: bool = _option_default("packing")
     precision: str = _option_default("precision")  # auto | bf16 | fp16 | fp32
     torch_compile: bool | None = _option_default("torch_compile")  # None: by method/device/steps
+    use_liger_kernel: bool | None = _option_default("use_liger_kernel")  # None: on CUDA (cuda_speed)
+    padding_free: bool | None = _option_default("padding_free")  # None: on CUDA (cuda_speed)
+    attn_implementation: str | None = _option_default("attn_implementation")  # None: by device (cuda_speed)
     logging_steps: int = _option_default("logging_steps")
     report_to: tuple[str, ...] | None = None  # None: none (ftpack.training.tracking)
     save_steps: int = _option_default("save_steps")

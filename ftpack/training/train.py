@@ -120,6 +120,7 @@ class TrainingRun:
     log_env: dict[str, str] = field(default_factory=dict)  # --report-to: where local logs go (tracking.logging_env)
     base_4bit_layers: int = 0  # linear layers of the base held packed in 4 bits (qlora)
     batch_check: dict[str, Any] = field(default_factory=dict)  # token_check.BatchCheck.as_metrics()
+    fast_path: dict[str, Any] = field(default_factory=dict)  # cuda_speed.FastPath.as_metrics() (+ liger_modules)
 
 
 def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSettings, *, template: Any = None,
@@ -130,6 +131,8 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
     from ftpack.training.bases import load_tokenizer, resolve_base
     from ftpack.training.block_compile import compile_decoder_blocks, resolve_torch_compile
     from ftpack.training.checkpoints import checkpoint_to_resume, run_fingerprint
+    from ftpack.training.cuda_speed import (apply_liger, gpu_capability, padding_free_collator, plan_fast_path,
+                                            use_alloc_conf)
     from ftpack.training.data import read_messages_jsonl
     from ftpack.training.settings import optimizer_steps, resolve_method, warmup_steps
     from ftpack.training.speed import install_cpu_lm_head, resolve_precision, use_physical_cores
@@ -175,8 +178,11 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
     fingerprint = run_fingerprint(settings.hyper_parameters(), template.name, resolved.path, train_file, eval_file)
     resume_from = checkpoint_to_resume(outputs.checkpoints, fingerprint, resume, r)
 
+    fast = plan_fast_path(settings, device=device, model_type=_model_type(resolved.path), bf16=bf16,
+                          gpu_capability=gpu_capability() if device == "cuda" else None)
+    use_alloc_conf(fast)  # before the first CUDA allocation
     with quiet_libraries():
-        model = make_trainable(resolved.path, settings, device=device, bf16=bf16, reporter=r)
+        model = make_trainable(resolved.path, settings, device=device, bf16=bf16, reporter=r, fast_path=fast)
     n_train, n_total = count_parameters(model)
     four_bit = packed_4bit_layers(model)
     r.info(f"Method {settings.method}: training {n_train:,} of {n_total:,} parameters "
@@ -202,7 +208,8 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
         trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
                              train_dataset=Dataset.from_list(train_rows),
                              eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-                             callbacks=list(callbacks))
+                             callbacks=list(callbacks),
+                             data_collator=padding_free_collator(tokenizer) if fast.padding_free else None)
         batches = len(trainer.get_train_dataloader())
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the reporter shows progress
     # the very tensors a step receives: ids as checked against llama.cpp (the data stage's
@@ -217,6 +224,12 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
     inner = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     if device == "cpu":  # only the labelled positions go through the LM head (speed.install_cpu_lm_head)
         install_cpu_lm_head(inner)
+    fast_metrics = fast.as_metrics()
+    if fast.liger:
+        with quiet_libraries():
+            fast_metrics["liger_modules"] = apply_liger(inner)
+    if fast.summary():
+        r.info(f"Fast path: {fast.summary()}.")
     total = optimizer_steps(batches, settings)
     compiled, compile_why = resolve_torch_compile(
         settings.torch_compile, method=settings.method, device=device, bf16=bf16, world=world, steps=total,
@@ -236,7 +249,18 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
                        has_eval=bool(eval_rows), world=world, total_steps=total, warmup_steps=warmup,
                        parameters=(n_train, n_total), reporter=r, started=started, log_env=log_env,
                        precision_reason=precision_why, threads=threads, compiled=compiled,
-                       compile_reason=compile_why, base_4bit_layers=four_bit, batch_check=batch_check.as_metrics())
+                       compile_reason=compile_why, base_4bit_layers=four_bit, batch_check=batch_check.as_metrics(),
+                       fast_path=fast_metrics)
+
+
+def _model_type(path: Path) -> str | None:
+    """``model_type`` of the base's config.json (None when it has none)."""
+    import json
+
+    try:
+        return json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def packed_4bit_layers(model) -> int:
@@ -309,7 +333,7 @@ def save(run: TrainingRun, *, keep_checkpoints: bool = False) -> TrainResult:
         "world_size": run.world, "settings": settings.hyper_parameters(),  # the model card shows these
         "precision": settings.precision, "precision_reason": run.precision_reason, "threads": run.threads,
         "torch_compile": run.compiled, "torch_compile_reason": run.compile_reason,
-        "base_4bit_layers": run.base_4bit_layers, **run.batch_check,
+        "base_4bit_layers": run.base_4bit_layers, **run.batch_check, "fast_path": run.fast_path,
         **throughput(trainer.state.log_history),
     }
     return result

@@ -44,17 +44,23 @@ def precision_flags(precision: str, device: str) -> tuple[bool, bool]:
     return precision == "bf16", precision == "fp16"
 
 
-def make_trainable(path: Path, settings: Any, *, device: str, bf16: bool, reporter: Reporter | None = None):
+def make_trainable(path: Path, settings: Any, *, device: str, bf16: bool, reporter: Reporter | None = None,
+                   fast_path: Any = None):
     """The base loaded for ``settings.method`` (resolved) with exactly the right parameters
     left trainable: LoRA/DoRA adapters, the top SFT blocks, or everything.
 
     bf16 on a CPU (:mod:`ftpack.training.speed`): attention that suits the CPU's bf16
-    units, and a LoRA base whose frozen projections are stored in bf16."""
+    units, and a LoRA base whose frozen projections are stored in bf16. ``fast_path``
+    (:class:`~ftpack.training.cuda_speed.FastPath`): the attention to load with and whether
+    a 4-bit base keeps its other weights in bf16."""
     from ftpack.training.speed import prepare_lora_for_bf16_autocast, register_cpu_attention
 
     cpu_bf16 = device == "cpu" and bf16
+    attention = getattr(fast_path, "attention", None)
+    if attention is None and cpu_bf16:
+        attention = register_cpu_attention()
     model = load_model(path, settings.method, device=device, bf16=bf16, trust_remote_code=settings.trust_remote_code,
-                       attn_implementation=register_cpu_attention() if cpu_bf16 else None)
+                       attn_implementation=attention)
     if settings.method in ("qlora", "lora"):
         # The LoRA A matrices start random: seeded, so the same settings train the same model
         # (the Trainer seeds only later, when the adapter already exists).
@@ -63,7 +69,8 @@ def make_trainable(path: Path, settings: Any, *, device: str, bf16: bool, report
         set_seed(settings.seed)
         model = add_lora(model, quantized=settings.method == "qlora", r=settings.lora_r, alpha=settings.lora_alpha,
                          dropout=settings.lora_dropout, target_modules=settings.target_modules, dora=settings.dora,
-                         gradient_checkpointing=bool(settings.gradient_checkpointing))
+                         gradient_checkpointing=bool(settings.gradient_checkpointing),
+                         bf16_base=bool(getattr(fast_path, "bf16_base", False)))
         if cpu_bf16 and settings.method == "lora":
             prepare_lora_for_bf16_autocast(model, dora=settings.dora)
         return model
@@ -187,15 +194,17 @@ def lora_target_modules(model, requested: Sequence[str] | None = None) -> list[s
 
 
 def add_lora(model, *, quantized: bool, r: int, alpha: int, dropout: float,
-             target_modules: Sequence[str] | None, dora: bool, gradient_checkpointing: bool):
-    """Wrap ``model`` with PEFT LoRA (or DoRA) adapters on the chosen projections."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+             target_modules: Sequence[str] | None, dora: bool, gradient_checkpointing: bool, bf16_base: bool = False):
+    """Wrap ``model`` with PEFT LoRA (or DoRA) adapters on the chosen projections.
+    ``bf16_base``: a 4-bit base keeps its bf16 embeddings, norms and head (no fp32 copies;
+    :func:`ftpack.training.cuda_speed.prepare_4bit_for_training`)."""
+    from peft import LoraConfig, get_peft_model
+
+    from ftpack.training.cuda_speed import prepare_4bit_for_training
 
     targets = lora_target_modules(model, target_modules)
     if quantized:
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = prepare_4bit_for_training(model, gradient_checkpointing=gradient_checkpointing, keep_dtype=bf16_base)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                         use_dora=dora, bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, config)
