@@ -235,6 +235,7 @@ def child(args) -> int:
         out = run_unsloth(base, args.steps, args.warmup)
     else:
         out = run_ftpack(base, args.steps, args.warmup, json.loads(args.overrides or "{}"))
+    out["versions"] = versions()  # this process's own (Unsloth's run has its own TRL and datasets)
     print("RESULT " + json.dumps(out), flush=True)
     return 0
 
@@ -259,7 +260,8 @@ def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("torch", "transformers", "peft", "trl", "bitsandbytes", "liger-kernel", "flash-attn", "unsloth"):
+    for name in ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "liger-kernel", "flash-attn",
+                 "unsloth"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
