@@ -89,13 +89,16 @@ class Meter:
     """Real tokens per step (counted from the examples a collator receives) and step times
     (CUDA synchronized at both ends)."""
 
-    def __init__(self) -> None:
+    def __init__(self, profile_steps: tuple[int, int] | None = None) -> None:
         from collections import deque
 
         self.collated: deque[int] = deque()  # batches collated, not yet stepped on (loaders fetch ahead)
         self.tokens: list[int] = []
         self.seconds: list[float] = []
         self._t = 0.0
+        self.profile_steps = profile_steps  # (first, last) step, 1-based, profiled (inside the warm-up)
+        self._profiler = None
+        self.profile: dict | None = None
 
     def wrap(self, collator):
         def collate(examples):
@@ -110,6 +113,8 @@ class Meter:
 
         class StepMeter(TrainerCallback):
             def on_step_begin(self, args, state, control, **kw):
+                if meter.profile_steps and state.global_step + 1 == meter.profile_steps[0]:
+                    meter.start_profile()
                 _sync()
                 meter._t = time.perf_counter()
 
@@ -118,8 +123,39 @@ class Meter:
                 meter.seconds.append(time.perf_counter() - meter._t)
                 steps = args.gradient_accumulation_steps
                 meter.tokens.append(sum(meter.collated.popleft() for _ in range(min(steps, len(meter.collated)))))
+                if meter._profiler is not None and state.global_step == meter.profile_steps[1]:
+                    meter.stop_profile()
 
         return StepMeter()
+
+    def start_profile(self) -> None:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        self._profiler = profile(activities=activities)
+        self._profiler.__enter__()
+        self._profiled_from = len(self.seconds)
+
+    def stop_profile(self) -> None:
+        """Where the profiled steps' time went: the top operators by their own device time
+        (CPU time without a GPU), and how busy the device was (kernel time / wall time)."""
+        import torch
+
+        prof, self._profiler = self._profiler, None
+        prof.__exit__(None, None, None)
+        events = prof.key_averages()
+        cuda = torch.cuda.is_available()
+        key = "self_device_time_total" if cuda else "self_cpu_time_total"
+        wall_us = sum(self.seconds[self._profiled_from:]) * 1e6
+        kernel_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in events) if cuda else None
+        self.profile = {
+            "steps": len(self.seconds) - self._profiled_from,
+            "wall_ms": round(wall_us / 1e3, 1),
+            "device_busy": round(kernel_us / wall_us, 3) if kernel_us is not None and wall_us else None,
+            "cpu_ops": sum(e.count for e in events),
+            "table": events.table(sort_by=key, row_limit=25, max_name_column_width=60),
+        }
 
     def result(self, warmup: int) -> dict:
         import torch
@@ -128,7 +164,13 @@ class Meter:
         peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
         return {"tokens_per_s": round(tokens / seconds, 1), "seconds": round(seconds, 3), "tokens": tokens,
                 "timed_steps": len(self.seconds) - warmup, "peak_vram_gib": None if peak is None else round(peak, 3),
-                "step_seconds": [round(x, 4) for x in self.seconds]}
+                "step_seconds": [round(x, 4) for x in self.seconds], "profile": self.profile}
+
+
+def profile_window(warmup: int) -> tuple[int, int] | None:
+    """The steps profiled: two inside the warm-up, after its first (compiles, allocations),
+    so the timed steps never carry the profiler's cost. None when the warm-up is too short."""
+    return (2, 3) if warmup >= 4 else None
 
 
 def _sync() -> None:
@@ -159,7 +201,7 @@ def _rows():
 
 # -- the paths (each in its own process) ------------------------------------------------------
 
-def run_baseline(base: Path, steps: int, warmup: int) -> dict:
+def run_baseline(base: Path, steps: int, warmup: int, profile: bool = False) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
@@ -176,7 +218,7 @@ def run_baseline(base: Path, steps: int, warmup: int) -> dict:
     model = prepare_model_for_kbit_training(model)
     model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules="all-linear",
                                              task_type="CAUSAL_LM"))
-    meter = Meter()
+    meter = Meter(profile_window(warmup) if profile else None)
     trainer = SFTTrainer(model=model, args=_sft_args(steps + warmup), processing_class=tokenizer,
                          train_dataset=_rows(), callbacks=[meter.callback()])
     trainer.data_collator = meter.wrap(trainer.data_collator)
@@ -184,12 +226,12 @@ def run_baseline(base: Path, steps: int, warmup: int) -> dict:
     return meter.result(warmup)
 
 
-def run_ftpack(base: Path, steps: int, warmup: int, overrides: dict | None = None) -> dict:
+def run_ftpack(base: Path, steps: int, warmup: int, overrides: dict | None = None, profile: bool = False) -> dict:
     from ftpack.core.report import silenced
     from ftpack.training.train import fit, setup
     from ftpack.training.settings import TrainSettings
 
-    meter = Meter()
+    meter = Meter(profile_window(warmup) if profile else None)
     settings = TrainSettings.of(method="qlora", max_steps=steps + warmup, per_device_train_batch_size=BATCH,
                                 learning_rate=LR, lora_r=RANK, lora_alpha=ALPHA, lora_dropout=0.0,
                                 max_seq_length=MAX_LENGTH, save_steps=10**6, **(overrides or {}))
@@ -201,7 +243,7 @@ def run_ftpack(base: Path, steps: int, warmup: int, overrides: dict | None = Non
             "gradient_checkpointing": run.settings.gradient_checkpointing}
 
 
-def run_unsloth(base: Path, steps: int, warmup: int) -> dict:
+def run_unsloth(base: Path, steps: int, warmup: int, profile: bool = False) -> dict:
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
     from unsloth import FastLanguageModel  # first: it patches transformers and TRL
 
@@ -216,7 +258,7 @@ def run_unsloth(base: Path, steps: int, warmup: int) -> dict:
     model = FastLanguageModel.get_peft_model(model, r=RANK, lora_alpha=ALPHA, lora_dropout=0.0,
                                              target_modules=PROJECTIONS, bias="none",
                                              use_gradient_checkpointing="unsloth", random_state=42)
-    meter = Meter()
+    meter = Meter(profile_window(warmup) if profile else None)
     trainer = SFTTrainer(model=model, args=_sft_args(steps + warmup), processing_class=tokenizer,
                          train_dataset=_rows(), callbacks=[meter.callback()])
     trainer.data_collator = meter.wrap(trainer.data_collator)
@@ -230,24 +272,24 @@ def child(args) -> int:
     """One path in this process; its result as JSON on the last line of stdout."""
     base = Path(args.base)
     if args.path == "baseline":
-        out = run_baseline(base, args.steps, args.warmup)
+        out = run_baseline(base, args.steps, args.warmup, args.profile)
     elif args.path == "unsloth":
-        out = run_unsloth(base, args.steps, args.warmup)
+        out = run_unsloth(base, args.steps, args.warmup, args.profile)
     else:
-        out = run_ftpack(base, args.steps, args.warmup, json.loads(args.overrides or "{}"))
+        out = run_ftpack(base, args.steps, args.warmup, json.loads(args.overrides or "{}"), args.profile)
     out["versions"] = versions()  # this process's own (Unsloth's run has its own TRL and datasets)
     print("RESULT " + json.dumps(out), flush=True)
     return 0
 
 
 def in_child(path: str, base: Path, steps: int, warmup: int, overrides: dict | None = None,
-             site: str | None = None) -> dict:
+             site: str | None = None, profile: bool = False) -> dict:
     """Run one path in a fresh interpreter; its result, or {"error": …} with the output's tail."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if site:
         env["PYTHONPATH"] = os.pathsep.join([site, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     cmd = [sys.executable, __file__, "--child", path, "--base", str(base), "--steps", str(steps),
-           "--warmup", str(warmup), "--overrides", json.dumps(overrides or {})]
+           "--warmup", str(warmup), "--overrides", json.dumps(overrides or {})] + (["--profile"] if profile else [])
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -292,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unsloth-site", default=None, help="a folder with Unsloth's package set, first on its path")
     ap.add_argument("--no-unsloth", action="store_true")
     ap.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE,... an extra ftpack run")
+    ap.add_argument("--profile", action="store_true",
+                    help="profile two warm-up steps of each path (top operators, how busy the device is)")
     ap.add_argument("--child", choices=["baseline", "ftpack", "unsloth"], help=argparse.SUPPRESS)
     ap.add_argument("--base", help=argparse.SUPPRESS)
     ap.add_argument("--overrides", help=argparse.SUPPRESS)
@@ -311,16 +355,16 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         base = synthetic_base(Path(tmp), SHAPE_TINY if args.tiny else SHAPE_7B)
         made = round(time.perf_counter() - t, 1)
-        runs = {"baseline": in_child("baseline", base, args.steps, args.warmup),
-                "ftpack": in_child("ftpack", base, args.steps, args.warmup)}
+        common = dict(steps=args.steps, warmup=args.warmup, profile=args.profile)
+        runs = {"baseline": in_child("baseline", base, **common), "ftpack": in_child("ftpack", base, **common)}
         for name, overrides in map(parse_variant, args.variant):
-            runs[name] = {**in_child("ftpack", base, args.steps, args.warmup, overrides), "overrides": overrides}
+            runs[name] = {**in_child("ftpack", base, overrides=overrides, **common), "overrides": overrides}
         if args.no_unsloth:
             runs["unsloth"] = {"error": "not run (--no-unsloth)"}
         elif not cuda:
             runs["unsloth"] = {"error": "not run: Unsloth needs a CUDA GPU"}
         else:
-            runs["unsloth"] = in_child("unsloth", base, args.steps, args.warmup, site=args.unsloth_site)
+            runs["unsloth"] = in_child("unsloth", base, site=args.unsloth_site, **common)
 
     def value(name, key):
         return runs.get(name, {}).get(key)

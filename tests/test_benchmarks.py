@@ -29,7 +29,7 @@ def test_variants_parse_into_train_settings():
 
 @pytest.mark.slow
 def test_the_gpu_benchmark_runs_tiny_and_writes_its_result(tmp_path):
-    proc = subprocess.run([sys.executable, "benchmarks/qlora_gpu.py", "--tiny", "--steps", "3", "--warmup", "1",
+    proc = subprocess.run([sys.executable, "benchmarks/qlora_gpu.py", "--tiny", "--steps", "3", "--warmup", "4", "--profile",
                            "--results-dir", str(tmp_path), "--variant", "padding-free:padding_free=true"],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -41,7 +41,9 @@ def test_the_gpu_benchmark_runs_tiny_and_writes_its_result(tmp_path):
     for name in ("baseline", "ftpack", "padding-free"):
         run = runs[name]
         assert "error" not in run, run
-        assert run["timed_steps"] == 3 and len(run["step_seconds"]) == 4
+        assert run["timed_steps"] == 3 and len(run["step_seconds"]) == 7
+        # two warm-up steps profiled (never timed ones): where their time went
+        assert run["profile"]["steps"] == 2 and run["profile"]["cpu_ops"] > 100 and "aten::" in run["profile"]["table"]
         # the real tokens of 3 batches of 8 demo conversations (a few dozen tokens each)
         assert 8 * 3 * 20 < run["tokens"] < 8 * 3 * 512, run
         assert run["tokens_per_s"] == pytest.approx(run["tokens"] / run["seconds"], rel=1e-2)
@@ -52,3 +54,30 @@ def test_the_gpu_benchmark_runs_tiny_and_writes_its_result(tmp_path):
     assert result["tokens_per_s_unsloth"] is None and "CUDA" in runs["unsloth"]["error"]
     assert result["checks"]["padding_free_sdpa"]["ok"]
     assert "skipped" in result["checks"]["liger"]
+
+
+@pytest.mark.slow
+def test_the_whole_build_benchmark_runs_tiny_and_reports_stages_and_memory(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/build_gpu.py", "--tiny", "--max-steps", "30",
+                           "--results-dir", str(tmp_path), "--workdir", str(tmp_path / "work")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (written,) = tmp_path.glob("build_gpu-tiny-*.json")
+    result = json.loads(written.read_text())
+    for stage in ("data", "train", "convert", "quantize", "verify", "modelfile"):
+        assert result["stage_status"][stage] == "done", result["stage_status"]
+        assert result["stage_seconds"][stage] >= 0
+    assert "register" not in result["stage_status"]  # --no-register: no Ollama there
+    assert result["stage_seconds"]["train"] > 0.5  # 30 real optimizer steps
+    manifest = json.loads((tmp_path / "work" / "build" / "build.json").read_text())
+    assert "Q4_K_M" in manifest["stages"]["quantize"]["main_output"]
+    # the sampler saw the build's processes: more than an idle interpreter, less than this machine
+    assert 0.2 < result["peak_host_rss_gib"] < 24
+    assert result["peak_vram_gib"] is None  # no GPU here
+    assert result["verify"]["stopped"] is True and result["train"]["steps"] == 30
+
+
+def test_the_device_scripts_parse():
+    for script in ("benchmarks/gpu/device.sh", "benchmarks/gpu/wheels.sh"):
+        proc = subprocess.run(["bash", "-n", script], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 0, (script, proc.stderr)

@@ -1,30 +1,44 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 21, as short calls of the device tool (run from the repo root there).
-#   bash benchmarks/gpu/device.sh unsloth   # carry .whl/b: installs Unsloth's set into /tmp/unsloth-site
-#   bash benchmarks/gpu/device.sh bench     # carry .whl/a: installs ftpack's training set into /tmp/site,
-#                                           # runs benchmarks/gpu_checks.py and benchmarks/qlora_gpu.py
-# Call `unsloth` first and `bench` right after it (the machine keeps /tmp while it is warm);
-# `bench` alone runs without Unsloth. Results land in benchmarks/results/ and are copied to $OUT.
-# Prepare the wheels here first: bash benchmarks/gpu/wheels.sh
+# The GPU checks of issue 21, as short calls of the device tool (run from the repo root there;
+# prepare the wheels here first: bash benchmarks/gpu/wheels.sh). Each call installs the wheel
+# sets it carries (.whl/a → /tmp/site, .whl/b → /tmp/unsloth-site, .whl/c → /tmp/site);
+# /tmp stays while the machine is warm, so calls that follow each other share what they installed.
+#
+#   bash benchmarks/gpu/device.sh install        # carry .whl/b: Unsloth's own set, nothing else
+#   bash benchmarks/gpu/device.sh bench [opts]   # carry .whl/a: kernel checks + benchmarks/qlora_gpu.py
+#                                                #   (Unsloth beside it when /tmp/unsloth-site is there)
+#   bash benchmarks/gpu/device.sh build [opts]   # carry .whl/c (+ .whl/a on a fresh machine if it fits):
+#                                                #   benchmarks/build_gpu.py, a whole 7B-class build
+#
+# Sizes (15 min of device time a session): the 7B bench takes about 8-9 min with three paths,
+# the 7B build about 6-7 min; run `install` + `bench` in one session and `build` in the next if
+# time is short. Results land in benchmarks/results/ there and are copied to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PY=${PY:-python3}  # the device's Python (3.12) holds torch and transformers
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+SITE=${SITE:-/tmp/site}
 install() {  # wheel folder, target
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$2" "$1"/*.whl
+  [ -d "$1" ] && ls "$1"/*.whl >/dev/null 2>&1 || return 0
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$2" "$1"/*.whl \
+    && echo "installed $(ls "$1" | wc -l) wheels from $1 into $2"
 }
+install "${WHEELS_A:-.whl/a}" "$SITE" || exit 1
+install .whl/b /tmp/unsloth-site || exit 1
+install .whl/c "$SITE" || exit 1
+export PYTHONPATH=$SITE:$PWD
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 case "${1:-bench}" in
-  unsloth)
-    install .whl/b /tmp/unsloth-site && echo "unsloth set installed: $(ls /tmp/unsloth-site | wc -l) entries" ;;
+  install) ;;
   bench)
-    install "${WHEELS:-.whl/a}" "${SITE:-/tmp/site}" || exit 1
-    export PYTHONPATH=${SITE:-/tmp/site}:$PWD
-    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-    "$PY" -c "import torch, transformers, trl, peft, bitsandbytes, liger_kernel; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'peft', peft.__version__, 'bnb', bitsandbytes.__version__)"
+    "$PY" -c "import torch, transformers, trl, peft, bitsandbytes, liger_kernel; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'peft', peft.__version__, 'bnb', bitsandbytes.__version__)" || exit 1
     site=(); [ -d /tmp/unsloth-site ] && site=(--unsloth-site /tmp/unsloth-site)
-    timeout "${BENCH_TIMEOUT:-540}" "$PY" benchmarks/qlora_gpu.py --steps "${STEPS:-50}" --warmup 5 "${site[@]}" \
-      "${@:2}" 2>&1 | tee "$OUT/qlora_gpu.log"
+    timeout "${BENCH_TIMEOUT:-560}" "$PY" benchmarks/qlora_gpu.py --steps "${STEPS:-50}" --warmup 5 --profile \
+      "${site[@]}" "${@:2}" 2>&1 | tee "$OUT/qlora_gpu.log"
     cp benchmarks/results/qlora_gpu-*.json "$OUT"/ 2>/dev/null || true ;;
-  *) echo "usage: $0 unsloth|bench [qlora_gpu.py options]" >&2; exit 2 ;;
+  build)
+    timeout "${BUILD_TIMEOUT:-560}" "$PY" benchmarks/build_gpu.py "${@:2}" 2>&1 | tee "$OUT/build_gpu.log"
+    cp benchmarks/results/build_gpu-*.json "$OUT"/ 2>/dev/null || true ;;
+  *) echo "usage: $0 install|bench|build [options of the script]" >&2; exit 2 ;;
 esac
