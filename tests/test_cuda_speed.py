@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -220,6 +221,7 @@ def test_liger_patches_the_norms_mlps_and_rope_of_the_model(tiny_llama):
     and the cross-entropy is left to TRL's fused head."""
     code = f"""
 import json
+import os
 from transformers import AutoModelForCausalLM
 import transformers.models.llama.modeling_llama as llama
 from ftpack.training.cuda_speed import apply_liger, liger_modules
@@ -245,3 +247,24 @@ def test_the_summary_names_every_piece_on_a_gpu_and_only_what_was_asked_on_a_cpu
         assert words in line, (words, line)
     assert _plan("cpu", method="lora").summary() == ""  # nothing asked: the CPU's own path says itself
     assert _plan("cpu", method="lora", padding_free=True).summary() == "padding-free on (as asked)"
+
+
+def test_the_allocator_is_told_before_cuda_starts_or_at_run_time_after(monkeypatch):
+    """Before CUDA starts the variable is read when it does; once something has started it
+    (asking the GPU's name does), torch's own setter applies to the segments made after."""
+    import torch
+
+    from ftpack.training.cuda_speed import use_alloc_conf
+
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    assert use_alloc_conf(_plan("cpu", method="lora")) is None  # nothing on a CPU
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
+    path = _plan()
+    assert use_alloc_conf(path) == "environment"
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == ALLOC_CONF
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
+    told = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch._C, "_accelerator_setAllocatorSettings", told.append)
+    assert use_alloc_conf(path) == "runtime" and told == [ALLOC_CONF]
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ

@@ -25,8 +25,8 @@ install() {  # wheel folder, target
     && echo "installed $(ls "$1" | wc -l) wheels from $1 into $2"
 }
 install "${WHEELS_A:-.whl/a}" "$SITE" || exit 1
-install .whl/b /tmp/unsloth-site || exit 1
-install .whl/c "$SITE" || exit 1
+install "${WHEELS_B:-.whl/b}" /tmp/unsloth-site || exit 1
+install "${WHEELS_C:-.whl/c}" "$SITE" || exit 1
 export PYTHONPATH=$SITE:$PWD
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 case "${1:-bench}" in

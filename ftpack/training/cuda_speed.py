@@ -218,11 +218,27 @@ def gpu_capability() -> tuple[int, int] | None:
     return tuple(torch.cuda.get_device_capability(0))  # type: ignore[return-value]
 
 
-def use_alloc_conf(path: FastPath) -> None:
-    """Tell the CUDA allocator ``path.alloc_conf`` — before the first CUDA allocation, when
-    it is read (torch.cuda.is_available() allocates nothing)."""
-    if path.alloc_conf and not os.environ.get("PYTORCH_CUDA_ALLOC_CONF"):
+def use_alloc_conf(path: FastPath) -> str | None:
+    """Tell the CUDA allocator ``path.alloc_conf``; returns how ("environment" before CUDA
+    starts, "runtime" once it has: an earlier step, such as asking the GPU's name, may
+    have started it, and the allocator reads the variable only then), or None.
+
+    Expandable segments apply to the segments the allocator creates from then on, so
+    setting them at run time (torch's own setter) covers the training steps."""
+    if not path.alloc_conf:
+        return None
+    import torch
+
+    if not torch.cuda.is_initialized():
         os.environ["PYTORCH_CUDA_ALLOC_CONF"] = path.alloc_conf
+        return "environment"
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)
+    if setter is None:  # pragma: no cover - torch < 2.9
+        setter = getattr(torch._C, "_cuda_cudaCachingAllocator_set_allocator_settings", None)
+    if setter is None:  # pragma: no cover
+        return None
+    setter(path.alloc_conf)
+    return "runtime"
 
 
 # -- pieces ------------------------------------------------------------------------------------

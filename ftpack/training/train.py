@@ -180,7 +180,7 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
 
     fast = plan_fast_path(settings, device=device, model_type=_model_type(resolved.path), bf16=bf16,
                           gpu_capability=gpu_capability() if device == "cuda" else None)
-    use_alloc_conf(fast)  # before the first CUDA allocation
+    allocator_set = use_alloc_conf(fast)  # before the model's first CUDA allocation
     with quiet_libraries():
         model = make_trainable(resolved.path, settings, device=device, bf16=bf16, reporter=r, fast_path=fast)
     n_train, n_total = count_parameters(model)
@@ -224,7 +224,7 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
     inner = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     if device == "cpu":  # only the labelled positions go through the LM head (speed.install_cpu_lm_head)
         install_cpu_lm_head(inner)
-    fast_metrics = fast.as_metrics()
+    fast_metrics = {**fast.as_metrics(), "alloc_conf_set": allocator_set}
     if fast.liger:
         with quiet_libraries():
             fast_metrics["liger_modules"] = apply_liger(inner)
