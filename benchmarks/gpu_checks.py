@@ -9,11 +9,12 @@ modules). Liger's Triton kernels and flash-attention run only on a GPU, so this 
   gradients, bf16 and fp32;
 - a padding-free row vs each example alone (SDPA with the mask derived from position ids,
   and flash_attention_2 when flash-attn is installed): logits;
-- a whole training step with the fast path vs the plain path on a tiny Llama: loss.
+- a few training steps with the fast path vs every piece off on a tiny Llama, each in its
+  own process (Liger's patches are module-wide): loss curve and adapter.
 
 Each check: ``{"ok": bool, "max_abs_diff": …, "tolerance": …}`` or ``{"skipped": why}``.
 
-    python benchmarks/gpu_checks.py    # prints the checks as JSON; exit 1 if one fails
+    python benchmarks/gpu_checks.py [--json]   # the checks as JSON; exit 1 if one fails
 """
 
 from __future__ import annotations
@@ -124,41 +125,69 @@ def packed_attention_checks() -> dict:
     return out
 
 
-def training_step_check() -> dict:
-    """One optimizer step of ftpack's QLoRA on a tiny Llama, fast path on vs every piece
-    off: the same loss (bf16 tolerances)."""
+FAST = dict(padding_free=True)  # the rest of the fast path is auto on a GPU
+PLAIN = dict(use_liger_kernel=False, padding_free=False, qlora_bf16_base=False)
+STEPS = 4
+
+
+def training_arm(arm: str, base: Path, data: Path, out: Path) -> dict:
+    """One arm of :func:`training_check`, in this process: ftpack's QLoRA on ``base``."""
+    from ftpack.core.report import silenced
+    from ftpack.training.train import train
+
+    with silenced():
+        result = train(base, data, out, method="qlora", max_steps=STEPS, per_device_train_batch_size=4,
+                       learning_rate=2e-3, lora_dropout=0.0, save_steps=100, resume=False, logging_steps=1,
+                       **(FAST if arm == "fast" else PLAIN))
+    state = json.loads((out / "trainer_state.json").read_text())
+    return {"losses": [h["loss"] for h in state["log_history"] if "loss" in h],
+            "fast_path": result.metrics["fast_path"]}
+
+
+def training_check(force: bool = False) -> dict:
+    """``STEPS`` optimizer steps of ftpack's QLoRA on a tiny Llama, the fast path (Liger,
+    padding-free, bf16 4-bit base) against every piece off, each in its own process (Liger
+    patches module-wide): the same loss curve and adapter within bf16's precision."""
+    import subprocess
     import tempfile
 
     import torch
 
-    from ftpack.core.report import silenced
-    from ftpack.training.train import train
     from test_train import _conversations
     from tiny_model import build_tiny_llama
 
-    if not torch.cuda.is_available():
-        return {"training_step": {"skipped": "the CPU's equality tests are tests/test_cuda_speed.py"}}
+    if not (torch.cuda.is_available() or force):  # force: the machinery on a CPU (tests/test_benchmarks.py)
+        return {"training": {"skipped": "the CPU's equality tests are tests/test_cuda_speed.py"}}
+    from safetensors.torch import load_file
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         base = build_tiny_llama(tmp / "base")
         data = tmp / "train.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in _conversations()), encoding="utf-8")
-        losses, paths = {}, {}
-        for fast in (True, False):
-            off = {} if fast else dict(use_liger_kernel=False, padding_free=False, attn_implementation="eager")
-            with silenced():
-                result = train(base, data, tmp / f"out-{fast}", method="qlora", max_steps=2,
-                               per_device_train_batch_size=4, learning_rate=2e-3, lora_dropout=0.0, save_steps=100,
-                               resume=False, **off)
-            losses[fast], paths[fast] = result.first_loss, result.metrics["fast_path"]
-    diff = abs(losses[True] - losses[False])
-    return {"training_step": {"ok": diff <= 2e-2 * abs(losses[False]), "loss_fast": losses[True],
-                              "loss_plain": losses[False], "fast_path": paths[True]}}
+        arms = {}
+        for arm in ("fast", "plain"):
+            proc = subprocess.run([sys.executable, __file__, "--arm", arm, str(base), str(data), str(tmp / arm)],
+                                  capture_output=True, text=True, cwd=ROOT, timeout=600)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ARM ")]
+            if proc.returncode or not lines:
+                return {"training": {"ok": False, "error": f"{arm}: exit {proc.returncode}",
+                                     "tail": (proc.stdout + proc.stderr)[-2000:]}}
+            arms[arm] = json.loads(lines[-1][4:])
+        adapters = [load_file(str(tmp / arm / "adapter" / "adapter_model.safetensors")) for arm in ("fast", "plain")]
+    fast, plain = arms["fast"]["losses"], arms["plain"]["losses"]
+    worst = max(abs(a - b) / abs(b) for a, b in zip(fast, plain))
+    adapter = max((adapters[0][k].float() - adapters[1][k].float()).norm().item()
+                  / max(adapters[1][k].float().norm().item(), 1e-8) for k in adapters[1] if "lora_B" in k)
+    return {"training": {"ok": len(fast) == len(plain) == STEPS and worst <= 3e-2 and adapter <= 0.1,
+                         "losses_fast": fast, "losses_plain": plain, "worst_relative_loss_diff": worst,
+                         "worst_relative_lora_b_diff": adapter, "tolerances": [3e-2, 0.1],
+                         "fast_path": arms["fast"]["fast_path"], "plain_path": arms["plain"]["fast_path"]}}
 
 
 def run_checks() -> dict:
     out = {}
-    for check in (liger_checks, packed_attention_checks, training_step_check):
+    for check in (liger_checks, packed_attention_checks, training_check):
         try:
             out.update(check())
         except Exception as exc:  # a check that breaks is a finding, not the end of the benchmark
@@ -166,9 +195,14 @@ def run_checks() -> dict:
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--arm"]:  # one arm of training_check
+        arm, base, data, out = argv[1], *map(Path, argv[2:5])
+        print("ARM " + json.dumps(training_arm(arm, base, data, out)), flush=True)
+        return 0
     checks = run_checks()
-    print(json.dumps(checks, indent=2))
+    print("CHECKS " + json.dumps(checks) if "--json" in argv else json.dumps(checks, indent=2))
     return 0 if all(c.get("ok", True) for c in checks.values()) else 1
 
 

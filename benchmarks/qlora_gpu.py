@@ -115,12 +115,17 @@ class Meter:
             def on_step_begin(self, args, state, control, **kw):
                 if meter.profile_steps and state.global_step + 1 == meter.profile_steps[0]:
                     meter.start_profile()
-                _sync()
-                meter._t = time.perf_counter()
+                if not meter.seconds:  # the first step: from its begin; later ones from the last step's end
+                    _sync()
+                    meter._t = time.perf_counter()
 
             def on_step_end(self, args, state, control, **kw):
+                # step end to step end: the batch's collation and transfer (done before
+                # on_step_begin) and the logging after a step are inside the timed window
                 _sync()
-                meter.seconds.append(time.perf_counter() - meter._t)
+                now = time.perf_counter()
+                meter.seconds.append(now - meter._t)
+                meter._t = now
                 steps = args.gradient_accumulation_steps
                 meter.tokens.append(sum(meter.collated.popleft() for _ in range(min(steps, len(meter.collated)))))
                 if meter._profiler is not None and state.global_step == meter.profile_steps[1]:
@@ -142,18 +147,23 @@ class Meter:
         (CPU time without a GPU), and how busy the device was (kernel time / wall time)."""
         import torch
 
+        from torch.autograd import DeviceType
+
         prof, self._profiler = self._profiler, None
         prof.__exit__(None, None, None)
         events = prof.key_averages()
         cuda = torch.cuda.is_available()
         key = "self_device_time_total" if cuda else "self_cpu_time_total"
         wall_us = sum(self.seconds[self._profiled_from:]) * 1e6
-        kernel_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in events) if cuda else None
+        # only the device's own events: a CPU operator also carries its kernels' time
+        kernel_us = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) if cuda else None
         self.profile = {
             "steps": len(self.seconds) - self._profiled_from,
             "wall_ms": round(wall_us / 1e3, 1),
             "device_busy": round(kernel_us / wall_us, 3) if kernel_us is not None and wall_us else None,
-            "cpu_ops": sum(e.count for e in events),
+            "cpu_ops": sum(e.count for e in events if e.device_type == DeviceType.CPU) if cuda else
+            sum(e.count for e in events),
+            "kernels": sum(e.count for e in events if e.device_type == DeviceType.CUDA) if cuda else None,
             "table": events.table(sort_by=key, row_limit=25, max_name_column_width=60),
         }
 
@@ -180,28 +190,50 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _sft_args(steps: int, **extra):
+def _sft_args(steps: int, max_length: int, **extra):
     import torch
     from trl import SFTConfig
 
     cuda = torch.cuda.is_available()
     return SFTConfig(output_dir=tempfile.mkdtemp(prefix="ftpack-bench-"), max_steps=steps, bf16=True, use_cpu=not cuda,
-                     per_device_train_batch_size=BATCH, learning_rate=LR, max_length=MAX_LENGTH,
+                     per_device_train_batch_size=BATCH, learning_rate=LR, max_length=max_length,
                      assistant_only_loss=True, logging_steps=1, save_strategy="no", report_to="none",
                      disable_tqdm=True, seed=42, **extra)
 
 
-def _rows():
+def conversations(long: bool) -> list[list[dict]]:
+    """The demo's conversations; ``long``: every 12 of them joined into one multi-turn
+    conversation (about 1,500 tokens with the test tokenizer), as chat logs are."""
+    from ftpack.training.data import read_messages_jsonl
+
+    rows = read_messages_jsonl(DATA)
+    if not long:
+        return rows
+    joined = []
+    for i in range(0, len(rows) - 11, 12):
+        turns = [m for conv in rows[i:i + 12] for m in conv if m["role"] != "system"]
+        joined.append(rows[i][:1] + turns if rows[i][0]["role"] == "system" else turns)
+    return joined
+
+
+def data_file(folder: Path, long: bool) -> Path:
+    """The benchmark's data as a messages JSONL file (what ``ftpack train`` reads)."""
+    path = folder / ("long.jsonl" if long else "demo.jsonl")
+    path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in conversations(long)), encoding="utf-8")
+    return path
+
+
+def _rows(data: Path):
     from datasets import Dataset
 
     from ftpack.training.data import read_messages_jsonl
 
-    return Dataset.from_list([{"messages": m} for m in read_messages_jsonl(DATA)])
+    return Dataset.from_list([{"messages": m} for m in read_messages_jsonl(data)])
 
 
 # -- the paths (each in its own process) ------------------------------------------------------
 
-def run_baseline(base: Path, steps: int, warmup: int, profile: bool = False) -> dict:
+def run_baseline(base: Path, data: Path, steps: int, warmup: int, max_length: int, profile: bool = False) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
@@ -219,14 +251,15 @@ def run_baseline(base: Path, steps: int, warmup: int, profile: bool = False) -> 
     model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules="all-linear",
                                              task_type="CAUSAL_LM"))
     meter = Meter(profile_window(warmup) if profile else None)
-    trainer = SFTTrainer(model=model, args=_sft_args(steps + warmup), processing_class=tokenizer,
-                         train_dataset=_rows(), callbacks=[meter.callback()])
+    trainer = SFTTrainer(model=model, args=_sft_args(steps + warmup, max_length), processing_class=tokenizer,
+                         train_dataset=_rows(data), callbacks=[meter.callback()])
     trainer.data_collator = meter.wrap(trainer.data_collator)
     trainer.train()
     return meter.result(warmup)
 
 
-def run_ftpack(base: Path, steps: int, warmup: int, overrides: dict | None = None, profile: bool = False) -> dict:
+def run_ftpack(base: Path, data: Path, steps: int, warmup: int, max_length: int, overrides: dict | None = None,
+               profile: bool = False) -> dict:
     from ftpack.core.report import silenced
     from ftpack.training.train import fit, setup
     from ftpack.training.settings import TrainSettings
@@ -234,16 +267,16 @@ def run_ftpack(base: Path, steps: int, warmup: int, overrides: dict | None = Non
     meter = Meter(profile_window(warmup) if profile else None)
     settings = TrainSettings.of(method="qlora", max_steps=steps + warmup, per_device_train_batch_size=BATCH,
                                 learning_rate=LR, lora_r=RANK, lora_alpha=ALPHA, lora_dropout=0.0,
-                                max_seq_length=MAX_LENGTH, save_steps=10**6, **(overrides or {}))
+                                max_seq_length=max_length, save_steps=10**6, **(overrides or {}))
     with silenced(), tempfile.TemporaryDirectory(prefix="ftpack-bench-") as out:
-        run = setup(base, DATA, Path(out), settings, template="chatml", resume=False, callbacks=[meter.callback()])
+        run = setup(base, data, Path(out), settings, template="chatml", resume=False, callbacks=[meter.callback()])
         run.trainer.data_collator = meter.wrap(run.trainer.data_collator)
         fit(run)
     return {**meter.result(warmup), "precision": run.settings.precision, "fast_path": run.fast_path,
             "gradient_checkpointing": run.settings.gradient_checkpointing}
 
 
-def run_unsloth(base: Path, steps: int, warmup: int, profile: bool = False) -> dict:
+def run_unsloth(base: Path, data: Path, steps: int, warmup: int, max_length: int, profile: bool = False) -> dict:
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
     from unsloth import FastLanguageModel  # first: it patches transformers and TRL
 
@@ -252,15 +285,15 @@ def run_unsloth(base: Path, steps: int, warmup: int, profile: bool = False) -> d
 
     from ftpack.training.templates import install_chat_template, load_template
 
-    model, tokenizer = FastLanguageModel.from_pretrained(str(base), max_seq_length=MAX_LENGTH, dtype=torch.bfloat16,
+    model, tokenizer = FastLanguageModel.from_pretrained(str(base), max_seq_length=max_length, dtype=torch.bfloat16,
                                                          load_in_4bit=True, local_files_only=True)
     install_chat_template(load_template("chatml"), tokenizer)
     model = FastLanguageModel.get_peft_model(model, r=RANK, lora_alpha=ALPHA, lora_dropout=0.0,
                                              target_modules=PROJECTIONS, bias="none",
                                              use_gradient_checkpointing="unsloth", random_state=42)
     meter = Meter(profile_window(warmup) if profile else None)
-    trainer = SFTTrainer(model=model, args=_sft_args(steps + warmup), processing_class=tokenizer,
-                         train_dataset=_rows(), callbacks=[meter.callback()])
+    trainer = SFTTrainer(model=model, args=_sft_args(steps + warmup, max_length), processing_class=tokenizer,
+                         train_dataset=_rows(data), callbacks=[meter.callback()])
     trainer.data_collator = meter.wrap(trainer.data_collator)
     trainer.train()
     import unsloth
@@ -270,32 +303,54 @@ def run_unsloth(base: Path, steps: int, warmup: int, profile: bool = False) -> d
 
 def child(args) -> int:
     """One path in this process; its result as JSON on the last line of stdout."""
-    base = Path(args.base)
+    base, data = Path(args.base), Path(args.data)
+    common = dict(steps=args.steps, warmup=args.warmup, max_length=args.max_length, profile=args.profile)
     if args.path == "baseline":
-        out = run_baseline(base, args.steps, args.warmup, args.profile)
+        out = run_baseline(base, data, **common)
     elif args.path == "unsloth":
-        out = run_unsloth(base, args.steps, args.warmup, args.profile)
+        out = run_unsloth(base, data, **common)
     else:
-        out = run_ftpack(base, args.steps, args.warmup, json.loads(args.overrides or "{}"), args.profile)
+        out = run_ftpack(base, data, overrides=json.loads(args.overrides or "{}"), **common)
     out["versions"] = versions()  # this process's own (Unsloth's run has its own TRL and datasets)
     print("RESULT " + json.dumps(out), flush=True)
     return 0
 
 
-def in_child(path: str, base: Path, steps: int, warmup: int, overrides: dict | None = None,
-             site: str | None = None, profile: bool = False) -> dict:
+def in_child(path: str, base: Path, data: Path, *, steps: int, warmup: int, max_length: int,
+             overrides: dict | None = None, site: str | None = None, profile: bool = False,
+             timeout: float | None = None) -> dict:
     """Run one path in a fresh interpreter; its result, or {"error": …} with the output's tail."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if site:
         env["PYTHONPATH"] = os.pathsep.join([site, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    cmd = [sys.executable, __file__, "--child", path, "--base", str(base), "--steps", str(steps),
-           "--warmup", str(warmup), "--overrides", json.dumps(overrides or {})] + (["--profile"] if profile else [])
+    cmd = [sys.executable, __file__, "--child", path, "--base", str(base), "--data", str(data), "--steps", str(steps),
+           "--warmup", str(warmup), "--max-length", str(max_length), "--overrides", json.dumps(overrides or {})]
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    try:
+        proc = subprocess.run(cmd + (["--profile"] if profile else []), capture_output=True, text=True, env=env,
+                              cwd=ROOT, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        out = (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(errors="replace")
+        return {"error": f"timed out after {timeout:.0f} s (--budget-s)", "tail": out[-3000:]}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         return {"error": f"exit {proc.returncode}", "tail": (proc.stdout + proc.stderr)[-3000:]}
     return {**json.loads(lines[-1][len("RESULT "):]), "wall_s": round(time.perf_counter() - t, 1)}
+
+
+def checks_in_child(timeout: float | None) -> dict:
+    """benchmarks/gpu_checks.py in its own process: a kernel that breaks the CUDA context
+    takes only that process down."""
+    try:
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_checks.py"), "--json"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"gpu_checks": {"ok": False, "error": f"timed out after {timeout:.0f} s"}}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("CHECKS ")]
+    if not lines:
+        return {"gpu_checks": {"ok": False, "error": f"exit {proc.returncode}",
+                               "tail": (proc.stdout + proc.stderr)[-2000:]}}
+    return json.loads(lines[-1][len("CHECKS "):])
 
 
 def versions() -> dict:
@@ -324,20 +379,57 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, overrides
 
 
+def write_result(result: dict, path: Path | None) -> None:
+    """The result JSON, written whole under a temporary name and renamed (also after each
+    path, so a run cut short keeps what it measured)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def summarize(result: dict) -> dict:
+    """The headline keys from the runs measured so far."""
+    runs = result["runs"]
+
+    def value(name, key):
+        return runs.get(name, {}).get(key)
+
+    fast, plain = value("ftpack", "tokens_per_s"), value("baseline", "tokens_per_s")
+    result.update({
+        "tokens_per_s_baseline": plain, "tokens_per_s": fast, "tokens_per_s_unsloth": value("unsloth", "tokens_per_s"),
+        "speedup": round(fast / plain, 3) if fast and plain else None,
+        "peak_vram_gib_baseline": value("baseline", "peak_vram_gib"), "peak_vram_gib": value("ftpack", "peak_vram_gib"),
+        "peak_vram_gib_unsloth": value("unsloth", "peak_vram_gib"),
+        "vram_ratio": (round(value("ftpack", "peak_vram_gib") / value("baseline", "peak_vram_gib"), 3)
+                       if value("ftpack", "peak_vram_gib") and value("baseline", "peak_vram_gib") else None),
+    })
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=50, help="timed optimizer steps per path")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     ap.add_argument("--tiny", action="store_true", help="a tiny model instead of the 7B shape (checks the script)")
+    ap.add_argument("--long", action="store_true",
+                    help="multi-turn conversations of about 1,500 tokens (max length 2048) instead of the demo's")
     ap.add_argument("--results-dir", type=Path, default=None,
                     help="write the result JSON here (default on a GPU: benchmarks/results)")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="stop starting paths after this many seconds, and end each by then (default: none)")
     ap.add_argument("--unsloth-site", default=None, help="a folder with Unsloth's package set, first on its path")
     ap.add_argument("--no-unsloth", action="store_true")
+    ap.add_argument("--no-checks", action="store_true", help="skip benchmarks/gpu_checks.py")
     ap.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE,... an extra ftpack run")
     ap.add_argument("--profile", action="store_true",
                     help="profile two warm-up steps of each path (top operators, how busy the device is)")
     ap.add_argument("--child", choices=["baseline", "ftpack", "unsloth"], help=argparse.SUPPRESS)
     ap.add_argument("--base", help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    ap.add_argument("--max-length", type=int, default=MAX_LENGTH, help=argparse.SUPPRESS)
     ap.add_argument("--overrides", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -346,56 +438,58 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from gpu_checks import run_checks
+    started = time.perf_counter()
+
+    def left() -> float | None:
+        return None if args.budget_s is None else args.budget_s - (time.perf_counter() - started)
 
     cuda = torch.cuda.is_available()
+    device = torch.cuda.get_device_name(0) if cuda else "cpu"
+    shape = "tiny" if args.tiny else "7B"
+    max_length = 2048 if args.long else MAX_LENGTH
     results_dir = args.results_dir or (ROOT / "benchmarks" / "results" if cuda else None)
-    checks = run_checks()
+    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = results_dir / f"qlora_gpu-{shape}{'-long' if args.long else ''}-{slug}-{stamp}.json" if results_dir else None
+    result = {
+        "benchmark": "qlora_gpu", "date": _dt.date.today().isoformat(), "device": device, "model_shape": shape,
+        "shape": SHAPE_TINY if args.tiny else SHAPE_7B, "data": "long" if args.long else "demo",
+        "steps": args.steps, "warmup_steps": args.warmup, "batch": BATCH, "max_length": max_length, "lora_r": RANK,
+        "runs": {}, "versions": versions(),
+        "command": "python benchmarks/qlora_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    summarize(result)
+    result["checks"] = {} if args.no_checks else checks_in_child(left())
+    write_result(result, path)
     with tempfile.TemporaryDirectory(prefix="ftpack-7b-") as tmp:
         t = time.perf_counter()
         base = synthetic_base(Path(tmp), SHAPE_TINY if args.tiny else SHAPE_7B)
-        made = round(time.perf_counter() - t, 1)
-        common = dict(steps=args.steps, warmup=args.warmup, profile=args.profile)
-        runs = {"baseline": in_child("baseline", base, **common), "ftpack": in_child("ftpack", base, **common)}
-        for name, overrides in map(parse_variant, args.variant):
-            runs[name] = {**in_child("ftpack", base, overrides=overrides, **common), "overrides": overrides}
+        result["base_written_s"] = round(time.perf_counter() - t, 1)
+        data = data_file(Path(tmp), args.long)
+        common = dict(steps=args.steps, warmup=args.warmup, max_length=max_length, profile=args.profile)
+        plan = [("baseline", "baseline", {}), ("ftpack", "ftpack", {})]
+        plan += [(name, "ftpack", overrides) for name, overrides in map(parse_variant, args.variant)]
         if args.no_unsloth:
-            runs["unsloth"] = {"error": "not run (--no-unsloth)"}
+            result["runs"]["unsloth"] = {"error": "not run (--no-unsloth)"}
         elif not cuda:
-            runs["unsloth"] = {"error": "not run: Unsloth needs a CUDA GPU"}
+            result["runs"]["unsloth"] = {"error": "not run: Unsloth needs a CUDA GPU"}
         else:
-            runs["unsloth"] = in_child("unsloth", base, site=args.unsloth_site, **common)
-
-    def value(name, key):
-        return runs.get(name, {}).get(key)
-
-    fast, plain = value("ftpack", "tokens_per_s"), value("baseline", "tokens_per_s")
-    result = {
-        "benchmark": "qlora_gpu",
-        "date": _dt.date.today().isoformat(),
-        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
-        "model_shape": "tiny" if args.tiny else "7B",
-        "shape": SHAPE_TINY if args.tiny else SHAPE_7B,
-        "steps": args.steps, "warmup_steps": args.warmup, "batch": BATCH, "max_length": MAX_LENGTH, "lora_r": RANK,
-        "tokens_per_s_baseline": plain, "tokens_per_s": fast, "tokens_per_s_unsloth": value("unsloth", "tokens_per_s"),
-        "speedup": round(fast / plain, 3) if fast and plain else None,
-        "peak_vram_gib_baseline": value("baseline", "peak_vram_gib"), "peak_vram_gib": value("ftpack", "peak_vram_gib"),
-        "peak_vram_gib_unsloth": value("unsloth", "peak_vram_gib"),
-        "base_written_s": made, "checks": checks, "runs": runs, "versions": versions(),
-        "command": "python benchmarks/qlora_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-    }
+            plan.append(("unsloth", "unsloth", {}))  # last: what it needs is least sure to be there
+        for name, kind, overrides in plan:
+            remaining = left()
+            if remaining is not None and remaining < 30:
+                result["runs"][name] = {"error": "not run: --budget-s spent"}
+                continue
+            run = in_child(kind, base, data, overrides=overrides or None, timeout=remaining,
+                           site=args.unsloth_site if kind == "unsloth" else None, **common)
+            result["runs"][name] = {**run, "overrides": overrides} if overrides else run
+            write_result(summarize(result), path)
     text = json.dumps(result, indent=2)
     print(text)
-    if results_dir is not None:
-        results_dir.mkdir(parents=True, exist_ok=True)
-        slug = re.sub(r"[^a-z0-9]+", "-", result["device"].lower()).strip("-")
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = results_dir / f"qlora_gpu-{result['model_shape']}-{slug}-{stamp}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        tmp.replace(path)
+    if path is not None:
         print(f"wrote {path}", file=sys.stderr)
-    return 0 if all("error" not in runs[k] for k in ("baseline", "ftpack")) else 1
+    runs = result["runs"]
+    return 0 if all("error" not in runs.get(k, {"error": 1}) for k in ("baseline", "ftpack")) else 1
 
 
 if __name__ == "__main__":

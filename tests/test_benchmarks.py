@@ -81,3 +81,17 @@ def test_the_device_scripts_parse():
     for script in ("benchmarks/gpu/device.sh", "benchmarks/gpu/wheels.sh"):
         proc = subprocess.run(["bash", "-n", script], cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 0, (script, proc.stderr)
+
+
+@pytest.mark.slow
+def test_the_gpu_training_check_compares_two_processes():
+    """benchmarks/gpu_checks.py's training check, forced on a CPU: the fast arm (here only
+    padding-free: Liger and the bf16 base need a GPU) and the plain arm run in their own
+    processes and agree; on a GPU the same code compares the whole fast path."""
+    from gpu_checks import STEPS, training_check
+
+    found = training_check(force=True)["training"]
+    assert found["ok"], found
+    assert len(found["losses_fast"]) == len(found["losses_plain"]) == STEPS
+    assert found["fast_path"]["padding_free"] and not found["plain_path"]["padding_free"]
+    assert found["worst_relative_loss_diff"] < 1e-3  # fp32 QLoRA compute on a CPU: near exact

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from ftpack.core.errors import FtpackError
-from ftpack.training.cuda_speed import ALLOC_CONF, MAX_PACKED_MASK, plan_fast_path
+from ftpack.training.cuda_speed import ALLOC_CONF, PADDING_FREE_MODEL_TYPES, plan_fast_path
 from ftpack.training.settings import TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,11 +37,12 @@ def _plan(device="cuda", *, model_type="llama", installed=("liger_kernel",), cap
                           gpu_capability=capability if device == "cuda" else None, environ=environ or {})
 
 
-def test_auto_on_a_gpu_turns_every_piece_on_with_its_reason():
+def test_auto_on_a_gpu_without_flash_attn():
     path = _plan()
     assert path.liger and "llama" in path.liger_why
-    assert path.padding_free and "sdpa" in path.padding_free_why
-    assert path.attention == "sdpa" and "flash-attn is not installed" in path.attention_why
+    assert path.attention is None and "flash-attn is not installed" in path.attention_why  # transformers' default
+    # SDPA would compute the row's whole masked square: padding-free waits for a varlen kernel
+    assert not path.padding_free and "variable-length" in path.padding_free_why
     assert path.bf16_base
     assert path.alloc_conf == ALLOC_CONF
     metrics = path.as_metrics()
@@ -50,19 +51,21 @@ def test_auto_on_a_gpu_turns_every_piece_on_with_its_reason():
 
 
 def test_auto_on_a_gpu_adapts_to_what_is_there():
-    assert _plan(installed=("liger_kernel", "flash_attn")).attention == "flash_attention_2"
+    flash = _plan(installed=("liger_kernel", "flash_attn"))
+    assert flash.attention == "flash_attention_2" and flash.padding_free and "flash_attention_2" in flash.padding_free_why
     old = _plan(installed=("liger_kernel", "flash_attn"), capability=(7, 5))
-    assert old.attention == "sdpa" and "Ampere" in old.attention_why
+    assert old.attention is None and "Ampere" in old.attention_why and not old.padding_free
+    flex = _plan(attn_implementation="flex_attention")
+    assert flex.attention == "flex_attention" and flex.padding_free
     none = _plan(installed=())
     assert not none.liger and "not installed" in none.liger_why
     other = _plan(model_type="gpt_bigcode")
     assert not other.liger and "gpt_bigcode" in other.liger_why
-    assert not _plan(per_device_train_batch_size=1).padding_free
-    # the derived mask would be (8 × 2048)² booleans with SDPA; flash-attn's varlen kernel needs none
-    long = _plan(per_device_train_batch_size=8, max_seq_length=2048)
-    assert (8 * 2048) ** 2 > MAX_PACKED_MASK and not long.padding_free and "flash-attn" in long.padding_free_why
-    assert _plan(per_device_train_batch_size=8, max_seq_length=2048, installed=("flash_attn",)).padding_free
-    assert not _plan(packing=True).padding_free
+    assert not _plan(per_device_train_batch_size=1, installed=("flash_attn",)).padding_free
+    assert not _plan(packing=True, installed=("flash_attn",)).padding_free
+    # a hybrid (Mamba, convolution or linear-attention layers) would carry state across examples
+    hybrid = _plan(model_type="nemotron_h", installed=("flash_attn",))
+    assert not hybrid.padding_free and "not proven" in hybrid.padding_free_why
     assert not _plan(method="lora").bf16_base
     assert not _plan(bf16=False).bf16_base
     kept = _plan(environ={"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:128"})
@@ -70,20 +73,26 @@ def test_auto_on_a_gpu_adapts_to_what_is_there():
 
 
 def test_flags_turn_pieces_off_and_refuse_what_cannot_run():
-    off = _plan(use_liger_kernel=False, padding_free=False, attn_implementation="eager")
-    assert not off.liger and not off.padding_free and off.attention == "eager"
+    off = _plan(use_liger_kernel=False, padding_free=False, attn_implementation="eager", qlora_bf16_base=False)
+    assert not off.liger and not off.padding_free and off.attention == "eager" and not off.bf16_base
     assert "--no-use-liger-kernel" in off.liger_why and "--no-padding-free" in off.padding_free_why
+    assert "--no-qlora-bf16-base" in off.bf16_base_why
     cpu = _plan("cpu", method="lora")
     assert not cpu.liger and not cpu.padding_free and cpu.attention is None and cpu.alloc_conf is None
     assert "slower" in cpu.padding_free_why
     assert _plan("cpu", method="lora", padding_free=True).padding_free  # it runs on a CPU, as asked
+    assert _plan(padding_free=True).padding_free  # with SDPA too, as asked
     for settings, words in [(dict(device="cpu", method="lora", use_liger_kernel=True), "needs a CUDA GPU"),
                             (dict(use_liger_kernel=True, installed=()), "not installed"),
                             (dict(use_liger_kernel=True, model_type="gpt_bigcode"), "gpt_bigcode"),
-                            (dict(attn_implementation="flash_attention_2"), "flash-attn")]:
+                            (dict(attn_implementation="flash_attention_2"), "flash_attn"),
+                            (dict(attn_implementation="flash_attention_3", installed=("flash_attn",)),
+                             "flash_attn_interface"),
+                            (dict(padding_free=True, model_type="qwen3_5"), "not proven"),
+                            (dict(device="cpu", qlora_bf16_base=True), "bf16 compute")]:
         with pytest.raises(FtpackError) as err:
             _plan(**settings)
-        assert words in str(err.value) and err.value.code == 2
+        assert words in str(err.value) and err.value.code == 2, (settings, str(err.value))
 
 
 def test_cli_refuses_liger_on_a_cpu_and_an_unknown_attention(run_cli, tiny_llama, tmp_path):
@@ -215,22 +224,27 @@ def test_a_bf16_four_bit_base_computes_what_peft_preparation_computes(tiny_llama
 
 # -- Liger -------------------------------------------------------------------------------------
 
-def test_liger_patches_the_norms_mlps_and_rope_of_the_model(tiny_llama):
-    """In a fresh process (Liger's RoPE patch replaces a module-level function): every
-    RMSNorm and MLP of the tiny Llama runs Liger's forward afterwards, RoPE is Liger's,
-    and the cross-entropy is left to TRL's fused head."""
+def test_liger_patches_the_model_and_its_module_wide_changes_are_undone(tiny_llama):
+    """In a fresh process (Liger's RoPE, norm and MLP patches replace names module-wide):
+    every RMSNorm and MLP of the tiny Llama runs Liger's forward, RoPE is Liger's, the
+    cross-entropy is left to TRL's fused head; after the undo, transformers' names are back
+    and a model loaded afterwards has no Liger module (the trained one keeps its own)."""
     code = f"""
 import json
-import os
 from transformers import AutoModelForCausalLM
 import transformers.models.llama.modeling_llama as llama
 from ftpack.training.cuda_speed import apply_liger, liger_modules
+original = (llama.apply_rotary_pos_emb, llama.LlamaRMSNorm, llama.LlamaMLP)
 model = AutoModelForCausalLM.from_pretrained({str(tiny_llama)!r})
 before = liger_modules(model)
-after = apply_liger(model)
-print(json.dumps({{"before": before, "after": after, "layers": model.config.num_hidden_layers,
-                  "rope": llama.apply_rotary_pos_emb.__module__,
-                  "forward": type(model).forward.__module__}}))
+after, undo = apply_liger(model)
+rope = llama.apply_rotary_pos_emb.__module__
+restored = undo()
+again = AutoModelForCausalLM.from_pretrained({str(tiny_llama)!r})
+print(json.dumps({{"before": before, "after": after, "layers": model.config.num_hidden_layers, "rope": rope,
+                  "forward": type(model).forward.__module__, "restored": sorted(restored),
+                  "originals_back": (llama.apply_rotary_pos_emb, llama.LlamaRMSNorm, llama.LlamaMLP) == original,
+                  "again": liger_modules(again), "trained_keeps": liger_modules(model)}}))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -239,12 +253,66 @@ print(json.dumps({{"before": before, "after": after, "layers": model.config.num_
     assert found["after"] == 3 * found["layers"] + 1  # two norms and the MLP per block, the final norm
     assert found["rope"].startswith("liger_kernel")
     assert found["forward"].startswith("transformers")  # no fused cross-entropy forward
+    assert found["restored"] == ["modeling_llama.LlamaMLP", "modeling_llama.LlamaRMSNorm",
+                                 "modeling_llama.apply_rotary_pos_emb"]
+    assert found["originals_back"] and found["again"] == 0 and found["trained_keeps"] == found["after"]
+
+
+# -- padding-free is proven per model type -----------------------------------------------------
+
+def _packed_vs_alone(config, attention: str) -> float:
+    """Largest |logit difference| between a row packing two examples (position ids restarting)
+    and each example run alone, for a random model of ``config``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tiny_archs import randomize
+
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attention).eval()
+    randomize(model)
+    torch.manual_seed(1)
+    first, second = torch.randint(3, 250, (1, 37)), torch.randint(3, 250, (1, 29))
+    with torch.no_grad():
+        alone = torch.cat([model(input_ids=x, use_cache=False).logits for x in (first, second)], 1)
+        positions = torch.cat([torch.arange(37), torch.arange(29)])[None]
+        packed = model(input_ids=torch.cat([first, second], 1), position_ids=positions, use_cache=False).logits
+    return (packed - alone).abs().max().item()
+
+
+def _tiny_config(name: str):
+    from tiny_archs import CASES
+
+    facts = {"vocab_size": 32064 if name == "phi3" else 256, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    return CASES[name].config(facts)
+
+
+ATTENTIONS = ["sdpa", "eager", pytest.param("flex_attention", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_every_proven_model_type_keeps_the_examples_of_a_packed_row_apart(attention):
+    """The allowlist is exactly the model types proven here: each architecture ftpack
+    offers, with each attention, gives a packed row's examples the logits they have alone."""
+    from tiny_archs import CASES
+
+    proven = set()
+    for name in CASES:
+        config = _tiny_config(name)
+        if attention == "sdpa" and name == "gemma2":  # Gemma 2 has no SDPA (soft-capping): transformers refuses
+            proven.add(config.model_type)
+            continue
+        diff = _packed_vs_alone(config, attention)
+        assert diff < 1e-4, (name, attention, diff)
+        proven.add(config.model_type)
+    assert proven == PADDING_FREE_MODEL_TYPES
 
 
 def test_the_summary_names_every_piece_on_a_gpu_and_only_what_was_asked_on_a_cpu():
-    line = _plan().summary()
-    for words in ("Liger on", "padding-free on", "attention sdpa", "bf16 4-bit base on", "allocator " + ALLOC_CONF):
+    line = _plan(installed=("liger_kernel", "flash_attn")).summary()
+    for words in ("Liger on", "padding-free on", "attention flash_attention_2", "bf16 4-bit base on",
+                  "allocator " + ALLOC_CONF):
         assert words in line, (words, line)
+    assert "attention default" in _plan().summary() and "padding-free off" in _plan().summary()
     assert _plan("cpu", method="lora").summary() == ""  # nothing asked: the CPU's own path says itself
     assert _plan("cpu", method="lora", padding_free=True).summary() == "padding-free on (as asked)"
 
@@ -257,11 +325,16 @@ def test_the_allocator_is_told_before_cuda_starts_or_at_run_time_after(monkeypat
     from ftpack.training.cuda_speed import use_alloc_conf
 
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # as before CUDA starts (also on a GPU)
     assert use_alloc_conf(_plan("cpu", method="lora")) is None  # nothing on a CPU
     assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
     path = _plan()
     assert use_alloc_conf(path) == "environment"
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == ALLOC_CONF
+    # the next run in this process still sees ftpack's own setting as ftpack's, not the user's
+    again = plan_fast_path(TrainSettings.of(method="qlora").resolved("cuda"), device="cuda", model_type="llama",
+                           bf16=True, available=lambda n: False, liger_types=(), gpu_capability=(9, 0))
+    assert again.alloc_conf == ALLOC_CONF
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
     told = []
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)

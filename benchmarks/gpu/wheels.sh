@@ -8,7 +8,9 @@
 #           into its own folder so its TRL and datasets never meet ftpack's;
 #   .whl/c  what a whole build adds: llama-cpp-python built here for any x86-64-v3 CPU
 #           (AVX2/FMA/F16C, not -march=native: the GPU machine's CPU is another; its sdist,
-#           77 MB, would not fit a call), gguf and ollama at the pinned versions.
+#           77 MB, would not fit a call), gguf and ollama at the pinned versions;
+#   .whl/d  pyarrow and fsspec at the pinned versions (datasets 5.2 needs pyarrow >= 24): carry
+#           it only if the machine's own pyarrow is older (device.sh bench says so first).
 # Usage: bash benchmarks/gpu/wheels.sh      (then see benchmarks/gpu/device.sh)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,12 +23,13 @@ get() {  # folder, requirements...
     --platform manylinux2014_x86_64 --platform any -d "$dir" "$@"
 }
 pin() { grep -i "^$1==" requirements/pinned.txt | sed 's/ .*//'; }
-rm -rf .whl/a .whl/b .whl/c
+rm -rf .whl/a .whl/b .whl/c .whl/d
 get .whl/a "$(pin trl)" "$(pin bitsandbytes)" "$(pin datasets)" "$(pin dill)" "$(pin multiprocess)" \
   "$(pin peft)" "$(pin accelerate)" "$(pin liger-kernel)"
 get .whl/b unsloth==2026.10.9 unsloth_zoo==2026.10.9 trl==1.15.0 "datasets==4.8.5" tyro==1.0.17 msgspec==0.23.0 \
   cut_cross_entropy==25.1.1 torchao==0.18.0 hf_transfer==0.1.9 diffusers==0.42.1 docstring-parser==0.18.0 \
-  shtab==1.13.0 typeguard==4.6.1 structlog==26.1.0 json5==0.17.3 nest-asyncio==1.6.0
+  shtab==1.13.0 typeguard==4.6.1 structlog==26.1.0 json5==0.17.3 nest-asyncio==1.6.0 pydantic==2.14.4 \
+  pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
 get .whl/c "$(pin gguf)" "$(pin ollama)"
 llama=$(pin llama-cpp-python); version=${llama#*==}
 portable="${FTPACK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ftpack}/wheels/llama-cpp-python-portable"
@@ -39,4 +42,5 @@ if ! ls "$portable"/llama_cpp_python-"$version"-*.whl >/dev/null 2>&1; then
     "$PY" -m pip wheel -q --no-deps --no-cache-dir --require-hashes -r "$portable/req.txt" -w "$portable"
 fi
 cp "$portable"/llama_cpp_python-"$version"-*.whl .whl/c/
-du -sh .whl/a .whl/b .whl/c
+get .whl/d "$(pin pyarrow)" "$(pin fsspec)"
+du -sh .whl/a .whl/b .whl/c .whl/d

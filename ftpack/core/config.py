@@ -137,9 +137,13 @@ OPTIONS: tuple[Option, ...] = (
     _o("use_liger_kernel", bool, None, "Liger Kernel's fused RMSNorm, RoPE and SwiGLU (default: on a CUDA GPU for the "
        "model types Liger supports).", "train"),
     _o("padding_free", bool, None, "Each batch as one row without padding, examples kept apart by their position "
-       "ids (default: on a CUDA GPU when the attention allows it).", "train"),
+       "ids (default: on a CUDA GPU with a variable-length attention, for model types where it is proven).",
+       "train"),
+    _o("qlora_bf16_base", bool, None, "QLoRA: keep the 4-bit base's embeddings, norms and LM head in bf16 instead "
+       "of PEFT's fp32 copies (default: on with bf16 compute on a CUDA GPU).", "train"),
     _o("attn_implementation", str, None, "Attention: sdpa, flash_attention_2, flash_attention_3, flex_attention or "
-       "eager (default: flash_attention_2 on a GPU with flash-attn installed, else sdpa; on a CPU ftpack's own).",
+       "eager (default: flash_attention_2 on a GPU with flash-attn installed, else transformers' default; on a "
+       "CPU ftpack's own).",
        "train", choices=ATTENTION_IMPLEMENTATIONS),
     _o("logging_steps", int, 1, "Log loss every N steps.", "train", min=1),
     _o("report_to", str, None, "Also log training to these integrations (Hugging Face's report_to: none, all, "

@@ -1,40 +1,44 @@
 """Training on a CUDA GPU: the fast path, chosen per run and recorded with its reasons.
 
 :mod:`ftpack.training.speed` is the CPU's counterpart. On a GPU the plain TRL + PEFT +
-bitsandbytes recipe spends its time on things that do not change what is learned; each
-piece below removes one of them, is chosen automatically on CUDA (``auto``), can be
-turned off by its flag, and lands in build.json's train metrics (``fast_path``) with why:
+bitsandbytes recipe spends time and memory on things that do not change what is learned;
+each piece below is chosen automatically on CUDA (``auto``), has a flag to turn it off or
+on, and lands in build.json's train metrics (``fast_path``) with why:
 
 - **Liger Kernel's layer kernels** (``--use-liger-kernel``, TrainingArguments' name):
   fused Triton RMSNorm, RoPE and SwiGLU for the model types Liger supports. Its fused
   linear cross-entropy is not used: TRL's fused LM head already computes the loss in
   chunks without the whole logits tensor (and TRL refuses Liger's). Applied by ftpack
   itself (TRL's ``use_liger_kernel`` is deprecated in favour of Hub kernels, which would be
-  downloaded at run time).
+  downloaded at run time); Liger's module-wide patches are undone after training
+  (:func:`apply_liger`), so later stages in the same process run transformers' own code.
 - **Padding-free batches** (``--padding-free``, TRL's name): a batch's examples are one row
   with position ids restarting at each example, so no step computes on padding. The same
   examples per step as padded batches (this is not ``--packing``, which changes how many
-  examples a step sees); TRL still truncates each to ``--max-seq-length``. The attention
-  keeps each example to itself: flash-attention's variable-length kernel when ``flash-attn``
-  is installed, else transformers' SDPA with the block-diagonal mask it derives from the
-  position ids. That mask is (tokens in the batch)² booleans, so auto turns padding-free
-  on only where it stays small (:data:`MAX_PACKED_MASK`).
+  examples a step sees); TRL still truncates each to ``--max-seq-length``. Only for model
+  types where every layer attends (:data:`PADDING_FREE_MODEL_TYPES`, each proven to keep
+  its examples apart): recurrent, convolution and linear-attention layers would carry
+  state from one example into the next. Auto only with a variable-length attention
+  (flash-attention, flex attention): SDPA or eager would compute the row's whole masked
+  (tokens × tokens) square, more work than length-grouped padded batches.
 - **Attention** (``--attn-implementation``, transformers' name): ``flash_attention_2``
-  when ``flash-attn`` is importable on an Ampere-or-newer GPU, else ``sdpa``. Nothing is
-  fetched at run time (no Hub kernels).
-- **A bf16 4-bit base** (QLoRA): PEFT's ``prepare_model_for_kbit_training`` makes fp32
-  copies of the embeddings, norms and LM head (about 1 GiB for a 7B model), which bf16
-  autocast casts back to bf16 at every use; :func:`prepare_4bit_for_training` does the
-  rest of its work (freeze, gradient checkpointing) and keeps them in bf16.
-- **The CUDA allocator with expandable segments** (``PYTORCH_CUDA_ALLOC_CONF``, unless
-  set): batches of changing length reuse one growing segment instead of reserving new
-  blocks, which removed the multi-second steps seen when length-grouped batches change
-  shape.
+  when ``flash-attn`` imports on an Ampere-or-newer GPU, else transformers' default for the
+  model (SDPA where it supports it). Nothing is fetched at run time (no Hub kernels).
+- **A bf16 4-bit base** (``--qlora-bf16-base``): PEFT's ``prepare_model_for_kbit_training``
+  keeps fp32 copies of the embeddings, norms and LM head (about 1 GiB for a 7B model), and
+  with them an fp32 residual stream; :func:`prepare_4bit_for_training` does the rest of its
+  work (freeze, gradient checkpointing) and keeps them bf16, as the base runs in bf16
+  inference. Not bit-identical: the loss and LoRA gradients match PEFT's within bf16's
+  precision (tests/test_cuda_speed.py).
+- **The CUDA allocator with expandable segments** (``PYTORCH_CUDA_ALLOC_CONF``, unless the
+  user set it): batches of changing length reuse one growing segment instead of reserving
+  new blocks, which is what the multi-second steps seen when length-grouped batches change
+  shape pointed to.
 
 ``torch.compile`` is not part of the auto path on a GPU until the benchmark shows it pays
 there (``--torch-compile`` still asks for it). ``benchmarks/qlora_gpu.py`` measures the
-whole and each piece against the plain TRL script, side by side, and checks each kernel
-against the plain computation on the GPU.
+whole and each piece (``--variant``) against the plain TRL script, side by side, and
+``benchmarks/gpu_checks.py`` checks each kernel against the plain computation on the GPU.
 """
 
 from __future__ import annotations
@@ -46,9 +50,20 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from ftpack.core.errors import bad_input
-#: Largest (tokens per padding-free row)² that auto accepts with a mask-based attention
-#: (SDPA, eager): 8 examples × 1024 tokens. Beyond, the mask alone is 64 MiB per forward.
-MAX_PACKED_MASK = (8 * 1024) ** 2
+#: Model types whose padding-free rows keep each example to itself, proven on tiny models of
+#: each (tests/test_cuda_speed.py: a packed row's logits equal each example's alone, with
+#: SDPA, eager and flex attention): every layer attends, and the position ids restarting at
+#: each example become the mask. Hybrids (Mamba, short convolutions, linear attention:
+#: nemotron_h, lfm2, qwen3_5...) carry state from one example into the next: never.
+PADDING_FREE_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3",
+                                      "gemma4_text"})
+#: Attention with a variable-length kernel: a padding-free row costs what its examples cost
+#: alone. SDPA and eager instead compute the row's whole (tokens × tokens) masked square.
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "flex_attention")
+#: The package each flash attention implementation imports.
+FLASH_MODULES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+#: The allocator setting ftpack itself put into the environment (not the user's).
+_ALLOC_SET: dict[str, str] = {}
 #: What the CUDA allocator is told unless PYTORCH_CUDA_ALLOC_CONF is set.
 ALLOC_CONF = "expandable_segments:True"
 
@@ -91,11 +106,21 @@ class FastPath:
 
 
 def module_available(name: str) -> bool:
-    """Whether ``name`` can be imported here (without importing it)."""
+    """Whether ``name`` can be imported here: found, and for a compiled attention kernel
+    (flash-attn) really imported, since a build for another torch or CUDA is found but
+    fails to load."""
     try:
-        return importlib.util.find_spec(name) is not None
+        if importlib.util.find_spec(name) is None:
+            return False
     except (ImportError, ValueError):
         return False
+    if name not in FLASH_MODULES.values():
+        return True
+    try:
+        importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - any failure to load means it cannot be used
+        return False
+    return True
 
 
 def liger_model_types() -> frozenset[str]:
@@ -148,58 +173,71 @@ def plan_fast_path(settings: Any, *, device: str, model_type: str | None, bf16: 
                                       f"CUDA: fused RMSNorm, RoPE and SwiGLU for {model_type}")
 
     # -- attention ------------------------------------------------------------------------
+    capable = (gpu_capability or (0, 0)) >= (8, 0)
     attention = settings.attn_implementation
     if attention is not None:
         attention_why = "as asked"
-        if attention.startswith("flash_attention") and not available("flash_attn"):
-            raise bad_input(f"--attn-implementation {attention}: the flash-attn package is not installed.",
-                            "Install flash-attn, or use --attn-implementation sdpa.")
+        module = FLASH_MODULES.get(attention)
+        if module and not available(module):
+            raise bad_input(f"--attn-implementation {attention}: its package ({module}) is not installed or does "
+                            "not import here.", "Install it, or leave --attn-implementation out.")
     elif not cuda:
         attention_why = "CPU: ftpack's own choice (speed.register_cpu_attention) with bf16, else transformers'"
-    elif available("flash_attn") and (gpu_capability or (0, 0)) >= (8, 0):
+    elif available("flash_attn") and capable:
         attention, attention_why = "flash_attention_2", "flash-attn is installed (variable-length kernel)"
-    else:
-        attention = "sdpa"
-        attention_why = ("flash-attn is not installed: PyTorch's SDPA" if (gpu_capability or (0, 0)) >= (8, 0)
-                         else "PyTorch's SDPA (flash-attn needs an Ampere or newer GPU)")
+    else:  # None: transformers' default for the model (SDPA where the model supports it, else eager)
+        attention_why = ("transformers' default (flash-attn is not installed)" if capable
+                         else "transformers' default (flash-attn needs an Ampere or newer GPU)")
 
     # -- padding-free ---------------------------------------------------------------------
     asked = settings.padding_free
-    rows = settings.per_device_train_batch_size
-    tokens = rows * settings.max_seq_length
-    masked = (attention or "sdpa") in ("sdpa", "eager")
+    proven = model_type in PADDING_FREE_MODEL_TYPES
     if asked is False:
         padding_free, padding_free_why = False, "off (--no-padding-free)"
     elif settings.packing:
         padding_free, padding_free_why = False, "--packing rows are padding-free already"
-    elif asked:  # every attention of transformers keeps the examples apart (varlen kernel or derived mask)
+    elif not proven:
+        if asked:
+            raise bad_input(f"--padding-free is not proven for model type {model_type!r}: its examples would have "
+                            "to be kept apart inside one row, which position ids do for attention layers only "
+                            "(recurrent, convolution and linear-attention layers carry state across them).",
+                            f"Drop --padding-free for this base (proven for: "
+                            f"{', '.join(sorted(PADDING_FREE_MODEL_TYPES))}).")
+        padding_free, padding_free_why = False, f"not proven for model type {model_type!r}"
+    elif asked:
         padding_free, padding_free_why = True, "as asked"
     elif not cuda:
         padding_free, padding_free_why = False, ("CPU: measured slower than length-grouped padded batches "
                                                  "(no variable-length attention kernel)")
-    elif rows < 2:
+    elif settings.per_device_train_batch_size < 2:
         padding_free, padding_free_why = False, "a batch of one example has no padding"
-    elif masked and tokens ** 2 > MAX_PACKED_MASK:
+    elif attention not in VARLEN_ATTENTION:
         padding_free, padding_free_why = False, (
-            f"{rows} × {settings.max_seq_length} tokens per row would need a {tokens}² attention mask with "
-            f"{attention or 'sdpa'} (install flash-attn for its variable-length kernel)")
+            "no variable-length attention: with SDPA or eager the row's block-diagonal mask is computed whole "
+            "(install flash-attn, or ask: --padding-free --attn-implementation flex_attention)")
     else:
-        padding_free, padding_free_why = True, (
-            f"CUDA: one row per batch, no padding; {attention} keeps the examples apart")
+        padding_free, padding_free_why = True, f"CUDA: one row per batch, no padding; {attention} keeps examples apart"
 
     # -- the 4-bit base's other weights -------------------------------------------------------
+    asked = settings.qlora_bf16_base
     if method != "qlora":
         bf16_base, bf16_base_why = False, f"not QLoRA ({method})"
+    elif asked is False:
+        bf16_base, bf16_base_why = False, "off (--no-qlora-bf16-base): PEFT's fp32 copies"
     elif not (cuda and bf16):
+        if asked:
+            raise bad_input("--qlora-bf16-base needs bf16 compute on a CUDA GPU.", "Drop --qlora-bf16-base here.")
         bf16_base, bf16_base_why = False, "compute is not bf16: PEFT's fp32 copies"
     else:
-        bf16_base, bf16_base_why = True, ("embeddings, norms and LM head kept in bf16 (PEFT would copy them to "
-                                          "fp32, and autocast cast them back at every use)")
+        bf16_base, bf16_base_why = True, "as asked" if asked else (
+            "embeddings, norms and LM head stay bf16 (PEFT would keep fp32 copies; the residual stream is then "
+            "bf16, as in the base's own bf16 inference)")
 
     # -- allocator ------------------------------------------------------------------------
+    current = environ.get("PYTORCH_CUDA_ALLOC_CONF")
     if not cuda:
         alloc, alloc_why = None, "CPU"
-    elif environ.get("PYTORCH_CUDA_ALLOC_CONF") or environ.get("PYTORCH_ALLOC_CONF"):
+    elif current and current != _ALLOC_SET.get("value"):
         alloc, alloc_why = None, "PYTORCH_CUDA_ALLOC_CONF is set: left as it is"
     else:
         alloc, alloc_why = ALLOC_CONF, "batches of changing length reuse one growing segment"
@@ -230,7 +268,7 @@ def use_alloc_conf(path: FastPath) -> str | None:
     import torch
 
     if not torch.cuda.is_initialized():
-        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = path.alloc_conf
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = _ALLOC_SET["value"] = path.alloc_conf
         return "environment"
     setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)
     if setter is None:  # pragma: no cover - torch < 2.9
@@ -273,15 +311,51 @@ def padding_free_collator(tokenizer):
     return DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
 
 
-def apply_liger(model) -> int:
+def apply_liger(model) -> tuple[int, Callable[[], list[str]]]:
     """Liger Kernel's RMSNorm, RoPE and SwiGLU on ``model`` (the transformers model, not
     the PEFT wrapper); not its cross-entropy (TRL's fused LM head computes the loss).
-    Returns how many modules now run a Liger forward."""
+
+    Returns how many modules now run a Liger forward, and a function that undoes what Liger
+    changed beyond this model: it also replaces names in transformers' modeling modules
+    (``modeling_llama.LlamaRMSNorm``, ``apply_rotary_pos_emb``...), which every later model
+    of that type in the process would pick up (the quantize stage's importance matrix, a
+    second build). The function restores them and returns the names it restored."""
+    import sys
+
     from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
 
+    def modules() -> dict[str, Any]:
+        return {name: mod for name, mod in list(sys.modules.items())
+                if name.startswith("transformers.") and mod is not None}
+
+    before = {name: dict(vars(mod)) for name, mod in modules().items()}
     _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                     fused_linear_cross_entropy=False)
-    return liger_modules(model)
+    changed = {}
+    for name, mod in modules().items():
+        old = before.get(name)
+        if old is None:
+            continue  # imported by Liger itself: nothing of ours refers to it
+        keys = [k for k, v in vars(mod).items() if k not in old or old[k] is not v]
+        if keys:
+            changed[name] = (mod, {k: old.get(k, _MISSING) for k in keys})
+
+    def restore() -> list[str]:
+        done = []
+        for name, (mod, values) in changed.items():
+            for key, value in values.items():
+                if value is _MISSING:
+                    vars(mod).pop(key, None)
+                else:
+                    setattr(mod, key, value)
+                done.append(f"{name.rsplit('.', 1)[-1]}.{key}")
+        changed.clear()
+        return done
+
+    return liger_modules(model), restore
+
+
+_MISSING = object()
 
 
 def liger_modules(model) -> int:

@@ -61,6 +61,7 @@ class TrainSettings:
     use_liger_kernel: bool | None = _option_default("use_liger_kernel")  # None: on CUDA (cuda_speed)
     padding_free: bool | None = _option_default("padding_free")  # None: on CUDA (cuda_speed)
     attn_implementation: str | None = _option_default("attn_implementation")  # None: by device (cuda_speed)
+    qlora_bf16_base: bool | None = _option_default("qlora_bf16_base")  # None: on CUDA with bf16 (cuda_speed)
     logging_steps: int = _option_default("logging_steps")
     report_to: tuple[str, ...] | None = None  # None: none (ftpack.training.tracking)
     save_steps: int = _option_default("save_steps")

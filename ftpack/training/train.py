@@ -121,6 +121,7 @@ class TrainingRun:
     base_4bit_layers: int = 0  # linear layers of the base held packed in 4 bits (qlora)
     batch_check: dict[str, Any] = field(default_factory=dict)  # token_check.BatchCheck.as_metrics()
     fast_path: dict[str, Any] = field(default_factory=dict)  # cuda_speed.FastPath.as_metrics() (+ liger_modules)
+    undo_liger: Any = None  # cuda_speed.apply_liger's restore: run once training and evaluation are over
 
 
 def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSettings, *, template: Any = None,
@@ -224,10 +225,12 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
     inner = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     if device == "cpu":  # only the labelled positions go through the LM head (speed.install_cpu_lm_head)
         install_cpu_lm_head(inner)
-    fast_metrics = {**fast.as_metrics(), "alloc_conf_set": allocator_set}
+    fast_metrics = {**fast.as_metrics(), "alloc_conf_set": allocator_set,
+                    "attention_used": getattr(inner.config, "_attn_implementation", None)}
+    undo_liger = None
     if fast.liger:
         with quiet_libraries():
-            fast_metrics["liger_modules"] = apply_liger(inner)
+            fast_metrics["liger_modules"], undo_liger = apply_liger(inner)
     if fast.summary():
         r.info(f"Fast path: {fast.summary()}.")
     total = optimizer_steps(batches, settings)
@@ -250,7 +253,7 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
                        parameters=(n_train, n_total), reporter=r, started=started, log_env=log_env,
                        precision_reason=precision_why, threads=threads, compiled=compiled,
                        compile_reason=compile_why, base_4bit_layers=four_bit, batch_check=batch_check.as_metrics(),
-                       fast_path=fast_metrics)
+                       fast_path=fast_metrics, undo_liger=undo_liger)
 
 
 def _model_type(path: Path) -> str | None:
@@ -286,21 +289,26 @@ def fit(run: TrainingRun) -> None:
     if trainer.is_world_process_zero():
         mark_run(run.outputs.checkpoints, run.fingerprint)
     try:
-        with quiet_libraries(), logging_env(run.log_env):  # most integrations start their run here
-            trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
-    except torch.cuda.OutOfMemoryError:
-        raise FtpackError("Out of GPU memory while training.",
-                          "Lower --batch-size or --max-seq-length, raise --gradient-accumulation-steps, "
-                          "use --method qlora, or --gradient-checkpointing.") from None
+        try:
+            with quiet_libraries(), logging_env(run.log_env):  # most integrations start their run here
+                trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
+        except torch.cuda.OutOfMemoryError:
+            raise FtpackError("Out of GPU memory while training.",
+                              "Lower --batch-size or --max-seq-length, raise --gradient-accumulation-steps, "
+                              "use --method qlora, or --gradient-checkpointing.") from None
+        finally:
+            run.progress.close()  # an exception skips on_train_end; the bar must not stay open
+        if run.has_eval:
+            last = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
+            if last is not None and last.get("step") == trainer.state.global_step:  # just evaluated: not again
+                run.eval_loss = last["eval_loss"]
+            else:
+                with quiet_libraries(), logging_env(run.log_env):
+                    run.eval_loss = trainer.evaluate().get("eval_loss")
     finally:
-        run.progress.close()  # an exception skips on_train_end; the bar must not stay open
-    if run.has_eval:
-        last = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
-        if last is not None and last.get("step") == trainer.state.global_step:  # just evaluated: not again
-            run.eval_loss = last["eval_loss"]
-        else:
-            with quiet_libraries(), logging_env(run.log_env):
-                run.eval_loss = trainer.evaluate().get("eval_loss")
+        if run.undo_liger is not None:  # later models of this type in the process run transformers' code
+            run.fast_path["liger_restored"] = run.undo_liger()
+            run.undo_liger = None
 
 
 def save(run: TrainingRun, *, keep_checkpoints: bool = False) -> TrainResult:

@@ -106,13 +106,19 @@ def load_model(path: Path, method: str, *, device: str, bf16: bool, trust_remote
         kwargs["dtype"] = torch.float32
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    except ImportError as exc:  # bitsandbytes missing or without a backend for this device
+    except ImportError as exc:  # bitsandbytes (or an asked-for attention kernel) missing or unusable here
+        if attn_implementation and attn_implementation.startswith("flash") and "flash" in str(exc).lower():
+            raise FtpackError(f"Cannot load the base with --attn-implementation {attn_implementation}: {exc}",
+                              "Leave --attn-implementation out (transformers' default attention).") from None
         raise FtpackError(f"Cannot load the base for {method}: {exc}",
                           "Install bitsandbytes, or use --method lora.") from None
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
             raise bad_input(f"{path} needs its own Python code to load.",
                             "Pass --trust-remote-code if you trust the source.") from None
+        if attn_implementation and "attention implementation" in str(exc):
+            raise bad_input(f"--attn-implementation {attn_implementation}: {str(exc).splitlines()[0]}",
+                            "Leave --attn-implementation out: transformers then picks what the model supports.") from None
         raise
     model.config.use_cache = False  # the KV cache is useless (and warned about) while training
     return model
