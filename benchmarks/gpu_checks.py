@@ -8,7 +8,8 @@ modules). Liger's Triton kernels and flash-attention run only on a GPU, so this 
 - Liger RMSNorm, SwiGLU and RoPE vs transformers' Llama modules: forward and input
   gradients, bf16 and fp32;
 - a padding-free row vs each example alone (SDPA with the mask derived from position ids,
-  and flash_attention_2 when flash-attn is installed): logits;
+  flex attention with its block mask, and flash_attention_2 when flash-attn is installed):
+  logits (flex attention's backward runs only on a GPU, so its training is measured there);
 - a few training steps with the fast path vs every piece off on a tiny Llama, each in its
   own process (Liger's patches are module-wide): loss curve and adapter.
 
@@ -105,7 +106,7 @@ def packed_attention_checks() -> dict:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out = {}
-    for attention in ("sdpa", "flash_attention_2"):
+    for attention in ("sdpa", "flex_attention", "flash_attention_2"):
         if attention == "flash_attention_2" and not (device == "cuda" and module_available("flash_attn")):
             out[f"padding_free_{attention}"] = {"skipped": "flash-attn is not installed (or no GPU)"}
             continue

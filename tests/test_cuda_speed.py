@@ -89,6 +89,7 @@ def test_flags_turn_pieces_off_and_refuse_what_cannot_run():
                             (dict(attn_implementation="flash_attention_3", installed=("flash_attn",)),
                              "flash_attn_interface"),
                             (dict(padding_free=True, model_type="qwen3_5"), "not proven"),
+                            (dict(device="cpu", method="lora", attn_implementation="flex_attention"), "GPU-only"),
                             (dict(device="cpu", qlora_bf16_base=True), "bf16 compute")]:
         with pytest.raises(FtpackError) as err:
             _plan(**settings)

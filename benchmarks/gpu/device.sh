@@ -10,6 +10,8 @@
 #   bash benchmarks/gpu/device.sh build [opts]   # carry .whl/c (after a bench call on the same machine):
 #                                                #   benchmarks/build_gpu.py, a whole 7B-class build
 #
+# Worth measuring in the same run: --variant flex:attn_implementation=flex_attention,padding_free=true
+# (flash-attn has no wheel on PyPI; flex attention is the variable-length kernel at hand) and --long.
 # Sizes (15 min of device time a session): the 7B bench takes about 8-9 min with three paths,
 # the 7B build about 6-7 min; run `install` + `bench` in one session and `build` in the next if
 # time is short. Results land in benchmarks/results/ there and are copied to $OUT.

@@ -178,6 +178,9 @@ def plan_fast_path(settings: Any, *, device: str, model_type: str | None, bf16: 
     if attention is not None:
         attention_why = "as asked"
         module = FLASH_MODULES.get(attention)
+        if attention != "eager" and attention != "sdpa" and not cuda:
+            raise bad_input(f"--attn-implementation {attention} cannot train on a CPU (its backward is GPU-only).",
+                            "Leave --attn-implementation out on this machine.")
         if module and not available(module):
             raise bad_input(f"--attn-implementation {attention}: its package ({module}) is not installed or does "
                             "not import here.", "Install it, or leave --attn-implementation out.")
