@@ -291,6 +291,7 @@ ATTENTIONS = ["sdpa", "eager", pytest.param("flex_attention", marks=pytest.mark.
 
 
 @pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # a CPU runs it unfused
 def test_every_proven_model_type_keeps_the_examples_of_a_packed_row_apart(attention):
     """The allowlist is exactly the model types proven here: each architecture ftpack
     offers, with each attention, gives a packed row's examples the logits they have alone."""
