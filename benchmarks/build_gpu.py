@@ -23,7 +23,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -100,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from qlora_gpu import SHAPE_7B, synthetic_base
+    from qlora_gpu import SHAPE_7B, result_path, synthetic_base, write_result
     from test_build_e2e import write_hello_data
     from tiny_model import build_tiny_llama
 
@@ -149,15 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/build_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "stderr_tail": stderr[-2000:] if proc.returncode else "",
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if results_dir is not None:
-        results_dir.mkdir(parents=True, exist_ok=True)
-        slug = re.sub(r"[^a-z0-9]+", "-", result["device"].lower()).strip("-")
-        path = results_dir / f"build_gpu-{result['model_shape']}-{slug}-{_dt.datetime.now():%Y%m%d-%H%M%S}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        tmp.replace(path)
+    print(json.dumps(result, indent=2))
+    path = result_path(results_dir, f"build_gpu-{result['model_shape']}", result["device"])
+    if path is not None:
+        write_result(result, path)
         print(f"wrote {path}", file=sys.stderr)
     return 0 if stages.get("quantize", {}).get("status") == "done" else 1
 

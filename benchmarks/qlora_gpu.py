@@ -46,6 +46,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
+
+from ftpack.core.atomic import write_json  # noqa: E402 - after the path setup
 DATA = ROOT / "examples" / "qa.messages.jsonl"
 SHAPE_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                 num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096)
@@ -223,12 +225,20 @@ def data_file(folder: Path, long: bool) -> Path:
     return path
 
 
-def _rows(data: Path):
+def timed_sft(model, tokenizer, data: Path, *, steps: int, warmup: int, max_length: int, profile: bool) -> dict:
+    """The plain TRL trainer on ``model`` (the baseline's and Unsloth's), measured."""
     from datasets import Dataset
+    from trl import SFTTrainer
 
     from ftpack.training.data import read_messages_jsonl
 
-    return Dataset.from_list([{"messages": m} for m in read_messages_jsonl(data)])
+    meter = Meter(profile_window(warmup) if profile else None)
+    trainer = SFTTrainer(model=model, args=_sft_args(steps + warmup, max_length), processing_class=tokenizer,
+                         train_dataset=Dataset.from_list([{"messages": m} for m in read_messages_jsonl(data)]),
+                         callbacks=[meter.callback()])
+    trainer.data_collator = meter.wrap(trainer.data_collator)
+    trainer.train()
+    return meter.result(warmup)
 
 
 # -- the paths (each in its own process) ------------------------------------------------------
@@ -237,7 +247,6 @@ def run_baseline(base: Path, data: Path, steps: int, warmup: int, max_length: in
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-    from trl import SFTTrainer
 
     from ftpack.training.templates import install_chat_template, load_template
 
@@ -250,12 +259,7 @@ def run_baseline(base: Path, data: Path, steps: int, warmup: int, max_length: in
     model = prepare_model_for_kbit_training(model)
     model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules="all-linear",
                                              task_type="CAUSAL_LM"))
-    meter = Meter(profile_window(warmup) if profile else None)
-    trainer = SFTTrainer(model=model, args=_sft_args(steps + warmup, max_length), processing_class=tokenizer,
-                         train_dataset=_rows(data), callbacks=[meter.callback()])
-    trainer.data_collator = meter.wrap(trainer.data_collator)
-    trainer.train()
-    return meter.result(warmup)
+    return timed_sft(model, tokenizer, data, steps=steps, warmup=warmup, max_length=max_length, profile=profile)
 
 
 def run_ftpack(base: Path, data: Path, steps: int, warmup: int, max_length: int, overrides: dict | None = None,
@@ -281,7 +285,6 @@ def run_unsloth(base: Path, data: Path, steps: int, warmup: int, max_length: int
     from unsloth import FastLanguageModel  # first: it patches transformers and TRL
 
     import torch
-    from trl import SFTTrainer
 
     from ftpack.training.templates import install_chat_template, load_template
 
@@ -291,14 +294,10 @@ def run_unsloth(base: Path, data: Path, steps: int, warmup: int, max_length: int
     model = FastLanguageModel.get_peft_model(model, r=RANK, lora_alpha=ALPHA, lora_dropout=0.0,
                                              target_modules=PROJECTIONS, bias="none",
                                              use_gradient_checkpointing="unsloth", random_state=42)
-    meter = Meter(profile_window(warmup) if profile else None)
-    trainer = SFTTrainer(model=model, args=_sft_args(steps + warmup, max_length), processing_class=tokenizer,
-                         train_dataset=_rows(data), callbacks=[meter.callback()])
-    trainer.data_collator = meter.wrap(trainer.data_collator)
-    trainer.train()
     import unsloth
 
-    return {**meter.result(warmup), "unsloth": unsloth.__version__}
+    return {**timed_sft(model, tokenizer, data, steps=steps, warmup=warmup, max_length=max_length, profile=profile),
+            "unsloth": unsloth.__version__}
 
 
 def child(args) -> int:
@@ -379,15 +378,19 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, overrides
 
 
+def result_path(results_dir: Path | None, name: str, device: str) -> Path | None:
+    """``results_dir/NAME-DEVICE-DATE-TIME.json`` (None without a folder)."""
+    if results_dir is None:
+        return None
+    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
+    return results_dir / f"{name}-{slug}-{_dt.datetime.now():%Y%m%d-%H%M%S}.json"
+
+
 def write_result(result: dict, path: Path | None) -> None:
     """The result JSON, written whole under a temporary name and renamed (also after each
     path, so a run cut short keeps what it measured)."""
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    if path is not None:
+        write_json(path, result)
 
 
 def summarize(result: dict) -> dict:
@@ -448,9 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     shape = "tiny" if args.tiny else "7B"
     max_length = 2048 if args.long else MAX_LENGTH
     results_dir = args.results_dir or (ROOT / "benchmarks" / "results" if cuda else None)
-    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = results_dir / f"qlora_gpu-{shape}{'-long' if args.long else ''}-{slug}-{stamp}.json" if results_dir else None
+    path = result_path(results_dir, f"qlora_gpu-{shape}{'-long' if args.long else ''}", device)
     result = {
         "benchmark": "qlora_gpu", "date": _dt.date.today().isoformat(), "device": device, "model_shape": shape,
         "shape": SHAPE_TINY if args.tiny else SHAPE_7B, "data": "long" if args.long else "demo",

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from ftpack.core.errors import bad_input
+
 #: Model types whose padding-free rows keep each example to itself, proven on tiny models of
 #: each (tests/test_cuda_speed.py: a packed row's logits equal each example's alone, with
 #: SDPA, eager and flex attention): every layer attends, and the position ids restarting at
@@ -178,7 +179,7 @@ def plan_fast_path(settings: Any, *, device: str, model_type: str | None, bf16: 
     if attention is not None:
         attention_why = "as asked"
         module = FLASH_MODULES.get(attention)
-        if attention != "eager" and attention != "sdpa" and not cuda:
+        if attention in VARLEN_ATTENTION and not cuda:
             raise bad_input(f"--attn-implementation {attention} cannot train on a CPU (its backward is GPU-only).",
                             "Leave --attn-implementation out on this machine.")
         if module and not available(module):
@@ -287,8 +288,8 @@ def use_alloc_conf(path: FastPath) -> str | None:
 def prepare_4bit_for_training(model, *, gradient_checkpointing: bool, keep_dtype: bool):
     """PEFT's ``prepare_model_for_kbit_training`` for a 4-bit base: every weight frozen,
     gradient checkpointing (non-reentrant) when asked. With ``keep_dtype`` the bf16
-    embeddings, norms and LM head stay bf16 instead of being copied to fp32: under bf16
-    autocast every matmul casts them to bf16 anyway."""
+    embeddings, norms and LM head stay bf16 instead of being copied to fp32 (the residual
+    stream is then bf16 too: not bit-identical, within bf16's precision of PEFT's)."""
     from peft import prepare_model_for_kbit_training
 
     if not keep_dtype:

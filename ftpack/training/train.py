@@ -129,6 +129,7 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
           callbacks: Sequence[Any] = (), models_dir: Path | str | None = None) -> TrainingRun:
     """Resolve the settings, load base + tokenizer + template, make the model trainable,
     build the trainer and work out the schedule (warm-up steps from the real step count)."""
+    from ftpack.gguf.hf_folder import load_hf_config
     from ftpack.training.bases import load_tokenizer, resolve_base
     from ftpack.training.block_compile import compile_decoder_blocks, resolve_torch_compile
     from ftpack.training.checkpoints import checkpoint_to_resume, run_fingerprint
@@ -179,7 +180,8 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
     fingerprint = run_fingerprint(settings.hyper_parameters(), template.name, resolved.path, train_file, eval_file)
     resume_from = checkpoint_to_resume(outputs.checkpoints, fingerprint, resume, r)
 
-    fast = plan_fast_path(settings, device=device, model_type=_model_type(resolved.path), bf16=bf16,
+    model_type = load_hf_config(resolved.path).get("model_type")
+    fast = plan_fast_path(settings, device=device, model_type=model_type, bf16=bf16,
                           gpu_capability=gpu_capability() if device == "cuda" else None)
     allocator_set = use_alloc_conf(fast)  # before the model's first CUDA allocation
     with quiet_libraries():
@@ -231,8 +233,9 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
     if fast.liger:
         with quiet_libraries():
             fast_metrics["liger_modules"], undo_liger = apply_liger(inner)
-    if fast.summary():
-        r.info(f"Fast path: {fast.summary()}.")
+    summary = fast.summary()
+    if summary:
+        r.info(f"Fast path: {summary}.")
     total = optimizer_steps(batches, settings)
     compiled, compile_why = resolve_torch_compile(
         settings.torch_compile, method=settings.method, device=device, bf16=bf16, world=world, steps=total,
@@ -254,16 +257,6 @@ def setup(base: str | Path, train_file: Path, out_dir: Path, settings: TrainSett
                        precision_reason=precision_why, threads=threads, compiled=compiled,
                        compile_reason=compile_why, base_4bit_layers=four_bit, batch_check=batch_check.as_metrics(),
                        fast_path=fast_metrics, undo_liger=undo_liger)
-
-
-def _model_type(path: Path) -> str | None:
-    """``model_type`` of the base's config.json (None when it has none)."""
-    import json
-
-    try:
-        return json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def packed_4bit_layers(model) -> int:
